@@ -1,0 +1,159 @@
+"""The evaluation-chain prompts, in the paper's structure and our own words.
+
+A chain has three parts, written by the judge as one JSON object between markers:
+
+    <evaluation>
+    {"preferences": {"style": "...", "content": "...", "values": "..."},
+     "criteria": [{"name": "Brevity", "weight": 60}, {"name": "Warmth", "weight": 40}],
+     "scores": {"A": {"per_criterion": {"Brevity": 8, "Warmth": 5}, "total": 6.8}}}
+    </evaluation>
+
+(a) preferences, only what the user's past choices support; (b) criteria for *this* conversation
+with weights summing to 100; (c) for each response, a 1-10 score per criterion and the weighted
+total. Unlike the reference prompt, the score key has one name (`per_criterion`) and the total's
+formula is stated, not left as a placeholder.
+
+Conversations are built here and nowhere else; the scorer only chooses which one it needs:
+- `full_chain`: all three parts for the shown responses (pointwise, pairwise: the paper's way);
+- `criteria_chain`: parts (a) and (b) only, once per (user, prompt) in `group` mode;
+- `score_followup` / `criterion_question`: a turn after a criteria chain that scores one response,
+  by generated JSON or by the probability of a single digit.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pgenrm_plugins.types import HistoryItem, as_messages
+
+OPEN, CLOSE = "<evaluation>", "</evaluation>"
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Single-digit scale for probability reading: "10" is two tokens in most tokenizers.
+DIGITS = tuple(str(d) for d in range(1, 10))
+
+SYSTEM = (
+    "You are a personalized reward model. You judge responses for one particular user, "
+    "guided by what that user's past choices reveal about them, not by your own taste."
+)
+
+_PREFERENCES_STEP = (
+    "1. Preferences: from the past choices only, describe what this user wants in style, "
+    "in content and structure, and in values. Do not claim anything the choices do not show."
+)
+_CRITERIA_STEP = (
+    "2. Criteria: name 2 to 4 criteria that decide how well a reply to the current conversation "
+    "suits this user, each with an integer weight; the weights sum to 100."
+)
+_SCORES_STEP = (
+    "3. Scores: score each response from 1 to 10 on every criterion, and give its total: "
+    "the sum of weight x score over the criteria, divided by 100."
+)
+
+_CRITERIA_SHAPE = (
+    '{"preferences": {"style": "...", "content": "...", "values": "..."},\n'
+    ' "criteria": [{"name": "...", "weight": 60}, {"name": "...", "weight": 40}]'
+)
+
+
+def _clip(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+def _render_prompt(prompt, max_chars: int) -> str:
+    messages = as_messages(prompt)
+    if len(messages) == 1 and messages[0].role == "user":
+        return _clip(messages[0].content, max_chars)
+    return "\n".join(f"{m.role}: {_clip(m.content, max_chars)}" for m in messages)
+
+
+def history_block(history: Sequence[HistoryItem], persona: str | None, max_items: int, max_chars: int) -> str:
+    parts = []
+    if persona:
+        parts.append(f"Persona given by the user: {_clip(persona, max_chars)}")
+    recent = list(history)[-max_items:] if max_items else []
+    for i, item in enumerate(recent, 1):
+        parts.append(
+            f"[{i}] Prompt: {_render_prompt(item.prompt, max_chars)}\n"
+            f"Preferred: {_clip(item.chosen, max_chars)}\n"
+            f"Rejected: {_clip(item.rejected, max_chars)}"
+        )
+    if not parts:
+        parts.append("(none: this user has no recorded choices; judge by the conversation alone)")
+    return "\n\n".join(parts)
+
+
+def _responses_block(responses: Sequence[str], max_chars: int) -> str:
+    return "\n\n".join(f"[Response {LABELS[i]}]\n{_clip(r, max_chars)}" for i, r in enumerate(responses))
+
+
+def _scores_shape(labels: Sequence[str]) -> str:
+    inner = ", ".join(f'"{label}": {{"per_criterion": {{"...": 7, "...": 5}}, "total": 6.2}}' for label in labels)
+    return f' "scores": {{{inner}}}}}'
+
+
+def _context(history, persona, prompt, max_items: int, max_chars: int) -> str:
+    return (
+        "## The user's past choices\n"
+        f"{history_block(history, persona, max_items, max_chars)}\n\n"
+        "## The current conversation\n"
+        f"{_render_prompt(prompt, max_chars)}"
+    )
+
+
+def full_chain(history, persona, prompt, responses: Sequence[str], *, max_items=8, max_chars=1500) -> list[dict]:
+    """Preferences, criteria and scores for `responses` (labelled A, B, ...) in one chain."""
+    labels = LABELS[: len(responses)]
+    user = (
+        f"{_context(history, persona, prompt, max_items, max_chars)}\n\n"
+        f"## Responses to evaluate\n{_responses_block(responses, max_chars)}\n\n"
+        f"## Your task\n{_PREFERENCES_STEP}\n{_CRITERIA_STEP}\n{_SCORES_STEP}\n\n"
+        f"Answer with one JSON object between {OPEN} and {CLOSE}, in this shape:\n"
+        f"{OPEN}\n{_CRITERIA_SHAPE},\n{_scores_shape(labels)}\n{CLOSE}"
+    )
+    return _conversation(user)
+
+
+def criteria_chain(history, persona, prompt, *, max_items=8, max_chars=1500) -> list[dict]:
+    """Preferences and weighted criteria for this (user, prompt): shared by every completion."""
+    user = (
+        f"{_context(history, persona, prompt, max_items, max_chars)}\n\n"
+        f"## Your task\n{_PREFERENCES_STEP}\n{_CRITERIA_STEP}\n\n"
+        f"Answer with one JSON object between {OPEN} and {CLOSE}, in this shape:\n"
+        f"{OPEN}\n{_CRITERIA_SHAPE}}}\n{CLOSE}"
+    )
+    return _conversation(user)
+
+
+def score_followup(chain_conversation: list[dict], chain_text: str, response: str, *, max_chars=1500) -> list[dict]:
+    """After a criteria chain: score one response (label A) as JSON. Shares the chain's prefix."""
+    user = (
+        f"A reply to the current conversation:\n{_responses_block([response], max_chars)}\n\n"
+        f"{_SCORES_STEP[3:]} Use the criteria and weights above.\n"
+        f"Answer between {OPEN} and {CLOSE}:\n{OPEN}\n{{{_scores_shape('A')[1:]}\n{CLOSE}"
+    )
+    return _after(chain_conversation, chain_text, user)
+
+
+def criterion_question(chain_conversation: list[dict], chain_text: str, response: str, criterion: str, *, max_chars=1500) -> list[dict]:
+    """After a criteria chain: how well does `response` meet `criterion`? Answered by one digit,
+    whose probabilities the scorer reads. Every question of a group shares the chain's prefix."""
+    user = (
+        f"A reply to the current conversation:\n{_responses_block([response], max_chars)}\n\n"
+        f'For this user, how well does Response A meet the criterion "{criterion}"? '
+        "Answer with one digit from 1 (not at all) to 9 (perfectly)."
+    )
+    return _after(chain_conversation, chain_text, user)
+
+
+def _conversation(user: str) -> list[dict]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def _after(chain_conversation: list[dict], chain_text: str, user: str) -> list[dict]:
+    return [*chain_conversation, {"role": "assistant", "content": chain_text}, {"role": "user", "content": user}]
+
+
+__all__ = [
+    "OPEN", "CLOSE", "LABELS", "DIGITS", "SYSTEM",
+    "full_chain", "criteria_chain", "score_followup", "criterion_question", "history_block",
+]

@@ -1,0 +1,167 @@
+"""Every setting, as pydantic models. One YAML (or TOML) file drives the CLI, the service and the
+adapters; with no file at all the embedded default (SmolLM2-135M judge on CPU) is used.
+
+Unknown keys and bad values are errors that name the key, e.g.
+`reward.mode: Input should be 'pairwise', 'pointwise' or 'group'`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pgenrm_plugins import plugins
+
+CONFIG_ENV = "PGENRM_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names each bad key and why."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PluginChoice(StrictModel):
+    """`name` picks a registered plugin; `options` is validated by that plugin's own options model."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def build(self, kind: str):
+        entry = plugins.get(kind, self.name)
+        options = entry.options.model_validate(self.options) if entry.options else self.options
+        return entry.factory(options)
+
+
+class BackendConfig(PluginChoice):
+    name: str = "transformers"
+
+
+class EmbedderConfig(PluginChoice):
+    name: str = "minilm"
+
+
+class StoreConfig(PluginChoice):
+    name: str = "sqlite"
+
+
+class SamplingConfig(StrictModel):
+    """How evaluation chains are sampled. `chains` is N of individual-level scaling."""
+
+    chains: int = Field(4, ge=1, le=64)
+    temperature: float = Field(0.9, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=8, le=8192)
+    seed: int = 0
+
+
+class RewardConfig(StrictModel):
+    """How chains become one reward per completion (all rewards lie in [0, 1]).
+
+    mode:
+      pairwise  - each completion against the request's `reference` (the paper's form);
+                  reward = completion total / (completion total + reference total).
+      pointwise - one chain per completion; reward = weighted total mapped to [0, 1].
+      group     - persona and criteria once per (user, prompt), every completion scored against
+                  them; reward = weighted total mapped to [0, 1]. Default: fastest, and
+                  group-relative advantages (GRPO, RLOO) only need scores comparable in a group.
+    reader:
+      logprob   - read each criterion's score as the expected value of the judge's first reply
+                  token over the digits 1-9 (no parse failures, one forward pass, no sampling).
+      parse     - generate the scores as JSON and parse them.
+      auto      - logprob where the backend exposes token probabilities, else parse.
+    failure_policy:
+      raise     - a completion whose chains all failed raises `ScoringError`.
+      neutral   - it gets `neutral_value`, and the failure is counted in the components.
+    """
+
+    mode: Literal["pairwise", "pointwise", "group"] = "group"
+    reader: Literal["auto", "logprob", "parse"] = "auto"
+    failure_policy: Literal["raise", "neutral"] = "neutral"
+    neutral_value: float = Field(0.5, ge=0.0, le=1.0)
+    max_history: int = Field(8, ge=0, le=256, description="most recent history pairs shown to the judge")
+    max_chars: int = Field(1500, ge=64, description="longer texts are cut to this many characters")
+
+
+class PrototypeConfig(StrictModel):
+    """Prototype-level scaling: score with the top-k most similar users of the nearest prototype."""
+
+    enabled: bool = False
+    top_k: int = Field(4, ge=1, le=64)
+    c_self: float = Field(0.5, ge=0.0)
+    c_neighbours: float = Field(0.5, ge=0.0)
+
+
+class PGenRMConfig(StrictModel):
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    prototypes: PrototypeConfig = Field(default_factory=PrototypeConfig)
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    store: StoreConfig | None = None
+
+
+def _describe(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {prefix}{loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml", ".json"):
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"{path}: config must be .yaml, .yml, .json or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (backend, sampling, ...)")
+    return data
+
+
+def load_config(source: str | os.PathLike | dict | PGenRMConfig | None = None) -> PGenRMConfig:
+    """A config from a file path, a dict, or nothing (then `$PGENRM_CONFIG`, else the defaults)."""
+    if isinstance(source, PGenRMConfig):
+        return source
+    where = "config"
+    if source is None:
+        source = os.environ.get(CONFIG_ENV) or {}
+        if source:
+            where = f"{source} (from ${CONFIG_ENV})"
+    if not isinstance(source, dict):
+        path = Path(source)
+        where = where if where != "config" else str(path)
+        source = _read_file(path)
+    try:
+        config = PGenRMConfig.model_validate(source)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config in {where}:\n{_describe(exc)}") from None
+    # The chosen backend validates its own options now, so a typo in `backend.options` fails at
+    # load time, not when the judge is first called.
+    try:
+        entry = plugins.get("backend", config.backend.name)
+    except plugins.UnknownPluginError as exc:
+        raise ConfigError(f"invalid config in {where}:\n  backend.name: {exc}") from None
+    if entry.options is not None:
+        try:
+            entry.options.model_validate(config.backend.options)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid config in {where}:\n{_describe(exc, 'backend.options.')}") from None
+    return config
