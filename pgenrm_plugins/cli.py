@@ -1,0 +1,172 @@
+"""The `pgenrm` command line. Plugins add commands through the `register_commands` hook."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pgenrm_plugins import plugins
+
+app = typer.Typer(
+    help="P-GenRM: a personalized generative reward model for TRL, verl and OpenRLHF.\n\n"
+    "Start with `pgenrm score --input examples/requests.jsonl --show` (embedded CPU judge, no config needed).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks that measure speed side by side.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+err = Console(stderr=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML or TOML config; default: $PGENRM_CONFIG, else the embedded judge.")
+
+
+def _fail(message: str, code: int = 2):
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load_scorer(config: Optional[Path]):
+    from pgenrm_plugins.config import ConfigError
+    from pgenrm_plugins.scoring import load_scorer
+
+    try:
+        with err.status("loading the judge..."):
+            return load_scorer(str(config) if config else None)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def score(
+    input: Path = typer.Option(..., "--input", "-i", help="Requests, one JSON object per line (.jsonl) or row (.parquet)."),
+    config: Optional[Path] = ConfigOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here (JSONL); default: stdout."),
+    batch_size: int = typer.Option(8, min=1, help="Requests scored together in one backend call."),
+    show: bool = typer.Option(False, help="Print a table of rewards and the first evaluation chain of each request."),
+):
+    """Score completions for users: one result line per request line, in the same order.
+
+    A request line: {"user_id": "u1", "history": [{"prompt": ..., "chosen": ..., "rejected": ...}],
+    "prompt": "..." or [{"role": "user", "content": "..."}], "completions": ["...", "..."],
+    "reference": "..." (pairwise mode)}. A result line: {"rewards": [...], "components": {...}},
+    or {"line": N, "error": "..."} for a line that could not be read.
+    """
+    from rich.progress import Progress
+
+    from pgenrm_plugins.requests_io import LineError, read_requests
+
+    try:
+        items = list(read_requests(input))
+    except (FileNotFoundError, plugins.UnknownPluginError, ImportError) as exc:
+        _fail(str(exc))
+    for item in items:
+        if isinstance(item, LineError):
+            err.print(f"[yellow]skipped[/yellow] {input}: {item}", highlight=False)
+    scorer = _load_scorer(config)
+    results: list[dict] = [
+        {"line": item.line, "error": item.message} if isinstance(item, LineError) else {} for item in items
+    ]
+    todo = [i for i, item in enumerate(items) if not isinstance(item, LineError)]
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("scoring", total=len(todo))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            for i, result in zip(chunk, scorer.score([items[i] for i in chunk])):
+                results[i] = result.model_dump()
+            progress.advance(task, len(chunk))
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout
+    try:
+        for r in results:
+            out.write(json.dumps(r) + "\n")
+    finally:
+        if output:
+            out.close()
+    if show:
+        _show(items, results)
+    bad = sum(isinstance(item, LineError) for item in items)
+    if bad:
+        err.print(f"{bad} of {len(items)} lines could not be read; their result lines carry the error.")
+        raise typer.Exit(1)
+
+
+def _show(items, results) -> None:
+    console = Console(stderr=True)
+    for item, result in zip(items, results):
+        if "error" in result:
+            continue
+        c = result["components"]
+        table = Table(title=f"user {item.user_id or '(anonymous)'}: {c['mode']} mode, {c['reader']} reader", title_justify="left")
+        table.add_column("reward", justify="right")
+        table.add_column("completion")
+        for reward, completion in zip(result["rewards"], item.completions):
+            table.add_row(f"{reward:.3f}", completion[:100] + ("..." if len(completion) > 100 else ""))
+        console.print(table)
+        console.print(
+            f"chains sampled {c['chains_sampled']}, parse failures {c['parse_failures']} {c['failure_kinds'] or ''}, "
+            f"criteria fallbacks {c['criteria_fallbacks']}, generated tokens {c['generated_tokens']}",
+            highlight=False,
+        )
+        if c.get("evaluation"):
+            console.print("[bold]first evaluation chain:[/bold]")
+            console.print(c["evaluation"].strip(), markup=False, highlight=False)
+        console.print()
+
+
+@app.command("plugins")
+def list_plugins(kind: Optional[str] = typer.Option(None, help=f"Only this kind: {', '.join(plugins.KINDS)}.")):
+    """List registered backends, embedders, stores, adapters and loaders, with their distribution."""
+    kinds = [kind] if kind else list(plugins.KINDS)
+    table = Table("kind", "name", "distribution", "description")
+    try:
+        for k in kinds:
+            for name, entry in sorted(plugins.registry(k).items()):
+                table.add_row(k, name, entry.distribution, entry.description)
+    except plugins.UnknownPluginError as exc:
+        _fail(str(exc))
+    Console().print(table)
+
+
+@app.command("config")
+def show_config(config: Optional[Path] = ConfigOption):
+    """Validate a config and print it with every default filled in."""
+    import yaml
+
+    from pgenrm_plugins.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(str(config) if config else None)
+    except ConfigError as exc:
+        _fail(str(exc))
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+@bench_app.command("speed")
+def bench_speed(
+    config: Optional[Path] = ConfigOption,
+    prompts: int = typer.Option(8, min=1, help="Prompts in the GRPO-shaped batch (one user each)."),
+    completions: int = typer.Option(8, min=2, help="Completions per prompt (GRPO's num_generations)."),
+    chains: int = typer.Option(2, min=1, help="Evaluation chains sampled per judgement (Ind-N)."),
+    max_new_tokens: int = typer.Option(192, min=16, help="Token budget of one evaluation chain."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Rewards/s and generated tokens per reward: the paper's way against group mode, same model, same run."""
+    from pgenrm_plugins.bench.speed import run_speed
+
+    run_speed(config, prompts, completions, chains, max_new_tokens, output, console=Console())
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    plugins.register_commands(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

