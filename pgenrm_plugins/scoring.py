@@ -199,7 +199,10 @@ class Scorer:
                 messages = prompts.score_followup(conv, text, completion, max_chars=rc.max_chars)
                 # Greedy: the sampling that scales at test time is in the chains, not here.
                 budget = 24 + 16 * len(criteria)
-                gen_requests.append(GenerationRequest(messages, n=1, max_new_tokens=budget, temperature=0.0, seed=s.seed, stop=SCORE_STOP))
+                gen_requests.append(GenerationRequest(
+                    messages, n=1, max_new_tokens=budget, temperature=0.0, seed=s.seed, stop=SCORE_STOP,
+                    prefill=prompts.SCORES_PREFILL,
+                ))
                 jobs.append((ri, ci, criteria))
         outputs = self.backend.generate(gen_requests) if gen_requests else []
         for (ri, ci, criteria), (g,) in zip(jobs, outputs):
@@ -217,7 +220,7 @@ class Scorer:
         seed = _seed(s.seed, request.user_id, request.persona, request.model_dump(mode="json", include={"history", "prompt"}), list(shown))
         return GenerationRequest(
             messages, n=s.chains, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-            top_p=s.top_p, seed=seed, stop=(prompts.CLOSE,),
+            top_p=s.top_p, seed=seed, stop=(prompts.CLOSE,), prefill=prompts.CHAIN_PREFILL,
         )
 
     def _result(self, request: ScoreRequest, t: _Tally) -> ScoreResult:

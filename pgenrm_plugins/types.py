@@ -25,7 +25,7 @@ def as_messages(prompt: Prompt) -> list[Message]:
     """A plain-string prompt is one user turn; a message list is kept whole (multi-turn context)."""
     if isinstance(prompt, str):
         return [Message(role="user", content=prompt)]
-    return list(prompt)
+    return [m if isinstance(m, Message) else Message.model_validate(m) for m in prompt]
 
 
 class HistoryItem(BaseModel):

@@ -14,7 +14,8 @@ from llama_server import LlamaServer, free_port, llama_server  # noqa: F401  (fi
 from pydantic import ValidationError
 
 from pgenrm_plugins.backends.base import Backend, GenerationRequest
-from pgenrm_plugins.backends.openai_backend import BackendError, OpenAIBackend, OpenAIOptions, register_backends
+from pgenrm_plugins.backends.base import BackendError
+from pgenrm_plugins.backends.openai_backend import OpenAIBackend, OpenAIOptions, register_backends
 
 pytestmark = pytest.mark.server
 

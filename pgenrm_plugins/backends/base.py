@@ -22,6 +22,11 @@ from typing import Protocol, Sequence, runtime_checkable
 Conversation = list[dict[str, str]]  # [{"role": ..., "content": ...}, ...]
 
 
+class BackendError(RuntimeError):
+    """A backend could not produce an answer (server unreachable, kept failing); the message says
+    where and why."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     messages: Conversation
@@ -31,11 +36,15 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Text the reply starts with. Backends that can continue a partial assistant turn generate
+    # after it and return it as part of `text` (it keeps small judges on the JSON format);
+    # backends that cannot ignore it and return the model's reply as it comes.
+    prefill: str = ""
 
 
 @dataclass(frozen=True)
 class Generation:
-    text: str
+    text: str  # the whole reply, prefill included where the backend used it
     tokens: int  # generated tokens, for the cost accounting every benchmark reports
 
 

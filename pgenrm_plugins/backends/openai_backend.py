@@ -25,12 +25,8 @@ from typing import Any, Sequence
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pgenrm_plugins.backends.base import BackendStats, Conversation, Generation, GenerationRequest
+from pgenrm_plugins.backends.base import BackendError, BackendStats, Conversation, Generation, GenerationRequest
 from pgenrm_plugins.hookspecs import hookimpl
-
-
-class BackendError(RuntimeError):
-    """A server could not be reached or kept failing; the message names the URL and last error."""
 
 
 class OpenAIOptions(BaseModel):
@@ -45,6 +41,9 @@ class OpenAIOptions(BaseModel):
     max_retries: int = Field(3, ge=0, description="retries after the first attempt")
     backoff_s: float = Field(0.5, ge=0, description="wait before retry i is backoff_s * 2**i")
     max_concurrency: int = Field(16, ge=1, description="requests in flight at once, all servers together")
+    continue_final_message: bool = Field(
+        False, description="the server continues a partial assistant turn (vLLM, SGLang): use the scorer's prefill"
+    )
 
     @field_validator("base_urls", mode="before")
     @classmethod
@@ -128,9 +127,14 @@ class OpenAIBackend:
         return results
 
     async def _generate_one(self, r: GenerationRequest) -> list[Generation]:
+        prefill = r.prefill if self.options.continue_final_message else ""
+
         def payload(n: int, k: int) -> dict:
-            p = {"messages": r.messages, "n": n, "max_tokens": r.max_new_tokens,
+            messages = [*r.messages, {"role": "assistant", "content": prefill}] if prefill else r.messages
+            p = {"messages": messages, "n": n, "max_tokens": r.max_new_tokens,
                  "temperature": r.temperature, "top_p": r.top_p}
+            if prefill:  # vLLM's and SGLang's extension of the chat API
+                p.update(continue_final_message=True, add_generation_prompt=False)
             if r.seed is not None:
                 p["seed"] = r.seed + k
             if r.stop:
@@ -138,19 +142,19 @@ class OpenAIBackend:
             return p
 
         _, body = await self._post(payload(r.n, 0))
-        gens = self._generations(body)
+        gens = self._generations(body, prefill)
         while len(gens) < r.n:  # the server ignored n: ask for the rest one at a time, seeds seed+i
             self._count("n_ignored_requests", r.n - len(gens))
             more = await _gather(self._post(payload(1, k)) for k in range(len(gens), r.n))
-            got = [g for _, b in more for g in self._generations(b)]
+            got = [g for _, b in more for g in self._generations(b, prefill)]
             if not got:
                 raise BackendError("the server returned no choices")
             gens += got
         return gens[: r.n]
 
-    def _generations(self, body: dict) -> list[Generation]:
+    def _generations(self, body: dict, prefill: str) -> list[Generation]:
         texts = [(c.get("message") or {}).get("content") or "" for c in body.get("choices") or []]
-        return [Generation(t, k) for t, k in zip(texts, _split_tokens(self._usage(body), texts))]
+        return [Generation(prefill + t, k) for t, k in zip(texts, _split_tokens(self._usage(body), texts))]
 
     def next_token_probs(
         self, conversations: Sequence[Conversation], candidates: Sequence[str]

@@ -88,13 +88,13 @@ class TransformersBackend:
             mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _generated(self, row, prompt_len: int) -> Generation:
+    def _generated(self, row, prompt_len: int, prefill: str) -> Generation:
         new = row[prompt_len:].tolist()
         for j, tok in enumerate(new):
             if tok in self.eos_ids:
                 new = new[:j]
                 break
-        return Generation(self.tokenizer.decode(new, skip_special_tokens=True), len(new))
+        return Generation(prefill + self.tokenizer.decode(new, skip_special_tokens=True), len(new))
 
     # -- the contract ----------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
@@ -113,7 +113,7 @@ class TransformersBackend:
     def _run(self, batch: Sequence[GenerationRequest]) -> list[list[Generation]]:
         torch = self.torch
         first = batch[0]
-        encoded = [self._encode(r.messages) for r in batch]
+        encoded = [self._encode(r.messages) + self.tokenizer.encode(r.prefill, add_special_tokens=False) for r in batch]
         ids, mask = self._left_pad(encoded)
         sample = first.temperature > 0
         if first.seed is not None:
@@ -127,7 +127,7 @@ class TransformersBackend:
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         width = ids.shape[1]
-        gens = [self._generated(row, width) for row in out]
+        gens = [self._generated(row, width, batch[k // first.n].prefill) for k, row in enumerate(out)]
         self.stats.generate_calls += 1
         self.stats.prompt_tokens += sum(len(e) for e in encoded) * first.n
         self.stats.generated_tokens += sum(g.tokens for g in gens)

@@ -55,6 +55,11 @@ _CRITERIA_SHAPE = (
 )
 
 
+# Replies start with these (where the backend can prefill): a small judge then stays on the format.
+CHAIN_PREFILL = OPEN + '\n{"preferences": {"style": "'
+SCORES_PREFILL = OPEN + '\n{"scores": {"A": {"per_criterion": {"'
+
+
 def _clip(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
@@ -154,6 +159,6 @@ def _after(chain_conversation: list[dict], chain_text: str, user: str) -> list[d
 
 
 __all__ = [
-    "OPEN", "CLOSE", "LABELS", "DIGITS", "SYSTEM",
+    "OPEN", "CLOSE", "LABELS", "DIGITS", "SYSTEM", "CHAIN_PREFILL", "SCORES_PREFILL",
     "full_chain", "criteria_chain", "score_followup", "criterion_question", "history_block",
 ]

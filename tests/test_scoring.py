@@ -1,0 +1,107 @@
+"""The scorer on the real embedded judge (SmolLM2-135M-Instruct): reward modes, individual-level
+scaling, failure policy, determinism and the group-mode prefix economy."""
+
+import math
+
+import pytest
+from conftest import make_config
+
+from pgenrm_plugins.scoring import Scorer, ScoringError
+
+
+def check_rewards(result, n):
+    assert len(result.rewards) == n
+    assert all(isinstance(r, float) and math.isfinite(r) and 0.0 <= r <= 1.0 for r in result.rewards)
+
+
+def test_group_mode_reads_scores_by_probability(judge, request_row):
+    judge.stats.__init__()
+    scorer = Scorer(make_config(reward={"mode": "group", "reader": "logprob"}), backend=judge)
+    [result] = scorer.score([request_row])
+    check_rewards(result, 3)
+    c = result.components
+    assert c["mode"] == "group" and c["reader"] == "logprob"
+    assert c["chains_sampled"] == 2  # persona + criteria once per (user, prompt), N = 2
+    assert c["chains_scored"] == [2, 2, 2]  # every completion scored under both chains
+    assert c["self"] == result.rewards and c["prototype_id"] is None
+    assert c["evaluation"].startswith("<evaluation>")
+    # one generate call for the whole group; the questions reuse the chain's prefix
+    assert judge.stats.generate_calls == 1
+    assert judge.stats.extra["prefix_tokens_reused"] > 0
+    # the completions are told apart: a probability read is a smooth score
+    assert len(set(result.rewards)) == 3
+
+
+def test_group_mode_with_parsed_scores(judge, request_row):
+    scorer = Scorer(make_config(reward={"mode": "group", "reader": "parse"}, sampling={"max_new_tokens": 96}), backend=judge)
+    [result] = scorer.score([request_row])
+    check_rewards(result, 3)
+    c = result.components
+    assert c["reader"] == "parse" and c["chains_sampled"] == 2
+    # whatever the small judge wrote, every chain is accounted for: scored or counted as failed
+    assert c["parse_failures"] == sum(c["failure_kinds"].values())
+    assert all(k <= 2 for k in c["chains_scored"])
+
+
+@pytest.mark.parametrize("mode", ["pointwise", "pairwise"])
+def test_full_chain_modes(judge, request_row, mode):
+    scorer = Scorer(make_config(reward={"mode": mode}), backend=judge)
+    [result] = scorer.score([request_row])
+    check_rewards(result, 3)
+    c = result.components
+    assert c["mode"] == mode and c["reader"] == "parse"
+    assert c["chains_sampled"] == 2 * 3  # N chains for every completion (or pair)
+    for ci, scored in enumerate(c["chains_scored"]):
+        assert (scored == 0) == (ci in c["failed_completions"])
+
+
+def test_pairwise_needs_a_reference(judge, request_row):
+    del request_row["reference"]
+    scorer = Scorer(make_config(reward={"mode": "pairwise"}), backend=judge)
+    with pytest.raises(ValueError, match="'reference' is required in pairwise mode"):
+        scorer.score([request_row])
+
+
+def test_unparseable_chains_follow_the_failure_policy(judge, request_row):
+    # 8 new tokens cannot hold a full chain: every chain fails to parse, for real.
+    tiny = {"sampling": {"max_new_tokens": 8}, "reward": {"mode": "pointwise", "neutral_value": 0.25}}
+    [result] = Scorer(make_config(**tiny), backend=judge).score([request_row])
+    assert result.rewards == [0.25, 0.25, 0.25]
+    assert result.components["failed_completions"] == [0, 1, 2]
+    assert result.components["parse_failures"] == 6
+    tiny["reward"]["failure_policy"] = "raise"
+    with pytest.raises(ScoringError, match="completion 0 got no score from 6 chains"):
+        Scorer(make_config(**tiny), backend=judge).score([request_row])
+
+
+def test_reward_does_not_depend_on_batch_mates(judge, request_row):
+    scorer = Scorer(make_config(), backend=judge)
+    other = dict(request_row, user_id="someone-else", prompt="Name a good sci-fi book.", completions=["Dune."])
+    alone = scorer.score([request_row])[0].rewards
+    together = scorer.score([other, request_row])[1].rewards
+    assert together == pytest.approx(alone, abs=1e-5)
+
+
+def test_history_changes_the_reward(judge, request_row):
+    scorer = Scorer(make_config(), backend=judge)
+    with_history = scorer.score([request_row])[0].rewards
+    without = scorer.score([dict(request_row, history=[])])[0].rewards
+    assert with_history != pytest.approx(without, abs=1e-4)
+
+
+def test_multi_turn_context_reaches_the_judge(judge, request_row):
+    from pgenrm_plugins.chain import prompts
+
+    turns = [{"role": "user", "content": "I sleep badly."}, {"role": "assistant", "content": "Since when?"},
+             {"role": "user", "content": "A month. How can I fall asleep faster?"}]
+    conv = prompts.criteria_chain([], None, [dict(t) for t in turns])
+    assert "assistant: Since when?" in conv[1]["content"] and "user: A month." in conv[1]["content"]
+    [result] = Scorer(make_config(), backend=judge).score([dict(request_row, prompt=turns)])
+    check_rewards(result, 3)
+
+
+def test_bad_request_names_the_field(judge):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="completions"):
+        Scorer(make_config(), backend=judge).score([{"prompt": "hi", "completions": []}])
