@@ -159,7 +159,7 @@ def bench_speed(
     """Rewards/s and generated tokens per reward: the paper's way against group mode, same model, same run."""
     from pgenrm_plugins.bench.speed import run_speed
 
-    run_speed(config, prompts, completions, chains, max_new_tokens, output, console=Console())
+    run_speed(config, prompts, completions, chains, max_new_tokens, output, console=Console(width=max(Console().width, 110)))
 
 
 def main() -> None:

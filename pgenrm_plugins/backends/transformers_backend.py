@@ -1,9 +1,9 @@
 """The `transformers` backend: any causal LM in process, CPU or GPU. The embedded default.
 
 Why it is fast enough to be the default:
-- `generate` samples a request's `n` chains in one batch; greedy requests (temperature 0) are
-  batched together, since their output does not depend on what else is in the batch. Sampled
-  requests are seeded one by one, so a reward never depends on its batch-mates.
+- `generate` batches every sample of every request with the same sampling settings. Each row
+  draws from its own seeded generator (`SeededSampler`), so a chain, and the reward built on
+  it, never depends on what else was in the batch.
 - `next_token_probs` finds the prefix that the rows of one call share (every question about one
   chain repeats the same history, prompt and criteria), runs it once, and feeds only each row's
   own suffix on top of the cached keys and values. Only the last position's logits are computed.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +48,9 @@ class TransformersBackend:
         if options.threads:
             torch.set_num_threads(options.threads)
         self.torch = torch
+        from transformers import LogitsProcessorList
+
+        self._processors = LogitsProcessorList
         device = options.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -98,40 +102,40 @@ class TransformersBackend:
 
     # -- the contract ----------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
-        results: list[list[Generation] | None] = [None] * len(requests)
-        greedy = [i for i, r in enumerate(requests) if r.temperature == 0]
-        for start in range(0, len(greedy), self.options.max_batch_rows):
-            chunk = greedy[start:start + self.options.max_batch_rows]
-            texts = self._run([requests[i] for i in chunk])
-            for i, gens in zip(chunk, texts):
-                results[i] = gens
-        for i, r in enumerate(requests):
-            if results[i] is None:
-                results[i] = self._run([r])[0]
-        return results  # type: ignore[return-value]
+        # One row per sample, each with its own seed (request seed + sample index), so requests of
+        # any seed batch together and a row's text never depends on its batch-mates.
+        rows = [(i, k) for i, r in enumerate(requests) for k in range(r.n)]
+        rows.sort(key=lambda row: _sampling_key(requests[row[0]]))
+        results: list[list[Generation]] = [[] for _ in requests]
+        for _, group in itertools.groupby(rows, key=lambda row: _sampling_key(requests[row[0]])):
+            group = list(group)
+            for start in range(0, len(group), self.options.max_batch_rows):
+                chunk = group[start:start + self.options.max_batch_rows]
+                for (i, _k), gen in zip(chunk, self._run(requests, chunk)):
+                    results[i].append(gen)
+        return results
 
-    def _run(self, batch: Sequence[GenerationRequest]) -> list[list[Generation]]:
+    def _run(self, requests: Sequence[GenerationRequest], rows: list[tuple[int, int]]) -> list[Generation]:
         torch = self.torch
-        first = batch[0]
-        encoded = [self._encode(r.messages) + self.tokenizer.encode(r.prefill, add_special_tokens=False) for r in batch]
+        first = requests[rows[0][0]]
+        encoded = [self._encode(requests[i].messages) + self.tokenizer.encode(requests[i].prefill, add_special_tokens=False) for i, _ in rows]
         ids, mask = self._left_pad(encoded)
-        sample = first.temperature > 0
-        if first.seed is not None:
-            torch.manual_seed(first.seed)
-        kwargs = dict(do_sample=sample, max_new_tokens=first.max_new_tokens, num_return_sequences=first.n,
+        kwargs = dict(do_sample=False, max_new_tokens=first.max_new_tokens,
                       eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
-        if sample:
-            kwargs.update(temperature=first.temperature, top_p=first.top_p, top_k=0)
+        if first.temperature > 0:
+            seeds = [(requests[i].seed or 0) + k for i, k in rows]
+            sampler = SeededSampler(seeds, first.temperature, first.top_p, self.device)
+            kwargs["logits_processor"] = self._processors([sampler])
         if first.stop:
             kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         width = ids.shape[1]
-        gens = [self._generated(row, width, batch[k // first.n].prefill) for k, row in enumerate(out)]
+        gens = [self._generated(row, width, requests[i].prefill) for row, (i, _) in zip(out, rows)]
         self.stats.generate_calls += 1
-        self.stats.prompt_tokens += sum(len(e) for e in encoded) * first.n
+        self.stats.prompt_tokens += sum(len(e) for e in encoded)
         self.stats.generated_tokens += sum(g.tokens for g in gens)
-        return [gens[k * first.n:(k + 1) * first.n] for k in range(len(batch))]
+        return gens
 
     def next_token_probs(self, conversations: Sequence[Conversation], candidates: Sequence[str]) -> list[dict[str, float]]:
         torch = self.torch
@@ -181,6 +185,39 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+def _sampling_key(r: GenerationRequest):
+    return (r.temperature, r.top_p, r.max_new_tokens, r.stop)
+
+
+class SeededSampler:
+    """Sampling with one random generator per row, inside a batched greedy `generate`.
+
+    Adding Gumbel noise to the (temperature-scaled, top-p filtered) logits and taking the argmax
+    draws exactly from the softmax; with a generator per row, each row's draw depends on its own
+    seed only, which `generate(do_sample=True)` (one global generator) cannot give."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device):
+        import torch
+
+        self.torch = torch
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        torch = self.torch
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            ordered, index = scores.sort(dim=-1, descending=True)
+            probs = ordered.softmax(dim=-1)
+            drop_sorted = probs.cumsum(dim=-1) - probs > self.top_p  # keep the smallest set reaching top_p
+            drop = torch.zeros_like(drop_sorted).scatter(1, index, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        vocab = scores.shape[-1]
+        uniform = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+        return scores + gumbel
 
 
 def shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:

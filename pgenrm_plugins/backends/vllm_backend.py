@@ -51,8 +51,11 @@ class VLLMBackend:
         )
         self.stats = BackendStats()
 
-    def _chat(self, conversations: Sequence[Conversation], params):
-        outputs = self.llm.chat([list(m) for m in conversations], params, use_tqdm=False)
+    def _chat(self, conversations: Sequence[Conversation], params, prefill: str = ""):
+        if prefill:  # continue a partial assistant turn (one prefill for the whole call)
+            conversations = [[*m, {"role": "assistant", "content": prefill}] for m in conversations]
+        outputs = self.llm.chat([list(m) for m in conversations], params, use_tqdm=False,
+                                add_generation_prompt=not prefill, continue_final_message=bool(prefill))
         self.stats.prompt_tokens += sum(len(o.prompt_token_ids or ()) for o in outputs)
         return outputs
 
@@ -64,8 +67,10 @@ class VLLMBackend:
                                       seed=r.seed, stop=list(r.stop) or None)
             for r in requests
         ]
-        outputs = self._chat([r.messages for r in requests], params)
-        results = [[Generation(c.text, len(c.token_ids)) for c in o.outputs] for o in outputs]
+        # The scorer gives every request of a call the same prefill; a mixed call goes without.
+        prefill = requests[0].prefill if len({r.prefill for r in requests}) == 1 else ""
+        outputs = self._chat([r.messages for r in requests], params, prefill)
+        results = [[Generation(prefill + c.text, len(c.token_ids)) for c in o.outputs] for o in outputs]
         self.stats.generate_calls += 1
         self.stats.generated_tokens += sum(g.tokens for gens in results for g in gens)
         return results
