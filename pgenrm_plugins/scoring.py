@@ -92,7 +92,13 @@ class Scorer:
             self._score_groups(reqs, tallies)
         else:
             self._score_full_chains(reqs, tallies, pairwise=mode == "pairwise")
-        return [self._result(r, t) for r, t in zip(reqs, tallies)]
+        results = [self._result(r, t) for r, t in zip(reqs, tallies)]
+        neutral = sum(len(r.components["failed_completions"]) for r in results)
+        if neutral:
+            log.warning("%d of %d completions got no score from any chain: neutral reward %.2f (counted in "
+                        "components.failed_completions)", neutral, sum(len(r.rewards) for r in results),
+                        self.config.reward.neutral_value)
+        return results
 
     def score_one(self, request: ScoreRequest | dict) -> ScoreResult:
         return self.score([request])[0]
@@ -236,8 +242,6 @@ class Scorer:
                         f"(failures: {dict(t.failures) or 'none'}); set reward.failure_policy: neutral to "
                         "give such completions reward.neutral_value instead"
                     )
-                log.warning("completion %d of user %r got no score (%s): neutral reward %.2f",
-                            ci, request.user_id, dict(t.failures), rc.neutral_value)
                 value = rc.neutral_value
             rewards.append(float(value))
         components = {

@@ -60,3 +60,12 @@ def test_file_errors_are_clear(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        load_config(path)

@@ -147,41 +147,59 @@ class TransformersBackend:
             cand_ids.append(ids[0])
         rows = [self._encode(m) for m in conversations]
         self.stats.prob_calls += 1
-        prefix_len = shared_prefix_len(rows)
+        root = shared_prefix_len(rows)  # e.g. history + prompt + criteria chain
         cache = None
-        if prefix_len:
+        if root:
             with torch.inference_mode():
-                prefix = torch.tensor([rows[0][:prefix_len]], device=self.device)
-                cache = self.model(input_ids=prefix, use_cache=True).past_key_values
-            self.stats.prompt_tokens += prefix_len
-            self.stats.extra["prefix_tokens_reused"] = self.stats.extra.get("prefix_tokens_reused", 0) + prefix_len * (len(rows) - 1)
+                prefix = torch.tensor([rows[0][:root]], device=self.device)
+                cache = getattr(self.model(input_ids=prefix, use_cache=True), self._cache_arg)
+            self.stats.prompt_tokens += root
+            self._count_reused(root * (len(rows) - 1))
         probs: list[dict[str, float]] = []
         for start in range(0, len(rows), self.options.max_batch_rows):
-            chunk = [r[prefix_len:] for r in rows[start:start + self.options.max_batch_rows]]
-            p = torch.softmax(self._last_logits(chunk, prefix_len, cache).float(), dim=-1)[:, cand_ids]
+            logits = self._chunk_logits(rows[start:start + self.options.max_batch_rows], root, cache)
+            p = torch.softmax(logits.float(), dim=-1)[:, cand_ids]
             probs.extend(dict(zip(candidates, row)) for row in p.cpu().tolist())
         return probs
 
-    def _last_logits(self, suffixes: list[list[int]], prefix_len: int, cache):
-        """Logits of each row's last token, the suffixes left-padded after a shared prefix.
+    def _chunk_logits(self, rows: list[list[int]], root: int, cache):
+        """Last-token logits of `rows`, which all start with the `root` tokens held in `cache`.
 
-        Positions are given explicitly so that padding leaves no gap between prefix and suffix:
-        the result equals running each full row on its own."""
+        A second level of sharing: consecutive rows that also share a stem after the root (one
+        completion asked about several criteria) run that stem once, then only their own tails."""
         torch = self.torch
-        ids, suffix_mask = self._left_pad(suffixes)
-        b, width = ids.shape
-        pads = width - suffix_mask.sum(dim=1, keepdim=True)
-        positions = (prefix_len + torch.arange(width, device=self.device)[None, :] - pads).clamp(min=prefix_len)
-        mask = torch.cat([torch.ones((b, prefix_len), dtype=torch.long, device=self.device), suffix_mask], dim=1)
-        kwargs = {}
-        if cache is not None:
-            cache = copy.deepcopy(cache)
-            cache.batch_repeat_interleave(b)
-            kwargs[self._cache_arg] = cache
+        runs = _runs_sharing_a_stem(rows, root)
+        root_mask = torch.ones((len(runs), root), dtype=torch.long, device=self.device)
+        if len(runs) == len(rows):  # nothing more to share
+            return self._extend([r[root:] for r in rows], root_mask, _repeat(cache, len(rows)))[0]
+        stems = [rows[members[0]][root:stem] for stem, members in runs]
+        _, stem_cache, stem_mask = self._extend(stems, root_mask, _repeat(cache, len(runs)), keep_cache=True)
+        owner = torch.tensor([k for k, (_, members) in enumerate(runs) for _ in members], device=self.device)
+        stem_cache.batch_select_indices(owner)
+        tails = [rows[i][stem:] for stem, members in runs for i in members]
+        self._count_reused(sum((len(members) - 1) * (stem - root) for stem, members in runs))
+        return self._extend(tails, stem_mask[owner], stem_cache)[0]
+
+    def _extend(self, pieces: list[list[int]], past_mask, cache, keep_cache: bool = False):
+        """Run left-padded `pieces` on top of `cache` (attention mask `past_mask`, one row per piece).
+
+        Positions are explicit, so padding leaves no gap: each row's tokens get the positions
+        they would have had if the row had run on its own. Returns (last logits, cache, mask)."""
+        torch = self.torch
+        ids, mask = self._left_pad(pieces)
+        width = ids.shape[1]
+        pads = width - mask.sum(dim=1, keepdim=True)
+        positions = (past_mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)[None, :] - pads).clamp(min=0)
+        full_mask = torch.cat([past_mask, mask], dim=1)
+        kwargs = {self._cache_arg: cache} if cache is not None else {}
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs)
-        self.stats.prompt_tokens += int(suffix_mask.sum())
-        return out.logits[:, -1, :]
+            out = self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                             logits_to_keep=1, use_cache=keep_cache, **kwargs)
+        self.stats.prompt_tokens += int(mask.sum())
+        return out.logits[:, -1, :], (getattr(out, self._cache_arg) if keep_cache else None), full_mask
+
+    def _count_reused(self, tokens: int) -> None:
+        self.stats.extra["prefix_tokens_reused"] = self.stats.extra.get("prefix_tokens_reused", 0) + tokens
 
     def close(self) -> None:
         self.model = None
@@ -218,6 +236,30 @@ class SeededSampler:
         uniform = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
         return scores + gumbel
+
+
+def _repeat(cache, rows: int):
+    """A copy of a one-row cache for `rows` rows (the forward pass appends to it in place)."""
+    if cache is None:
+        return None
+    cache = copy.deepcopy(cache)
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+def _runs_sharing_a_stem(rows: list[list[int]], root: int) -> list[tuple[int, list[int]]]:
+    """Consecutive rows grouped by a common stem after `root`: [(stem end, [row indices])].
+    A row that shares less than MIN_SHARED_PREFIX more tokens with its run starts a new run."""
+    runs: list[tuple[int, list[int]]] = []
+    for i, row in enumerate(rows):
+        if runs:
+            members = runs[-1][1]
+            stem = shared_prefix_len([rows[m] for m in members] + [row])
+            if stem - root >= MIN_SHARED_PREFIX:
+                runs[-1] = (stem, members + [i])
+                continue
+        runs.append((len(row) - 1, [i]))
+    return runs
 
 
 def shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
