@@ -165,7 +165,9 @@ class Scorer:
                 usable.append((ri, conv, g.text, criteria))
         if self.reader != "parse":
             try:
-                return self._read_probabilities(reqs, tallies, usable)
+                self._read_probabilities(reqs, tallies, usable)
+                self.reader = "logprob" if usable else self.reader  # `auto` resolved: report what ran
+                return
             except NotImplementedError:
                 if rc.reader == "logprob":
                     raise
