@@ -57,6 +57,14 @@ class _Tally:
     criteria: list | None = None
     per_completion: list[list[float]] = field(default_factory=list)  # reward-space values per chain
 
+    def add_chain(self, generation) -> None:
+        self.chains_sampled += 1
+        self.generated_tokens += generation.tokens
+        self.evaluation = self.evaluation or generation.text
+
+    def add_criteria(self, criteria) -> None:
+        self.criteria = self.criteria or [[c.name, c.weight] for c in criteria]
+
 
 def _seed(base: int, *parts: Any) -> int:
     """A seed from the content being judged, so a reward never depends on its batch-mates."""
@@ -120,14 +128,12 @@ class Scorer:
         for (ri, ci), gens in zip(jobs, self.backend.generate(gen_requests)):
             t = tallies[ri]
             for g in gens:
-                t.chains_sampled += 1
-                t.generated_tokens += g.tokens
-                t.evaluation = t.evaluation or g.text
+                t.add_chain(g)
                 parsed = parse_chain(g.text, labels=labels)
                 if isinstance(parsed, ParseFailure):
                     t.failures[parsed.kind] += 1
                     continue
-                t.criteria = t.criteria or [[c.name, c.weight] for c in parsed.criteria]
+                t.add_criteria(parsed.criteria)
                 mine = parsed.scores["A"].total
                 if pairwise:
                     theirs = parsed.scores["B"].total
@@ -149,9 +155,7 @@ class Scorer:
         for ri, (conv, gens) in enumerate(zip(conversations, chains)):
             t = tallies[ri]
             for g in gens:
-                t.chains_sampled += 1
-                t.generated_tokens += g.tokens
-                t.evaluation = t.evaluation or g.text
+                t.add_chain(g)
                 parsed = parse_criteria(g.text)
                 if isinstance(parsed, ParseFailure):
                     t.failures[parsed.kind] += 1
@@ -161,7 +165,7 @@ class Scorer:
                     criteria = (FALLBACK_CRITERION,)
                 else:
                     criteria = parsed.criteria
-                    t.criteria = t.criteria or [[c.name, c.weight] for c in criteria]
+                    t.add_criteria(criteria)
                 usable.append((ri, conv, g.text, criteria))
         if self.reader != "parse":
             try:
