@@ -120,6 +120,34 @@ def _show(items, results) -> None:
         console.print()
 
 
+@app.command()
+def serve(
+    config: Optional[Path] = ConfigOption,
+    host: str = typer.Option("127.0.0.1", help="Interface to bind. Anything but loopback: set $PGENRM_API_KEY too."),
+    port: int = typer.Option(8017, min=1, max=65535, help="TCP port."),
+    max_wait_ms: float = typer.Option(20.0, min=0, help="Batching window: how long a waiting request waits for batch-mates."),
+    max_batch_requests: int = typer.Option(64, min=1, help="Most caller requests in one backend batch."),
+    log_level: str = typer.Option("info", help="uvicorn log level (debug, info, warning, error)."),
+):
+    """Serve the scorer over HTTP: POST /v1/score, POST /get_reward (OpenRLHF), GET /healthz, GET /metrics.
+
+    OpenRLHF: --reward.remote_url http://HOST:PORT/get_reward --data.label_key label.
+    A bearer token is required when $PGENRM_API_KEY is set. See docs/service.md.
+    """
+    try:
+        from pgenrm_plugins.server.app import ServerSettings
+        from pgenrm_plugins.server.app import serve as run_service
+    except ImportError as exc:
+        _fail(f"the service needs the server extra: pip install 'pgenrm-plugins[server]' ({exc})")
+    from pgenrm_plugins.config import ConfigError
+
+    settings = ServerSettings(max_wait_ms=max_wait_ms, max_batch_requests=max_batch_requests)
+    try:
+        run_service(str(config) if config else None, host=host, port=port, settings=settings, log_level=log_level)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 @app.command("plugins")
 def list_plugins(kind: Optional[str] = typer.Option(None, help=f"Only this kind: {', '.join(plugins.KINDS)}.")):
     """List registered backends, embedders, stores, adapters and loaders, with their distribution."""

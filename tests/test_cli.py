@@ -12,7 +12,7 @@ runner = CliRunner()
 def test_help_explains_every_command():
     result = runner.invoke(cli.app, ["--help"], terminal_width=200)
     assert result.exit_code == 0
-    for command in ("score", "plugins", "config", "bench"):
+    for command in ("score", "serve", "plugins", "config", "bench"):
         assert command in result.output
     result = runner.invoke(cli.app, ["score", "--help"], terminal_width=200)
     assert "--input" in result.output and "one result line per request line" in result.output

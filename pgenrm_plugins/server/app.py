@@ -1,0 +1,225 @@
+"""The FastAPI app of the scoring service, and `serve()` to run it under uvicorn.
+
+Endpoints:
+  POST /v1/score     one ScoreRequest JSON object or a list -> one ScoreResult or a list
+  POST /get_reward   OpenRLHF's remote reward protocol (see `server/openrlhf.py`)
+  GET  /healthz      liveness and queue state (never needs the token)
+  GET  /metrics      Prometheus text
+
+Safety: binds 127.0.0.1 by default; a bearer token from `$PGENRM_API_KEY` (or settings.api_key)
+guards every endpoint except /healthz; bodies over `max_body_bytes` get 413; more than
+`max_requests_per_call` requests or `max_completions_per_request` completions get 422 naming the
+field; bad JSON gets 400; a scorer failure gets 503 for the requests of that batch only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pgenrm_plugins.requests_io import describe_validation_error
+from pgenrm_plugins.server import openrlhf
+from pgenrm_plugins.server.batcher import Batcher, BatcherClosed, ScorerFailed
+from pgenrm_plugins.server.metrics import Metrics
+from pgenrm_plugins.types import ScoreRequest
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "PGENRM_API_KEY"
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8017, ge=0, le=65535)
+    api_key: str | None = Field(None, description=f"bearer token; default: ${API_KEY_ENV} if set")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_requests_per_call: int = Field(256, ge=1)
+    max_completions_per_request: int = Field(64, ge=1)
+    max_wait_ms: float = Field(20.0, ge=0.0)
+    max_batch_requests: int = Field(64, ge=1)
+    end_of_turn_tokens: tuple[str, ...] = openrlhf.END_OF_TURN
+    graceful_shutdown_s: float = Field(120.0, ge=0.0, description="uvicorn waits this long for in-flight requests")
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, detail: str, kind: str):
+        self.status, self.detail, self.kind = status, detail, kind
+
+
+def _check_auth(request: Request, key: str | None) -> None:
+    if not key:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise HTTPProblem(401, f"missing bearer token: send 'Authorization: Bearer <key>' (the server's ${API_KEY_ENV})", "auth")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise HTTPProblem(401, "wrong bearer token", "auth")
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPProblem(413, f"request body of {declared} bytes is over the limit of {limit} bytes", "too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, f"request body is over the limit of {limit} bytes", "too_large")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise HTTPProblem(400, "empty body: send JSON", "invalid")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise HTTPProblem(400, f"body is not valid JSON ({msg}{where})", "invalid") from None
+
+
+def _parse_score_body(body: Any, s: ServerSettings) -> tuple[list[ScoreRequest], bool]:
+    single = isinstance(body, dict)
+    rows = [body] if single else body
+    if not isinstance(rows, list):
+        raise HTTPProblem(422, "body must be a ScoreRequest object or a list of them", "invalid")
+    if not rows:
+        raise HTTPProblem(422, "body is an empty list: send at least one request", "invalid")
+    if len(rows) > s.max_requests_per_call:
+        raise HTTPProblem(422, f"field 'requests': at most {s.max_requests_per_call} requests per call, got {len(rows)}", "invalid")
+    reqs = []
+    for i, row in enumerate(rows):
+        where = "" if single else f"{i}."
+        if isinstance(row, dict) and isinstance(row.get("completions"), list) \
+                and len(row["completions"]) > s.max_completions_per_request:
+            raise HTTPProblem(422, f"field '{where}completions': at most {s.max_completions_per_request} "
+                                   f"completions per request, got {len(row['completions'])}", "invalid")
+        try:
+            reqs.append(ScoreRequest.model_validate(row))
+        except ValidationError as exc:
+            detail = describe_validation_error(exc)
+            raise HTTPProblem(422, detail.replace("field '", f"field '{where}") if where else detail, "invalid") from None
+    return reqs, single
+
+
+def _check_mode(scorer, reqs: list[ScoreRequest]) -> None:
+    """Refuse what would fail the scorer here, so one bad request never fails its batch-mates."""
+    mode = getattr(getattr(getattr(scorer, "config", None), "reward", None), "mode", None)
+    if mode == "pairwise":
+        for i, r in enumerate(reqs):
+            if r.reference is None:
+                raise HTTPProblem(422, f"request {i}: field 'reference' is required in pairwise mode", "invalid")
+
+
+def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI:
+    """The service over `scorer` (anything with `score(list[ScoreRequest]) -> list[ScoreResult]`)."""
+    s = settings if isinstance(settings, ServerSettings) else ServerSettings.model_validate(settings or {})
+    api_key = s.api_key if s.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    metrics = Metrics()
+    batcher = Batcher(scorer.score, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        log.info("pgenrm scoring service ready (auth %s)", "on" if api_key else "off")
+        try:
+            yield
+        finally:
+            await batcher.stop()  # uvicorn has let in-flight requests finish; drain what is queued
+
+    app = FastAPI(title="P-GenRM scoring service", lifespan=lifespan)
+    app.state.batcher, app.state.metrics, app.state.settings, app.state.scorer = batcher, metrics, s, scorer
+
+    @app.exception_handler(HTTPProblem)
+    async def _problem(request: Request, exc: HTTPProblem):
+        metrics.failures.labels(exc.kind).inc()
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            endpoint = request.url.path if request.url.path in _PATHS else "other"
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            metrics.requests.labels(endpoint, str(status)).inc()
+
+    async def _score(reqs: list[ScoreRequest]):
+        try:
+            return await batcher.submit(reqs)
+        except ScorerFailed as exc:
+            raise HTTPProblem(503, str(exc), "scorer") from None
+        except BatcherClosed as exc:
+            raise HTTPProblem(503, str(exc), "unavailable") from None
+
+    @app.post("/v1/score")
+    async def score(request: Request):
+        _check_auth(request, api_key)
+        reqs, single = _parse_score_body(await _read_json(request, s.max_body_bytes), s)
+        _check_mode(scorer, reqs)
+        results = await _score(reqs)
+        data = [r.model_dump(mode="json") for r in results]
+        return JSONResponse(data[0] if single else data)
+
+    @app.post("/get_reward")
+    async def get_reward(request: Request):
+        _check_auth(request, api_key)
+        body = await _read_json(request, s.max_body_bytes)
+        try:
+            reqs = openrlhf.to_requests(body, s.end_of_turn_tokens)
+        except openrlhf.ProtocolError as exc:
+            raise HTTPProblem(422, str(exc), "invalid") from None
+        if len(reqs) > s.max_requests_per_call:
+            raise HTTPProblem(422, f"field 'query': at most {s.max_requests_per_call} samples per call, got {len(reqs)}", "invalid")
+        _check_mode(scorer, reqs)
+        return JSONResponse(openrlhf.to_reply(await _score(reqs)))
+
+    @app.get("/healthz")
+    async def healthz():
+        ok = batcher.running
+        return JSONResponse({"status": "ok" if ok else "stopping", "queue_depth": batcher.depth, "batches": batcher.batches},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus(request: Request):
+        _check_auth(request, api_key)
+        metrics.queue_depth.set(batcher.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    _PATHS = {"/v1/score", "/get_reward", "/healthz", "/metrics"}
+    return app
+
+
+def serve(config_path: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8017,
+          settings: ServerSettings | dict | None = None, log_level: str = "info") -> None:
+    """Load the scorer from `config_path` (None: $PGENRM_CONFIG, else the embedded judge) and serve it."""
+    import uvicorn
+
+    from pgenrm_plugins.scoring import load_scorer
+
+    s = settings if isinstance(settings, ServerSettings) else ServerSettings.model_validate(settings or {})
+    s = s.model_copy(update={"host": host, "port": port})
+    if host not in ("127.0.0.1", "localhost", "::1") and not (s.api_key or os.environ.get(API_KEY_ENV)):
+        log.warning("serving on %s without a bearer token: set $%s to require one", host, API_KEY_ENV)
+    scorer = load_scorer(str(config_path) if config_path else None)
+    try:
+        uvicorn.run(create_app(scorer, s), host=s.host, port=s.port, log_level=log_level,
+                    timeout_graceful_shutdown=s.graceful_shutdown_s)
+    finally:
+        scorer.close()

@@ -1,0 +1,130 @@
+"""OpenRLHF's remote-reward protocol (`--reward.remote_url http://HOST:PORT/get_reward`).
+
+OpenRLHF 0.11.2 (`openrlhf/utils/agent.py`, `SingleTurnAgentExecutor._fetch_rewards_via_http`)
+POSTs ONE sample per request: `{"query": [prompt + response], "prompts": [prompt], "labels":
+[label]}`, where `query` is the decoded prompt+response tokens *with* special tokens and `label` is
+the dataset column named by `--data.label_key`. For P-GenRM the label is a JSON string:
+
+    {"user_id": "u1", "history": [{"prompt": ..., "chosen": ..., "rejected": ...}],
+     "persona": "optional", "reference": "optional (pairwise mode)", "prompt": "optional"}
+
+`prompt` in the label (a string or a message list) replaces the chat-templated prompt OpenRLHF sends;
+without it a ChatML prompt (`<|im_start|>role ... <|im_end|>`) is turned back into messages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from pgenrm_plugins.requests_io import describe_validation_error
+from pgenrm_plugins.types import ScoreRequest, ScoreResult
+
+END_OF_TURN = ("<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_text|>")
+LABEL_KEYS = {"user_id", "history", "persona", "reference", "prompt"}
+_CHATML = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(?:<\|im_end\|>|$)", re.DOTALL)
+
+# extra_logs: the same keys for every sample, numbers only (OpenRLHF logs them as train/<key>).
+EXTRA_LOG_KEYS = ("pgenrm_chains_sampled", "pgenrm_parse_failures", "pgenrm_criteria_fallbacks",
+                  "pgenrm_failed", "pgenrm_merged_completions")
+
+
+class ProtocolError(ValueError):
+    """A sample that cannot be turned into a ScoreRequest; the message names the field."""
+
+
+def strip_end_of_turn(text: str, tokens: tuple[str, ...] = END_OF_TURN) -> str:
+    changed = True
+    while changed:
+        changed = False
+        stripped = text.rstrip()
+        for tok in tokens:
+            if stripped.endswith(tok):
+                text, changed = stripped[: -len(tok)], True
+                break
+    return text
+
+
+def completion_of(query: str, prompt: str, tokens: tuple[str, ...] = END_OF_TURN) -> str:
+    """The response part of `query` (= prompt + response as decoded by OpenRLHF)."""
+    if query.startswith(prompt):
+        response = query[len(prompt):]
+    else:
+        # The decoded prompt can differ from the sent one (left truncation, tokenizer normalising
+        # spaces): anchor on the prompt's tail.
+        tail = prompt[-64:]
+        at = query.rfind(tail) if tail.strip() else -1
+        if at < 0:
+            raise ProtocolError("field 'query': does not contain its prompt, so the response cannot be cut out")
+        response = query[at + len(tail):]
+    return strip_end_of_turn(response, tokens)
+
+
+def prompt_of(prompt: str) -> Any:
+    """A chat-templated prompt back as messages where the template is ChatML, else the text."""
+    turns = [{"role": r, "content": c.strip()} for r, c in _CHATML.findall(prompt)]
+    turns = [t for t in turns if t["content"] or t["role"] != "assistant"]  # the open assistant turn
+    if turns:
+        return turns
+    return prompt.strip() or prompt
+
+
+def parse_label(label: Any, index: int) -> dict:
+    where = f"labels.{index}"
+    if isinstance(label, str):
+        try:
+            label = json.loads(label)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(
+                f"field '{where}': not a JSON string ({exc.msg} at column {exc.colno}); expected "
+                '{"user_id": ..., "history": [...], "persona": optional}') from None
+    if not isinstance(label, dict):
+        raise ProtocolError(f"field '{where}': expected a JSON object with user_id and history, got {type(label).__name__}")
+    unknown = set(label) - LABEL_KEYS
+    if unknown:
+        raise ProtocolError(f"field '{where}': unknown keys {sorted(unknown)}; allowed: {sorted(LABEL_KEYS)}")
+    return label
+
+
+def to_requests(body: Any, tokens: tuple[str, ...] = END_OF_TURN) -> list[ScoreRequest]:
+    if not isinstance(body, dict):
+        raise ProtocolError('the body must be a JSON object {"query": [...], "prompts": [...], "labels": [...]}')
+    queries, prompts_, labels = body.get("query"), body.get("prompts"), body.get("labels")
+    for name, value in (("query", queries), ("prompts", prompts_), ("labels", labels)):
+        if not isinstance(value, list):
+            raise ProtocolError(f"field '{name}': required, a list (one entry per sample)")
+    if not (len(queries) == len(prompts_) == len(labels)):
+        raise ProtocolError(
+            f"fields 'query', 'prompts', 'labels' must have the same length, got {len(queries)}, {len(prompts_)}, {len(labels)}")
+    out = []
+    for i, (q, p, lab) in enumerate(zip(queries, prompts_, labels)):
+        if not isinstance(q, str) or not isinstance(p, str):
+            raise ProtocolError(f"fields 'query.{i}' and 'prompts.{i}' must be strings")
+        label = parse_label(lab, i)
+        row = {k: v for k, v in label.items() if k != "prompt"}
+        row["prompt"] = label.get("prompt") or prompt_of(p)
+        try:
+            row["completions"] = [completion_of(q, p, tokens)]
+        except ProtocolError as exc:
+            raise ProtocolError(str(exc).replace("'query'", f"'query.{i}'")) from None
+        try:
+            out.append(ScoreRequest.model_validate(row))
+        except ValidationError as exc:
+            raise ProtocolError(f"sample {i} (from labels.{i}): {describe_validation_error(exc)}") from None
+    return out
+
+
+def to_reply(results: list[ScoreResult]) -> dict:
+    rewards = [float(r.rewards[0]) for r in results]
+    logs: dict[str, list[float]] = {k: [] for k in EXTRA_LOG_KEYS}
+    for r in results:
+        c = r.components
+        logs["pgenrm_chains_sampled"].append(float(c.get("chains_sampled") or 0))
+        logs["pgenrm_parse_failures"].append(float(c.get("parse_failures") or 0))
+        logs["pgenrm_criteria_fallbacks"].append(float(c.get("criteria_fallbacks") or 0))
+        logs["pgenrm_failed"].append(float(bool(c.get("failed_completions"))))
+        logs["pgenrm_merged_completions"].append(float(c.get("merged_completions") or len(r.rewards)))
+    return {"rewards": rewards, "scores": list(rewards), "extra_logs": logs}
