@@ -1,0 +1,379 @@
+"""P-GenRM as a TRL reward function (GRPOTrainer, RLOOTrainer).
+
+TRL 1.16 calls every reward function by keyword, once per generation batch:
+
+    reward(prompts=[...], completions=[...], completion_ids=[...],
+           trainer_state=..., log_extra=..., log_metric=..., <every other dataset column>=[...])
+
+with one entry per completion: a prompt with G generations appears G times, consecutively, and so
+does each of its dataset columns (`user_id`, `history`, ...). This adapter groups that flat batch
+back into (user, prompt) groups, scores all groups in ONE `Scorer.score` call (so group mode
+derives the persona and criteria once per group and every completion of the group is judged
+against the same criteria), and hands back one float per completion in TRL's order.
+
+`PGenRMReward.__call__` is a coroutine: TRL sees it (`trl.trainer.utils.is_async_callable` checks
+`__call__`) and runs it on its background event loop next to the other async reward functions,
+while the judge itself runs in a worker thread (`asyncio.to_thread`) so it never blocks that loop.
+`SyncPGenRMReward` is the same reward with a plain `__call__`, for callers that cannot await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# TRL's own keyword arguments; everything else in **kwargs is a dataset column.
+TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "completion_ids")
+USER_COLUMN = "user_id"
+OPTIONAL_COLUMNS = ("history", "persona", "reference")
+ROLES = ("system", "user", "assistant")
+HISTORY_KEYS = ("prompt", "chosen", "rejected")
+
+
+class MissingColumnError(ValueError):
+    """TRL did not pass a column the reward needs."""
+
+
+class InvalidRowError(ValueError):
+    """A dataset row whose user data cannot be read (raised under `failure_policy: raise`)."""
+
+
+@dataclass
+class BatchReport:
+    """What one reward call did; `metrics` is what goes to TRL's `log_metric`."""
+
+    rewards: list[float]
+    metrics: dict[str, float]
+    components: list[dict[str, Any]] = field(default_factory=list)  # one per (user, prompt) group
+    invalid: dict[int, str] = field(default_factory=dict)  # row index -> why it got a neutral reward
+
+
+# -- reading TRL's batch ------------------------------------------------------------------------
+def _text(content: Any) -> str:
+    """A message's content as text: a string, None, or a list of content blocks."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict) and block.get("type", "text") == "text":
+                parts.append(str(block.get("text", "")))
+        return "".join(parts)
+    return str(content)
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    """Chat messages as the core's {role, content} (tool turns become user turns, labelled)."""
+    out = []
+    for m in value:
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValueError(f"expected a message {{'role', 'content'}}, got {type(m).__name__}")
+        role, content = str(m["role"]), _text(m.get("content"))
+        if role not in ROLES:
+            role, content = "user", f"[{role}] {content}"
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _prompt(value: Any) -> str | list[dict[str, str]]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return _messages(value)
+    raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
+
+
+def _completion(value: Any) -> str:
+    """TRL gives a string (plain data) or [{"role": "assistant", "content": ...}, ...]."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        messages = [m for m in value if isinstance(m, dict)]
+        said = [_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
+        return "\n".join(said if said else [_text(m.get("content")) for m in messages])
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _history(value: Any) -> list:
+    """`history`: a list of {prompt, chosen, rejected}, its JSON string, a dict of lists (how a
+    `datasets.Sequence` of structs decodes), or empty/None. PersonalRewardBench-style items
+    (`context` messages, `chosen`/`rejected` as {role, content}, extra score fields) are read too."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+        if value is None:
+            return []
+    if isinstance(value, dict) and value and all(isinstance(v, (list, tuple)) for v in value.values()):
+        lengths = {len(v) for v in value.values()}
+        if len(lengths) != 1:
+            raise ValueError("a dict of lists whose lists differ in length")
+        keys = list(value)
+        value = [dict(zip(keys, row)) for row in zip(*value.values())]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of {{prompt, chosen, rejected}}, got {type(value).__name__}")  # noqa: TRY004 - a row error
+    items = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ValueError(f"item {i}: expected {{prompt, chosen, rejected}}, got {type(item).__name__}")  # noqa: TRY004
+        item = dict(item)
+        if "prompt" not in item and "context" in item:  # PersonalRewardBench names it `context`
+            item["prompt"] = item.pop("context")
+        # Keep what the judge reads; extra fields (scores, split, ids) are common in preference data.
+        item = {k: v for k, v in item.items() if k in HISTORY_KEYS}
+        if isinstance(item.get("prompt"), (list, tuple)):
+            item["prompt"] = _messages(item["prompt"])
+        for key in ("chosen", "rejected"):  # a conversational dataset may store {role, content}
+            if isinstance(item.get(key), dict):
+                item[key] = _text(item[key].get("content"))
+            elif isinstance(item.get(key), (list, tuple)):
+                item[key] = _completion(item[key])
+        items.append(item)
+    return items
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):  # pandas-style missing value
+        return None
+    if isinstance(value, (list, tuple, dict)):
+        return _completion(value if isinstance(value, (list, tuple)) else [value])
+    return str(value)
+
+
+def _validation_message(exc: ValueError) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+# -- the reward -----------------------------------------------------------------------------------
+class PGenRMReward:
+    """P-GenRM reward for TRL: `GRPOTrainer(reward_funcs=[PGenRMReward(config)])`.
+
+    config: a PGenRMConfig, a dict, a YAML/TOML path, or None (then `$PGENRM_CONFIG`, else the
+    embedded default), read when the reward is first called. `backend` or `scorer` reuse a judge
+    already loaded. Nothing heavy happens until the first call.
+
+    A plain object, not an `nn.Module` (TRL would treat a module as a classifier). TRL logs its
+    rewards as `rewards/<name>/mean|std`, name = `__name__` ("pgenrm" unless given).
+    """
+
+    __name__ = "pgenrm"
+
+    def __init__(self, config=None, *, backend=None, scorer=None, name: str = "pgenrm"):
+        self.__name__ = name
+        self._config_source = config
+        self._backend = backend
+        self._scorer = scorer
+        self._config = None
+        if scorer is not None:
+            self._config = scorer.config
+        elif config is not None:
+            from pgenrm_plugins.config import load_config
+
+            self._config = load_config(config)  # validate now: a typo fails before training starts
+        self._build_lock = threading.Lock()
+        self._score_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._scorer is not None else "not loaded yet"
+        return f"<{type(self).__name__} {self.__name__!r} ({state})>"
+
+    # -- lazy construction ----------------------------------------------------------------------
+    @property
+    def config(self):
+        if self._config is None:
+            from pgenrm_plugins.config import load_config
+
+            with self._build_lock:
+                if self._config is None:
+                    self._config = load_config(self._config_source)  # None -> $PGENRM_CONFIG or defaults
+        return self._config
+
+    @property
+    def scorer(self):
+        """The core `Scorer`, built (and the judge loaded) on first use."""
+        if self._scorer is None:
+            config = self.config
+            from pgenrm_plugins.scoring import Scorer
+
+            with self._build_lock:
+                if self._scorer is None:
+                    self._scorer = Scorer(config, backend=self._backend)
+        return self._scorer
+
+    @property
+    def loaded(self) -> bool:
+        return self._scorer is not None
+
+    def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()
+
+    # -- TRL's entry point ------------------------------------------------------------------------
+    async def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:
+        log_metric = kwargs.get("log_metric")
+        columns = {k: v for k, v in kwargs.items() if k not in TRL_KWARGS}
+        report = await asyncio.to_thread(self.score_batch, prompts, completions, **columns)
+        _log(log_metric, report.metrics)
+        return report.rewards
+
+    def score_batch(self, prompts: Sequence, completions: Sequence, **columns) -> BatchReport:
+        """The synchronous core of the reward: TRL's flat batch in, a `BatchReport` out."""
+        started = time.perf_counter()
+        n = len(prompts)
+        if len(completions) != n:
+            raise ValueError(f"got {n} prompts but {len(completions)} completions; TRL passes one prompt per completion")
+        if USER_COLUMN not in columns:
+            given = ", ".join(sorted(columns)) or "none"
+            raise MissingColumnError(
+                f"the P-GenRM reward needs a '{USER_COLUMN}' column, one user id per dataset row, and TRL "
+                f"passed none (dataset columns it passed: {given}). Add a '{USER_COLUMN}' column to the "
+                "training dataset (and optionally 'history': a list of {prompt, chosen, rejected}, or its "
+                "JSON string), and keep remove_unused_columns=False in GRPOConfig/RLOOConfig (the default) "
+                "so TRL hands dataset columns to reward functions."
+            )
+        for name in (USER_COLUMN, *OPTIONAL_COLUMNS):
+            if name in columns and (columns[name] is None or len(columns[name]) != n):
+                got = "None" if columns[name] is None else f"{len(columns[name])} values"
+                raise ValueError(f"column '{name}': expected {n} values (one per completion), got {got}")
+
+        config = self.config
+        policy = config.reward.failure_policy
+        neutral = config.reward.neutral_value
+
+        # Group the flat batch into (user, prompt) groups, in order of first appearance.
+        groups: dict[str, dict] = {}
+        invalid: dict[int, str] = {}
+        for i in range(n):
+            user = columns[USER_COLUMN][i]
+            try:
+                row = {
+                    "user_id": None if user is None else str(user),
+                    "persona": _optional_text(columns["persona"][i]) if "persona" in columns else None,
+                    "history": _row_value("history", _history, columns, i) if "history" in columns else [],
+                    "prompt": _row_value("prompt", _prompt, {"prompt": prompts}, i),
+                    "reference": _optional_text(columns["reference"][i]) if "reference" in columns else None,
+                }
+                completion = _row_value("completion", _completion, {"completion": completions}, i)
+            except ValueError as exc:
+                invalid[i] = str(exc)
+                continue
+            key = json.dumps(row, sort_keys=True, default=str)
+            group = groups.setdefault(key, {"row": row, "rows": [], "completions": []})
+            group["rows"].append(i)
+            group["completions"].append(completion)
+
+        from pgenrm_plugins.types import ScoreRequest
+
+        requests, placed = [], []
+        for group in groups.values():
+            try:
+                requests.append(ScoreRequest.model_validate({**group["row"], "completions": group["completions"]}))
+                placed.append(group["rows"])
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                for i in group["rows"]:
+                    invalid[i] = _validation_message(exc)
+
+        if invalid and policy == "raise":
+            i, why = next(iter(sorted(invalid.items())))
+            raise InvalidRowError(
+                f"{len(invalid)} of {n} completions have unreadable user data; first: completion {i} "
+                f"(user_id {columns[USER_COLUMN][i]!r}): {why}. Fix the dataset, or set "
+                "reward.failure_policy: neutral to give such rows reward.neutral_value (counted)"
+            )
+        if invalid:
+            i, why = next(iter(sorted(invalid.items())))
+            log.warning("P-GenRM: %d of %d completions have unreadable user data and get the neutral reward "
+                        "%.2f (first: completion %d: %s)", len(invalid), n, neutral, i, why)
+
+        results = self.score_requests(requests) if requests else []
+
+        rewards: list[float] = [neutral] * n
+        tally: Counter = Counter()
+        for rows, result in zip(placed, results):
+            c = result.components
+            for i, value in zip(rows, result.rewards):
+                rewards[i] = float(value) if value is not None else math.nan
+            tally["chains_sampled"] += c.get("chains_sampled") or 0
+            tally["generated_tokens"] += c.get("generated_tokens") or 0
+            tally["parse_failures"] += c.get("parse_failures") or 0
+            tally["criteria_fallbacks"] += c.get("criteria_fallbacks") or 0
+            tally["ties"] += c.get("ties") or 0
+            tally["neutral_rewards"] += len(c.get("failed_completions") or ())
+        for i, value in enumerate(rewards):  # last guard: TRL never sees None or NaN from us
+            if value is None or not math.isfinite(value):
+                rewards[i] = neutral
+                tally["neutral_rewards"] += 1
+        tally["neutral_rewards"] += len(invalid)
+
+        metrics = {
+            "pgenrm/groups": float(len(requests)),
+            "pgenrm/chains_sampled": float(tally["chains_sampled"]),
+            "pgenrm/generated_tokens": float(tally["generated_tokens"]),
+            "pgenrm/parse_failures": float(tally["parse_failures"]),
+            "pgenrm/criteria_fallbacks": float(tally["criteria_fallbacks"]),
+            "pgenrm/neutral_rewards": float(tally["neutral_rewards"]),
+            "pgenrm/invalid_rows": float(len(invalid)),
+            "pgenrm/seconds": time.perf_counter() - started,
+        }
+        if config.reward.mode == "pairwise":
+            metrics["pgenrm/ties"] = float(tally["ties"])
+        return BatchReport(rewards=rewards, metrics=metrics, components=[r.components for r in results], invalid=invalid)
+
+    def score_requests(self, requests):
+        """All groups in one `Scorer.score` call; one call at a time per judge."""
+        scorer = self.scorer
+        with self._score_lock:
+            return scorer.score(requests)
+
+
+def _row_value(name: str, read, columns: dict, i: int):
+    try:
+        return read(columns[name][i])
+    except ValueError as exc:
+        raise ValueError(f"column '{name}': {exc}") from None
+
+
+def _log(log_metric, metrics: dict[str, float]) -> None:
+    if log_metric is None:
+        return
+    for name, value in metrics.items():
+        log_metric(name, float(value))
+
+
+class SyncPGenRMReward(PGenRMReward):
+    """The same reward with a synchronous `__call__` (for callers that do not await, e.g. TRL's
+    experimental OnlineDPOTrainer, or plain scripts)."""
+
+    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:  # type: ignore[override]
+        log_metric = kwargs.get("log_metric")
+        columns = {k: v for k, v in kwargs.items() if k not in TRL_KWARGS}
+        report = self.score_batch(prompts, completions, **columns)
+        _log(log_metric, report.metrics)
+        return report.rewards
