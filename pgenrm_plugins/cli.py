@@ -82,6 +82,8 @@ def score(
             for i, result in zip(chunk, scorer.score([items[i] for i in chunk])):
                 results[i] = result.model_dump()
             progress.advance(task, len(chunk))
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
         for r in results:

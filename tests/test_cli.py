@@ -24,9 +24,9 @@ def test_score_keeps_order_and_reports_bad_lines(tmp_path, request_row):
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "cfg.yaml").write_text("sampling: {chains: 1, max_new_tokens: 32}\n")
     result = runner.invoke(cli.app, ["score", "-i", str(tmp_path / "in.jsonl"), "-c", str(tmp_path / "cfg.yaml"),
-                                     "-o", str(tmp_path / "out.jsonl")], terminal_width=200)
+                                     "-o", str(tmp_path / "new" / "out.jsonl")], terminal_width=200)
     assert result.exit_code == 1, result.output
-    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    out = [json.loads(line) for line in (tmp_path / "new" / "out.jsonl").read_text().splitlines()]
     assert len(out) == 5
     assert len(out[0]["rewards"]) == 3 and out[0] == out[4]  # same request, same seed, same reward
     assert out[1]["line"] == 2 and "not valid JSON" in out[1]["error"]
