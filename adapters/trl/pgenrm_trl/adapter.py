@@ -163,14 +163,6 @@ def _optional_text(value: Any) -> str | None:
     return str(value)
 
 
-def _validation_message(exc: ValueError) -> str:
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
-    return str(exc)
-
-
 # -- the reward -----------------------------------------------------------------------------------
 class PGenRMReward:
     """P-GenRM reward for TRL: `GRPOTrainer(reward_funcs=[PGenRMReward(config)])`.
@@ -289,6 +281,9 @@ class PGenRMReward:
             group["rows"].append(i)
             group["completions"].append(completion)
 
+        from pydantic import ValidationError
+
+        from pgenrm_plugins.requests_io import describe_validation_error
         from pgenrm_plugins.types import ScoreRequest
 
         requests, placed = [], []
@@ -296,9 +291,9 @@ class PGenRMReward:
             try:
                 requests.append(ScoreRequest.model_validate({**group["row"], "completions": group["completions"]}))
                 placed.append(group["rows"])
-            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            except ValidationError as exc:
                 for i in group["rows"]:
-                    invalid[i] = _validation_message(exc)
+                    invalid[i] = describe_validation_error(exc)
 
         if invalid and policy == "raise":
             i, why = next(iter(sorted(invalid.items())))
