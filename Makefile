@@ -7,7 +7,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 .PHONY: venv test demo bench clean
 
-$(STAMP): pyproject.toml Makefile adapters/trl/pyproject.toml
+$(STAMP): pyproject.toml Makefile $(wildcard adapters/*/pyproject.toml)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: this exact release is a local CPU build; anything else pulls a CUDA build.
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile adapters/trl/pyproject.toml
 	# Framework adapters: each its own distribution, registered through the entry-point group.
 	# verl and TRL in one resolve: verl caps transformers below 5.11, which TRL 1.16 accepts.
 	$(PY) -m pip install --quiet verl==0.9.1 trl==1.16.0
-	$(PY) -m pip install --quiet --no-deps -e adapters/trl
+	$(PY) -m pip install --quiet --no-deps -e adapters/trl -e adapters/verl -e adapters/openrlhf
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,8 +29,9 @@ venv: $(STAMP)
 test: venv
 	$(VENV)/bin/pytest -q
 
+# The main job: synthetic users -> prototype store -> personalized GRPO in TRL -> report and plot.
 demo: venv
-	$(VENV)/bin/pgenrm score --input examples/requests.jsonl --output out/demo.jsonl --show
+	$(PY) recipes/cpu-demo/demo.py --out out/demo
 
 bench: venv
 	$(VENV)/bin/pgenrm bench speed --output out/bench-speed.json

@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Benchmarks that measure speed side by side.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: speed and accuracy, measured side by side.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
 
@@ -130,6 +130,10 @@ def serve(
     max_wait_ms: float = typer.Option(20.0, min=0, help="Batching window: how long a waiting request waits for batch-mates."),
     max_batch_requests: int = typer.Option(64, min=1, help="Most caller requests in one backend batch."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug, info, warning, error)."),
+    ray: bool = typer.Option(False, "--ray", help="Serve as a Ray Serve deployment (joins $RAY_ADDRESS or a local `ray start` cluster, else starts one)."),
+    replicas: int = typer.Option(2, min=1, help="With --ray: scoring replicas, each with its own judge."),
+    replica_cpus: float = typer.Option(1.0, min=0, help="With --ray: CPUs reserved per replica."),
+    replica_gpus: float = typer.Option(0.0, min=0, help="With --ray: GPUs per replica (fractions share one GPU)."),
 ):
     """Serve the scorer over HTTP: POST /v1/score, POST /get_reward (OpenRLHF), GET /healthz, GET /metrics.
 
@@ -145,7 +149,16 @@ def serve(
 
     settings = ServerSettings(max_wait_ms=max_wait_ms, max_batch_requests=max_batch_requests)
     try:
-        run_service(str(config) if config else None, host=host, port=port, settings=settings, log_level=log_level)
+        if ray:
+            try:
+                from pgenrm_plugins.server import ray_serve
+            except ImportError as exc:
+                _fail(f"--ray needs the ray extra: pip install 'pgenrm-plugins[ray]' ({exc})")
+            err.print(f"deploying {replicas} replicas on Ray; serving at http://{host}:{port} once they are up (Ctrl-C stops)")
+            ray_serve.run(str(config) if config else None, host=host, port=port, settings=settings, replicas=replicas,
+                          replica_cpus=replica_cpus, replica_gpus=replica_gpus)
+        else:
+            run_service(str(config) if config else None, host=host, port=port, settings=settings, log_level=log_level)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -191,6 +204,68 @@ def bench_speed(
     from pgenrm_plugins.bench.speed import run_speed
 
     run_speed(config, prompts, completions, chains, max_new_tokens, output, console=Console(width=max(Console().width, 110)))
+
+
+@bench_app.command("service")
+def bench_service(
+    config: Optional[Path] = ConfigOption,
+    prompts: int = typer.Option(4, min=1, help="(user, prompt) groups in the rollout."),
+    completions: int = typer.Option(8, min=1, help="Completions per group (n_samples_per_prompt), each sent as its own request."),
+    clients: int = typer.Option(32, min=1, help="Concurrent single-sample clients."),
+    chains: int = typer.Option(1, min=1, help="Evaluation chains sampled per judgement (Ind-N)."),
+    max_new_tokens: int = typer.Option(48, min=8, help="Token budget of one evaluation chain."),
+    max_wait_ms: float = typer.Option(20.0, min=0, help="The service's batching window."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Rewards/s of the scoring service: concurrent single-sample /get_reward clients against the same requests one at a time."""
+    from pgenrm_plugins.bench.service import run_service_bench
+
+    run_service_bench(config, prompts, completions, clients, chains, max_new_tokens, max_wait_ms, output,
+                      console=Console(width=max(Console().width, 110)))
+
+
+@bench_app.command("accuracy")
+def bench_accuracy(
+    data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows (.jsonl or .parquet); the test split is judged."),
+    report: Path = typer.Option(..., "--report", help="Folder for report.json, report.md, the plots and the judge cache."),
+    config: Optional[Path] = ConfigOption,
+    store: Optional[str] = typer.Option(None, help="Prototype store for the ind-N+pro-K settings: a SQLite file, or a YAML file with a store section."),
+    settings: Optional[list[str]] = typer.Option(None, help="Comma-separated settings: no-history, global-history, ind-N, ind-N+pro-K, each optionally :MODE or :READER. Default: no-history,global-history,ind-1,ind-2,ind-4,ind-8 (+ ind-2+pro-2,ind-2+pro-4 with --store)."),
+    truth: Optional[Path] = typer.Option(None, help="Latent truth of synthetic data; default: DATA's NAME.truth.json when present."),
+    cache: Optional[Path] = typer.Option(None, help="Judge-output cache (SQLite); default: REPORT/judge-cache.sqlite. Reruns reuse it."),
+    max_test_rows: Optional[int] = typer.Option(None, min=1, help="Judge only the first this many test rows."),
+):
+    """Personalized pairwise accuracy on the test split: both orders, ties and failures counted, 95% CIs."""
+    from pgenrm_plugins.bench.accuracy import AccuracyError, run_accuracy
+    from pgenrm_plugins.config import ConfigError
+
+    try:
+        run_accuracy(data, report, config=str(config) if config else None, store=store, settings=settings,
+                     truth_path=truth, cache_path=cache, max_test_rows=max_test_rows)
+    except (AccuracyError, ConfigError, FileNotFoundError, plugins.UnknownPluginError) as exc:
+        _fail(str(exc))
+
+@bench_app.command("lookup")
+def bench_lookup(
+    sizes: str = typer.Option("10000,100000,1000000", help="Store sizes (members), comma-separated."),
+    dim: int = typer.Option(384, min=2, help="Embedding dimension."),
+    prototypes: int = typer.Option(100, min=1, help="Prototypes (K)."),
+    top_k: int = typer.Option(8, min=1, help="Members returned per lookup."),
+    stores: str = typer.Option("sqlite,postgres", help="Stores to measure, comma-separated."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Prototype lookup latency (nearest prototype + top-k members) against store size, load time and index memory.
+
+    PostgreSQL: $PGENRM_POSTGRES_DSN, else a private server started from /usr/lib/postgresql/*/bin.
+    """
+    from pgenrm_plugins.bench.lookup import run_lookup
+
+    try:
+        size_list = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--sizes: expected comma-separated integers, got {sizes!r}")
+    run_lookup(size_list, dim, prototypes, top_k, [x.strip() for x in stores.split(",") if x.strip()], output,
+               console=Console(width=max(Console().width, 120)))
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pgenrm_plugins import plugins
 
@@ -98,6 +98,12 @@ class PrototypeConfig(StrictModel):
     c_self: float = Field(0.5, ge=0.0)
     c_neighbours: float = Field(0.5, ge=0.0)
 
+    @model_validator(mode="after")
+    def _some_weight(self) -> "PrototypeConfig":
+        if self.enabled and self.c_self + self.c_neighbours <= 0:
+            raise ValueError("c_self and c_neighbours are both 0: give at least one side a positive weight")
+        return self
+
 
 class PGenRMConfig(StrictModel):
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -139,6 +145,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 def load_config(source: str | os.PathLike | dict | PGenRMConfig | None = None) -> PGenRMConfig:
     """A config from a file path, a dict, or nothing (then `$PGENRM_CONFIG`, else the defaults)."""
     if isinstance(source, PGenRMConfig):
+        _check_prototype_store(source, "config")
         return source
     where = "config"
     if source is None:
@@ -164,4 +171,14 @@ def load_config(source: str | os.PathLike | dict | PGenRMConfig | None = None) -
             entry.options.model_validate(config.backend.options)
         except ValidationError as exc:
             raise ConfigError(f"invalid config in {where}:\n{_describe(exc, 'backend.options.')}") from None
+    _check_prototype_store(config, where)
     return config
+
+
+def _check_prototype_store(config: PGenRMConfig, where: str) -> None:
+    if config.prototypes.enabled and config.store is None:
+        raise ConfigError(
+            f"invalid config in {where}:\n  store: prototypes.enabled is true but no store is configured; add "
+            "`store: {name: sqlite, options: {path: prototypes.sqlite}}` (a store built with `pgenrm prototypes "
+            "build`), or set prototypes.enabled: false"
+        )

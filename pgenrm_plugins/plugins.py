@@ -24,6 +24,11 @@ DEFAULT_PLUGINS = (
     "pgenrm_plugins.backends.openai_backend",
     "pgenrm_plugins.backends.vllm_backend",
     "pgenrm_plugins.requests_io",
+    "pgenrm_plugins.adapter_tools", "pgenrm_plugins.compare",  # adapters path, compare adapters
+    "pgenrm_plugins.bench.synthetic",
+    "pgenrm_plugins.prototypes.embedders", "pgenrm_plugins.prototypes.sqlite_store", "pgenrm_plugins.prototypes.postgres_store",
+    "pgenrm_plugins.prototypes.commands",  # pgenrm prototypes build/add-user/show
+    "pgenrm_plugins.recipes",  # pgenrm recipe list/show/prepare/run
 )
 
 # kind -> the hook that registers it

@@ -11,6 +11,16 @@ Individual-level scaling: every chain is sampled N times (`sampling.chains`); a 
 reward is the mean over the chains that produced a score. Chains that fail to parse are counted,
 never silently dropped; a completion left with no score gets the failure policy.
 
+Prototype-level scaling (`prototypes.enabled`, with a store built by `pgenrm prototypes build`): the
+user is placed among the stored users (a known `user_id`: its stored embedding, and its stored
+history when the request brings none; an unknown user with history: embedded now, the way the build
+embedded its members; a user with no history: by the persona, else the prompt), the nearest
+prototype and its top-k most similar members are looked up, and the SAME completions are scored
+with each neighbour's history, in the same backend calls as the user's own. The neighbours' mean
+is combined with the self score, `c_self * self + c_neighbours * neighbours`, with the weights
+renormalised over the sides that produced a score. A user with no history is scored by the
+neighbours alone (cold start); when no neighbour can be scored, the self score stands alone.
+
 In group mode the score of each criterion is either parsed from a short JSON reply or, with the
 `logprob` reader, read as the expected value of the judge's next token over the digits 1-9. All
 questions about one chain share its prefix, which the backend computes once.
@@ -22,7 +32,7 @@ import hashlib
 import json
 import logging
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -30,7 +40,7 @@ from pgenrm_plugins.backends.base import Backend, GenerationRequest
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain.parser import Criterion, ParseFailure, parse_chain, parse_criteria
 from pgenrm_plugins.config import PGenRMConfig, load_config
-from pgenrm_plugins.types import ScoreRequest, ScoreResult
+from pgenrm_plugins.types import HistoryItem, ScoreRequest, ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +89,17 @@ def _to_unit(total: float, low: float, high: float) -> float:
 class Scorer:
     """Score `ScoreRequest`s with P-GenRM. Build with `load_scorer(config)`."""
 
-    def __init__(self, config: PGenRMConfig | dict | str | None = None, backend: Backend | None = None):
+    def __init__(self, config: PGenRMConfig | dict | str | None = None, backend: Backend | None = None,
+                 store=None, embedder=None):
         self.config = load_config(config)
         self.backend = backend if backend is not None else self.config.backend.build("backend")
         self.reader = self.config.reward.reader
+        # Prototype-level scaling: `store` and `embedder` may be handed in (already open, shared).
+        self.store = self.embedder = None
+        if self.config.prototypes.enabled:
+            self.store = store if store is not None else self.config.store.build("store")
+            self.embedder = embedder if embedder is not None else self.config.embedder.build("embedder")
+        self._placed: OrderedDict[str, Any] = OrderedDict()  # embeddings of users placed at scoring time
 
     # -- public ------------------------------------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest | dict]) -> list[ScoreResult]:
@@ -95,12 +112,11 @@ class Scorer:
                         f"request {i}: field 'reference' is required in pairwise mode (the response "
                         "each completion is compared with); or set reward.mode to group or pointwise"
                     )
-        tallies = [_Tally(per_completion=[[] for _ in r.completions]) for r in reqs]
-        if mode == "group":
-            self._score_groups(reqs, tallies)
+        if self.store is None:
+            tallies = self._run(reqs)
+            results = [self._result(r, [t], [_mean(v) for v in t.per_completion]) for r, t in zip(reqs, tallies)]
         else:
-            self._score_full_chains(reqs, tallies, pairwise=mode == "pairwise")
-        results = [self._result(r, t) for r, t in zip(reqs, tallies)]
+            results = self._score_with_prototypes(reqs)
         neutral = sum(len(r.components["failed_completions"]) for r in results)
         if neutral:
             log.warning("%d of %d completions got no score from any chain: neutral reward %.2f (counted in "
@@ -113,6 +129,133 @@ class Scorer:
 
     def close(self) -> None:
         self.backend.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _run(self, reqs: list[ScoreRequest]) -> list[_Tally]:
+        """Score every request in the configured mode, all in the same backend calls."""
+        tallies = [_Tally(per_completion=[[] for _ in r.completions]) for r in reqs]
+        if not reqs:
+            return tallies
+        if self.config.reward.mode == "group":
+            self._score_groups(reqs, tallies)
+        else:
+            self._score_full_chains(reqs, tallies, pairwise=self.config.reward.mode == "pairwise")
+        return tallies
+
+    # -- prototype-level scaling ----------------------------------------------------------------
+    def _score_with_prototypes(self, reqs: list[ScoreRequest]) -> list[ScoreResult]:
+        pc = self.config.prototypes
+        plans = self._plan(reqs)
+        # one flat list: each request's own side (if any), then its neighbours' sides
+        jobs: list[ScoreRequest] = []
+        for plan in plans:
+            if plan.self_request is not None:
+                plan.self_job = len(jobs)
+                jobs.append(plan.self_request)
+            for _, nb_request in plan.neighbours:
+                plan.neighbour_jobs.append(len(jobs))
+                jobs.append(nb_request)
+        tallies = self._run(jobs)
+        results = []
+        for r, plan in zip(reqs, plans):
+            own = tallies[plan.self_job] if plan.self_job is not None else None
+            theirs = [tallies[j] for j in plan.neighbour_jobs]
+            self_values = [_mean(v) for v in own.per_completion] if own else None
+            per_neighbour = [[_mean(v) for v in t.per_completion] for t in theirs]
+            nb_values = [_mean([n[ci] for n in per_neighbour if n[ci] is not None]) for ci in range(len(r.completions))] if theirs else None
+            # the self side's weight is c_self, or 1 when it only runs because no neighbour could
+            w_self = pc.c_self if plan.self_weighted else 1.0
+            values = []
+            for ci in range(len(r.completions)):
+                sides = [(w, v[ci]) for w, v in ((w_self, self_values), (pc.c_neighbours, nb_values))
+                         if v is not None and v[ci] is not None and w > 0]
+                weight = sum(w for w, _ in sides)
+                values.append(sum(w * v for w, v in sides) / weight if weight > 0 else None)
+            lookup = plan.lookup
+            extra = {
+                "self": self_values,
+                "neighbours": nb_values,
+                "prototype_id": lookup.prototype_id if lookup else None,
+                "prototype_similarity": lookup.similarity if lookup else None,
+                "neighbours_used": [
+                    {"user_id": nb.user_id, "similarity": nb.similarity, "rewards": values_}
+                    for (nb, _), values_ in zip(plan.neighbours, per_neighbour)
+                ],
+                "placement": plan.placement,
+                "weights": {"self": pc.c_self, "neighbours": pc.c_neighbours},
+            }
+            results.append(self._result(r, ([own] if own else []) + theirs, values, extra))
+        return results
+
+    def _plan(self, reqs: list[ScoreRequest]) -> list["_Plan"]:
+        """Where each request's user sits among the prototypes, and which requests score it."""
+        from pgenrm_plugins.prototypes.base import StoreError
+        from pgenrm_plugins.prototypes.sources import SourceSettings, check_embedder, embed_like_build, prompt_text
+
+        pc = self.config.prototypes
+        prototypes = self.store.prototypes()
+        if prototypes is None:
+            raise StoreError("prototypes.enabled, but the store has no published build: run `pgenrm prototypes build "
+                             "--store ...` first, or set prototypes.enabled: false")
+        check_embedder(prototypes, self.embedder)
+        plans, to_place, to_embed = [], [], []
+        for r in reqs:
+            stored = self.store.get_user(r.user_id) if r.user_id else None
+            history = list(r.history) or (list(stored.history) if stored else [])
+            persona = r.persona or (stored.persona if stored else None)
+            plan = _Plan(request=r, history=history, persona=persona)
+            if stored is not None and stored.embedding is not None:
+                plan.placement, plan.embedding = "stored", stored.embedding
+            elif history:
+                plan.placement = "placed"
+                key = json.dumps([[h.model_dump(mode="json") for h in history], persona], sort_keys=True)
+                if key in self._placed:
+                    self._placed.move_to_end(key)
+                    plan.embedding = self._placed[key]
+                else:
+                    to_place.append((plan, key))
+            else:
+                # Cold start: nothing of the user's own choices, so the prototype is chosen by what the
+                # request does carry: the persona when given, else the conversation itself.
+                plan.placement = "cold_start"
+                to_embed.append((plan, persona or prompt_text(r.prompt, SourceSettings.from_meta(
+                    (prototypes.meta or {}).get("source_settings")).max_chars)))
+            plans.append(plan)
+        if to_place:
+            unique = list(dict.fromkeys(key for _, key in to_place))
+            first = {key: plan for plan, key in reversed(to_place)}
+            vectors, _ = embed_like_build(prototypes, self.embedder, [(first[k].history, first[k].persona) for k in unique],
+                                          backend=self.backend)
+            for key, vector in zip(unique, vectors):
+                self._placed[key] = vector
+                while len(self._placed) > PLACED_CACHE:
+                    self._placed.popitem(last=False)
+            for plan, key in to_place:
+                plan.embedding = self._placed[key]
+        if to_embed:
+            for (plan, _), vector in zip(to_embed, self.embedder.embed([text for _, text in to_embed])):
+                plan.embedding = vector
+        records: dict[str, Any] = {}
+        for plan in plans:
+            r = plan.request
+            if pc.c_neighbours > 0:
+                plan.lookup = self.store.nearest(plan.embedding, pc.top_k, exclude=[r.user_id] if r.user_id else [])
+            for nb in plan.lookup.neighbours if plan.lookup else []:
+                if nb.user_id not in records:
+                    records[nb.user_id] = self.store.get_user(nb.user_id)
+                rec = records[nb.user_id]
+                if rec is not None and rec.history:  # a member with no history has nothing to lend
+                    plan.neighbours.append((nb, r.model_copy(update={
+                        "user_id": nb.user_id, "history": list(rec.history), "persona": rec.persona})))
+            if plan.history and pc.c_self > 0:
+                plan.self_weighted = True
+            elif not plan.neighbours:
+                plan.self_weighted = False  # nobody else can score it: the user's own side stands alone
+            else:
+                continue  # no history (cold start) or c_self = 0: neighbours alone
+            plan.self_request = r.model_copy(update={"history": plan.history, "persona": plan.persona})
+        return plans
 
     # -- the paper's way: one full chain per completion (pointwise) or pair (pairwise) --------
     def _score_full_chains(self, reqs: list[ScoreRequest], tallies: list[_Tally], pairwise: bool) -> None:
@@ -235,17 +378,20 @@ class Scorer:
             top_p=s.top_p, seed=seed, stop=(prompts.CLOSE,), prefill=prompts.CHAIN_PREFILL,
         )
 
-    def _result(self, request: ScoreRequest, t: _Tally) -> ScoreResult:
+    def _result(self, request: ScoreRequest, tallies: list[_Tally], values: list[float | None],
+                extra: dict[str, Any] | None = None) -> ScoreResult:
+        """Rewards from per-completion values (None: nothing scored it), with the tallies' counts."""
         rc = self.config.reward
+        failures: Counter = sum((t.failures for t in tallies), Counter())
+        chains_sampled = sum(t.chains_sampled for t in tallies)
         rewards, failed = [], []
-        for ci, values in enumerate(t.per_completion):
-            value = sum(values) / len(values) if values else math.nan
-            if not math.isfinite(value):
+        for ci, value in enumerate(values):
+            if value is None or not math.isfinite(value):
                 failed.append(ci)
                 if rc.failure_policy == "raise":
                     raise ScoringError(
-                        f"user {request.user_id!r}: completion {ci} got no score from {t.chains_sampled} chains "
-                        f"(failures: {dict(t.failures) or 'none'}); set reward.failure_policy: neutral to "
+                        f"user {request.user_id!r}: completion {ci} got no score from {chains_sampled} chains "
+                        f"(failures: {dict(failures) or 'none'}); set reward.failure_policy: neutral to "
                         "give such completions reward.neutral_value instead"
                     )
                 value = rc.neutral_value
@@ -256,20 +402,47 @@ class Scorer:
             "self": list(rewards),
             "neighbours": None,
             "prototype_id": None,
-            "chains_sampled": t.chains_sampled,
-            "chains_scored": [len(v) for v in t.per_completion],
-            "parse_failures": sum(t.failures.values()),
-            "failure_kinds": dict(t.failures),
-            "criteria_fallbacks": t.criteria_fallbacks,
+            "chains_sampled": chains_sampled,
+            "chains_scored": [sum(len(t.per_completion[ci]) for t in tallies) for ci in range(len(values))],
+            "parse_failures": sum(failures.values()),
+            "failure_kinds": dict(failures),
+            "criteria_fallbacks": sum(t.criteria_fallbacks for t in tallies),
             "failed_completions": failed,
-            "ties": t.ties,
-            "generated_tokens": t.generated_tokens,
-            "criteria": t.criteria,
-            "evaluation": t.evaluation,
+            "ties": sum(t.ties for t in tallies),
+            "generated_tokens": sum(t.generated_tokens for t in tallies),
+            "criteria": next((t.criteria for t in tallies if t.criteria), None),
+            "evaluation": next((t.evaluation for t in tallies if t.evaluation), None),
         }
+        components.update(extra or {})
         return ScoreResult(rewards=rewards, components=components)
 
 
-def load_scorer(config: PGenRMConfig | dict | str | None = None, backend: Backend | None = None) -> Scorer:
-    """The public entry point: a scorer from a config file, dict, or nothing (the embedded default)."""
-    return Scorer(config, backend=backend)
+@dataclass
+class _Plan:
+    """One request under prototype scaling: its own side (maybe none) and its neighbours' sides."""
+
+    request: ScoreRequest
+    history: list[HistoryItem]
+    persona: str | None
+    placement: str = ""  # stored | placed | cold_start
+    embedding: Any = None
+    lookup: Any = None
+    neighbours: list = field(default_factory=list)  # (Neighbour, the request scored with their history)
+    self_request: ScoreRequest | None = None
+    self_weighted: bool = True  # False: the self side runs only because no neighbour could
+    self_job: int | None = None
+    neighbour_jobs: list[int] = field(default_factory=list)
+
+
+PLACED_CACHE = 4096  # users placed at scoring time, kept so a user's next request is not embedded again
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def load_scorer(config: PGenRMConfig | dict | str | None = None, backend: Backend | None = None,
+                store=None, embedder=None) -> Scorer:
+    """The public entry point: a scorer from a config file, dict, or nothing (the embedded default).
+    `store`/`embedder`: an open prototype store and embedder to use instead of building the config's."""
+    return Scorer(config, backend=backend, store=store, embedder=embedder)

@@ -70,12 +70,14 @@ class Recording:
     """Wraps a scorer's `score` to record every batch the service hands it."""
 
     def __init__(self, scorer):
-        self.inner, self.calls = scorer, []
+        self.inner, self.calls, self.results = scorer, [], []
         self.config = getattr(scorer, "config", None)
 
     def score(self, requests):
         self.calls.append([r.model_copy(deep=True) for r in requests])
-        return self.inner.score(requests)
+        results = self.inner.score(requests)
+        self.results.append(results)
+        return results
 
 
 def content_reward(request: ScoreRequest, completion: str) -> float:
@@ -212,8 +214,11 @@ def test_concurrent_score_requests_merge_into_one_group(judge_scorer):
 # -- volume: routing at load (stand-in scorer) -----------------------------------------------------
 def test_load_32_clients_nothing_lost_duplicated_or_swapped():
     """32 concurrent clients x N single-sample OpenRLHF-protocol requests on loopback.
-    `ContentScorer` stands in for the judge: its reward is a pure function of the content, so the
-    test can check at volume that every caller gets its own answer.
+    `ContentScorer` stands in for the judge here, because the judge cannot do this volume in a test:
+    at its tiniest settings (1 chain of 8 tokens) it scores about 0.5-2 rewards/s on the shared
+    2-core machine, so 6,400 rewards would take hours. Its reward is a pure function of the
+    content, so every answer is checked cheaply. The same shape with the real judge, at 32 requests,
+    is `test_load_32_clients_with_the_judge`.
 
     N is the issue's 200 (6,400 requests, about 40-45 s on 2 cores, client and server in one
     process); `PGENRM_LOAD_PER_CLIENT=50` shortens it on a busy machine."""
@@ -250,6 +255,38 @@ def test_load_32_clients_nothing_lost_duplicated_or_swapped():
     print(f"{clients * per_client} requests in {elapsed:.1f}s, {len(scorer.calls)} batches")
 
 
+def test_load_32_clients_with_the_judge(judge_scorer):
+    """OpenRLHF's shape with the real judge: 32 concurrent single-sample requests, 4 (user, prompt)
+    groups of 8. Checked cheaply against what the judge itself returned for each batch (recorded):
+    every completion judged exactly once, every caller given exactly its own completion's reward."""
+    recorder = Recording(judge_scorer)
+    groups = [(f"user{g}", chatml(f"Give me one tip for topic {g}.")) for g in range(4)]
+    samples = [(user, prompt, f"Tip {k} for {user}.") for user, prompt in groups for k in range(8)]
+    with LiveServer(create_app(recorder, {"max_wait_ms": 50})) as srv:
+        async def go():
+            async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=32)) as http:
+                return await asyncio.gather(*(
+                    http.post(f"{srv.url}/get_reward", json={"query": [prompt + text + "<|im_end|>"], "prompts": [prompt],
+                                                            "labels": [label(user)]})
+                    for user, prompt, text in samples))
+        replies = asyncio.run(go())
+    assert [r.status_code for r in replies] == [200] * 32, [r.text for r in replies if r.status_code != 200]
+    judged = {}
+    for batch, results in zip(recorder.calls, recorder.results):
+        for request, result in zip(batch, results):
+            for completion, reward in zip(request.completions, result.rewards):
+                assert (request.user_id, completion) not in judged, "judged twice"
+                judged[(request.user_id, completion)] = reward
+    assert len(judged) == 32  # none lost, none judged twice
+    for (user, _, text), reply in zip(samples, replies):
+        assert reply.json()["rewards"] == [judged[(user, text)]]  # its own, not a neighbour's
+    # and the batch-mates did not change a reward: two completions of one group judged on their own
+    user, prompt = groups[0]
+    texts = [t for u, _, t in samples if u == user][:2]
+    [alone] = judge_scorer.score([{"user_id": user, "history": HISTORY, "prompt": prompt_of(prompt), "completions": texts}])
+    assert alone.rewards == pytest.approx([judged[(user, t)] for t in texts], abs=1e-4)
+
+
 # -- faults -----------------------------------------------------------------------------------------
 ROW = {"user_id": "u", "history": [], "prompt": "Hi", "completions": ["Hello."]}
 
@@ -281,6 +318,12 @@ def test_bad_input_is_refused_with_the_reason():
         assert r.status_code == 422 and "labels.0" in r.json()["detail"]
         r = httpx.post(f"{srv.url}/get_reward", json={"query": ["x"], "prompts": ["p", "q"], "labels": ["{}"]})
         assert r.status_code == 422 and "same length" in r.json()["detail"]
+        r = httpx.post(f"{srv.url}/get_reward", content=b'{"query": [', headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+        r = httpx.post(f"{srv.url}/get_reward", content=b'{"query": ["\xc3\x28"]}', headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+        r = httpx.post(f"{srv.url}/get_reward", json={"query": ["x" * 3000], "prompts": ["p"], "labels": ["{}"]})
+        assert r.status_code == 413 and "2048" in r.json()["detail"]
         assert httpx.post(f"{srv.url}/v1/score", json=ROW).status_code == 200
         # a list body gets a list back, in order
         two = [dict(ROW, user_id="x", completions=["a", "b"]), dict(ROW, user_id="y")]
@@ -322,6 +365,71 @@ def test_scorer_failure_is_503_for_that_batch_and_the_next_batch_is_served():
         text = httpx.get(f"{srv.url}/metrics").text
         assert 'pgenrm_failures_total{kind="scorer"} 2.0' in text  # two requests failed
         assert 'pgenrm_failures_total{kind="scorer_batch"} 1.0' in text  # in one batch
+
+
+class FailsMidBatch:
+    """The real judge, made to fail once in the middle of a batch: the criteria chains of every
+    group are generated, the first group's scores are read, then reading the second group's
+    scores raises (as a judge server going away would)."""
+
+    def __init__(self, inner, fail_on_prob_call: int = 2):
+        self.inner, self.fail_on = inner, fail_on_prob_call
+        self.name, self.stats = inner.name, inner.stats
+        self.generate_calls = self.prob_calls = 0
+
+    def generate(self, requests):
+        self.generate_calls += 1
+        return self.inner.generate(requests)
+
+    def next_token_probs(self, conversations, candidates):
+        self.prob_calls += 1
+        if self.prob_calls == self.fail_on:
+            raise RuntimeError("judge went away mid-batch (injected)")
+        return self.inner.next_token_probs(conversations, candidates)
+
+    def close(self):
+        pass
+
+
+def test_judge_raising_mid_batch_is_503_and_openrlhf_retry_gets_the_right_reward(judge, judge_scorer):
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    flaky = FailsMidBatch(judge)
+    recorder = Recording(Scorer(JUDGE_CONFIG, backend=flaky))
+    prompt = chatml("Suggest a weekend hobby.")
+    samples = [("bea", "Pottery."), ("bea", "Try hiking with friends."), ("cal", "Learn chess.")]
+    with LiveServer(create_app(recorder, {"max_wait_ms": 3000, "max_batch_requests": 3})) as srv:
+        # what a caller without retries sees: 503 with the reason, for every request of that batch
+        async def raw():
+            async with httpx.AsyncClient(timeout=300) as http:
+                return await asyncio.gather(*(
+                    http.post(f"{srv.url}/get_reward", json={"query": [prompt + t + "<|im_end|>"], "prompts": [prompt],
+                                                            "labels": [label(u)]}) for u, t in samples))
+        first = asyncio.run(raw())
+        assert [r.status_code for r in first] == [503] * 3
+        assert all("judge went away mid-batch" in r.json()["detail"] for r in first)
+        assert flaky.generate_calls == 1 and flaky.prob_calls == 2  # it failed after the chains, mid-scoring
+        # OpenRLHF's own client on the same (recovered) service: its answers are the judge's
+        executor = SingleTurnAgentExecutor(remote_rm_url=f"{srv.url}/get_reward")
+
+        async def rollout():
+            return await asyncio.gather(*(executor._fetch_rewards_via_http([prompt + t + "<|im_end|>"], [prompt], [label(u)])
+                                          for u, t in samples))
+        replies = asyncio.run(rollout())
+        assert srv.app.state.batcher.running
+        text = httpx.get(f"{srv.url}/metrics").text
+    assert 'pgenrm_failures_total{kind="scorer_batch"} 1.0' in text
+    assert 'pgenrm_failures_total{kind="scorer"} 3.0' in text
+    assert len(recorder.results) >= 1  # the batch that failed returned nothing; later ones did
+    want = {(r.user_id, c): x for batch, results in zip(recorder.calls[1:], recorder.results)
+            for r, res in zip(batch, results) for c, x in zip(r.completions, res.rewards)}
+    assert sorted(want) == sorted(samples)
+    for (u, t), [reply] in zip(samples, replies):
+        assert reply["rewards"] == [want[(u, t)]]
+    # and they are the judge's rewards for these samples, judged without any failure
+    direct = judge_scorer.score([{"user_id": "bea", "history": HISTORY, "prompt": prompt_of(prompt),
+                                  "completions": ["Pottery.", "Try hiking with friends."]}])[0].rewards
+    assert [want[("bea", "Pottery.")], want[("bea", "Try hiking with friends.")]] == pytest.approx(direct, abs=1e-4)
 
 
 def test_client_that_disconnects_does_not_break_the_service():

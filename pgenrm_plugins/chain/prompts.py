@@ -16,6 +16,8 @@ formula is stated, not left as a placeholder.
 Conversations are built here and nowhere else; the scorer only chooses which one it needs:
 - `full_chain`: all three parts for the shown responses (pointwise, pairwise: the paper's way);
 - `criteria_chain`: parts (a) and (b) only, once per (user, prompt) in `group` mode;
+- `synthesis_chain`: (a) and general criteria with no current conversation, once per user, to
+  place them among the user prototypes;
 - `score_followup` / `criterion_question`: a turn after a criteria chain that scores one response,
   by generated JSON or by the probability of a single digit.
 """
@@ -129,6 +131,24 @@ def criteria_chain(history, persona, prompt, *, max_items=8, max_chars=1500) -> 
     return _conversation(user)
 
 
+_GENERAL_CRITERIA_STEP = (
+    "2. Criteria: name 2 to 4 criteria this user applies to replies in general, "
+    "each with an integer weight; the weights sum to 100."
+)
+
+
+def synthesis_chain(history, persona, *, max_items=8, max_chars=1500) -> list[dict]:
+    """The user's preference synthesis with no current conversation: preferences and the criteria
+    they apply in general. Built once per user and embedded to place them among user prototypes."""
+    user = (
+        f"## The user's past choices\n{history_block(history, persona, max_items, max_chars)}\n\n"
+        f"## Your task\n{_PREFERENCES_STEP}\n{_GENERAL_CRITERIA_STEP}\n\n"
+        f"Answer with one JSON object between {OPEN} and {CLOSE}, in this shape:\n"
+        f"{OPEN}\n{_CRITERIA_SHAPE}}}\n{CLOSE}"
+    )
+    return _conversation(user)
+
+
 def score_followup(chain_conversation: list[dict], chain_text: str, response: str, *, max_chars=1500) -> list[dict]:
     """After a criteria chain: score one response (label A) as JSON. Shares the chain's prefix."""
     user = (
@@ -160,5 +180,5 @@ def _after(chain_conversation: list[dict], chain_text: str, user: str) -> list[d
 
 __all__ = [
     "OPEN", "CLOSE", "LABELS", "DIGITS", "SYSTEM", "CHAIN_PREFILL", "SCORES_PREFILL",
-    "full_chain", "criteria_chain", "score_followup", "criterion_question", "history_block",
+    "full_chain", "criteria_chain", "synthesis_chain", "score_followup", "criterion_question", "history_block",
 ]

@@ -6,7 +6,8 @@
 OpenRLHF, `/healthz`, `/metrics`); `serve(config_path, host, port)` loads the scorer and runs it
 under uvicorn. Concurrent requests are coalesced into backend batches by `Batcher`; requests of the
 same (user, prompt) are merged so group mode derives persona and criteria once. Needs the `server`
-extra (fastapi, uvicorn, prometheus-client); the client only needs httpx.
+extra (fastapi, uvicorn, prometheus-client); the client only needs httpx. `server.ray_serve` runs the
+same app as a Ray Serve deployment with N replicas (the `ray` extra).
 """
 
 from __future__ import annotations

@@ -193,8 +193,9 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
     @app.get("/healthz")
     async def healthz():
         ok = batcher.running
-        return JSONResponse({"status": "ok" if ok else "stopping", "queue_depth": batcher.depth, "batches": batcher.batches},
-                            status_code=200 if ok else 503)
+        # pid: which process answered (one of several uvicorn workers or Ray Serve replicas)
+        return JSONResponse({"status": "ok" if ok else "stopping", "queue_depth": batcher.depth, "batches": batcher.batches,
+                             "pid": os.getpid()}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def prometheus(request: Request):

@@ -14,17 +14,13 @@ without it a ChatML prompt (`<|im_start|>role ... <|im_end|>`) is turned back in
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from pydantic import ValidationError
-
-from pgenrm_plugins.requests_io import describe_validation_error
 from pgenrm_plugins.types import ScoreRequest, ScoreResult
+from pgenrm_plugins.user_fields import FieldSource, UserFieldError, UserFields, read_container, read_user_fields
 
 END_OF_TURN = ("<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_text|>")
-LABEL_KEYS = {"user_id", "history", "persona", "reference", "prompt"}
 _CHATML = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(?:<\|im_end\|>|$)", re.DOTALL)
 
 # extra_logs: the same keys for every sample, numbers only (OpenRLHF logs them as train/<key>).
@@ -72,21 +68,20 @@ def prompt_of(prompt: str) -> Any:
     return prompt.strip() or prompt
 
 
-def parse_label(label: Any, index: int) -> dict:
-    where = f"labels.{index}"
-    if isinstance(label, str):
-        try:
-            label = json.loads(label)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(
-                f"field '{where}': not a JSON string ({exc.msg} at column {exc.colno}); expected "
-                '{"user_id": ..., "history": [...], "persona": optional}') from None
-    if not isinstance(label, dict):
-        raise ProtocolError(f"field '{where}': expected a JSON object with user_id and history, got {type(label).__name__}")
-    unknown = set(label) - LABEL_KEYS
-    if unknown:
-        raise ProtocolError(f"field '{where}': unknown keys {sorted(unknown)}; allowed: {sorted(LABEL_KEYS)}")
-    return label
+def label_source(index: int) -> FieldSource:
+    """Where sample `index` keeps its user: the `label` column (the body's `labels.<index>`)."""
+    return FieldSource(
+        framework="OpenRLHF", container=f"labels.{index}", strict=True,
+        fix="--data.label_key names the dataset column sent as the label; each row's label must be a JSON "
+            'string {"user_id": ..., "history": [{"prompt", "chosen", "rejected"}], "persona": optional}',
+    )
+
+
+def parse_label(label: Any, index: int) -> UserFields:
+    try:
+        return read_user_fields(read_container(label, label_source(index)), label_source(index))
+    except UserFieldError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def to_requests(body: Any, tokens: tuple[str, ...] = END_OF_TURN) -> list[ScoreRequest]:
@@ -103,17 +98,15 @@ def to_requests(body: Any, tokens: tuple[str, ...] = END_OF_TURN) -> list[ScoreR
     for i, (q, p, lab) in enumerate(zip(queries, prompts_, labels)):
         if not isinstance(q, str) or not isinstance(p, str):
             raise ProtocolError(f"fields 'query.{i}' and 'prompts.{i}' must be strings")
-        label = parse_label(lab, i)
-        row = {k: v for k, v in label.items() if k != "prompt"}
-        row["prompt"] = label.get("prompt") or prompt_of(p)
+        fields = parse_label(lab, i)
         try:
-            row["completions"] = [completion_of(q, p, tokens)]
+            completion = completion_of(q, p, tokens)
         except ProtocolError as exc:
             raise ProtocolError(str(exc).replace("'query'", f"'query.{i}'")) from None
         try:
-            out.append(ScoreRequest.model_validate(row))
-        except ValidationError as exc:
-            raise ProtocolError(f"sample {i} (from labels.{i}): {describe_validation_error(exc)}") from None
+            out.append(fields.request([completion], prompt=prompt_of(p)))
+        except UserFieldError as exc:
+            raise ProtocolError(f"sample {i}: {exc}") from None
     return out
 
 

@@ -30,14 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgenrm_plugins.user_fields import FieldSource, UserFieldError, completion_text, read_history, read_prompt, read_user_fields
+
 log = logging.getLogger(__name__)
 
 # TRL's own keyword arguments; everything else in **kwargs is a dataset column.
 TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "completion_ids")
 USER_COLUMN = "user_id"
 OPTIONAL_COLUMNS = ("history", "persona", "reference")
-ROLES = ("system", "user", "assistant")
-HISTORY_KEYS = ("prompt", "chosen", "rejected")
 
 
 class MissingColumnError(ValueError):
@@ -59,108 +59,14 @@ class BatchReport:
 
 
 # -- reading TRL's batch ------------------------------------------------------------------------
-def _text(content: Any) -> str:
-    """A message's content as text: a string, None, or a list of content blocks."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and block.get("type", "text") == "text":
-                parts.append(str(block.get("text", "")))
-        return "".join(parts)
-    return str(content)
-
-
-def _messages(value: Any) -> list[dict[str, str]]:
-    """Chat messages as the core's {role, content} (tool turns become user turns, labelled)."""
-    out = []
-    for m in value:
-        if not isinstance(m, dict) or "role" not in m:
-            raise ValueError(f"expected a message {{'role', 'content'}}, got {type(m).__name__}")
-        role, content = str(m["role"]), _text(m.get("content"))
-        if role not in ROLES:
-            role, content = "user", f"[{role}] {content}"
-        out.append({"role": role, "content": content})
-    return out
-
-
-def _prompt(value: Any) -> str | list[dict[str, str]]:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        return _messages(value)
-    raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
-
-
-def _completion(value: Any) -> str:
-    """TRL gives a string (plain data) or [{"role": "assistant", "content": ...}, ...]."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        messages = [m for m in value if isinstance(m, dict)]
-        said = [_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
-        return "\n".join(said if said else [_text(m.get("content")) for m in messages])
-    if value is None:
-        return ""
-    return str(value)
-
-
-def _history(value: Any) -> list:
-    """`history`: a list of {prompt, chosen, rejected}, its JSON string, a dict of lists (how a
-    `datasets.Sequence` of structs decodes), or empty/None. PersonalRewardBench-style items
-    (`context` messages, `chosen`/`rejected` as {role, content}, extra score fields) are read too."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        if not value.strip():
-            return []
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON: {exc}") from None
-        if value is None:
-            return []
-    if isinstance(value, dict) and value and all(isinstance(v, (list, tuple)) for v in value.values()):
-        lengths = {len(v) for v in value.values()}
-        if len(lengths) != 1:
-            raise ValueError("a dict of lists whose lists differ in length")
-        keys = list(value)
-        value = [dict(zip(keys, row)) for row in zip(*value.values())]
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"expected a list of {{prompt, chosen, rejected}}, got {type(value).__name__}")  # noqa: TRY004 - a row error
-    items = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise ValueError(f"item {i}: expected {{prompt, chosen, rejected}}, got {type(item).__name__}")  # noqa: TRY004
-        item = dict(item)
-        if "prompt" not in item and "context" in item:  # PersonalRewardBench names it `context`
-            item["prompt"] = item.pop("context")
-        # Keep what the judge reads; extra fields (scores, split, ids) are common in preference data.
-        item = {k: v for k, v in item.items() if k in HISTORY_KEYS}
-        if isinstance(item.get("prompt"), (list, tuple)):
-            item["prompt"] = _messages(item["prompt"])
-        for key in ("chosen", "rejected"):  # a conversational dataset may store {role, content}
-            if isinstance(item.get(key), dict):
-                item[key] = _text(item[key].get("content"))
-            elif isinstance(item.get(key), (list, tuple)):
-                item[key] = _completion(item[key])
-        items.append(item)
-    return items
-
-
-def _optional_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, float) and math.isnan(value):  # pandas-style missing value
-        return None
-    if isinstance(value, (list, tuple, dict)):
-        return _completion(value if isinstance(value, (list, tuple)) else [value])
-    return str(value)
+# The shapes a dataset may hold (strings, messages, content blocks, history as JSON or a dict of
+# lists) are read by the core's framework-agnostic `user_fields`; here only TRL's layout is known.
+TRL_SOURCE = FieldSource(
+    framework="TRL", container=None,
+    fix="correct that column of the training dataset (user_id: the user's id; history: a list of "
+        "{prompt, chosen, rejected} or its JSON string; persona, reference: text)",
+)
+_history = read_history  # kept under its old name for callers of the adapter's internals
 
 
 # -- the reward -----------------------------------------------------------------------------------
@@ -262,38 +168,28 @@ class PGenRMReward:
         # Group the flat batch into (user, prompt) groups, in order of first appearance.
         groups: dict[str, dict] = {}
         invalid: dict[int, str] = {}
+        user_columns = [name for name in (USER_COLUMN, *OPTIONAL_COLUMNS) if name in columns]
         for i in range(n):
-            user = columns[USER_COLUMN][i]
             try:
-                row = {
-                    "user_id": None if user is None else str(user),
-                    "persona": _optional_text(columns["persona"][i]) if "persona" in columns else None,
-                    "history": _row_value("history", _history, columns, i) if "history" in columns else [],
-                    "prompt": _row_value("prompt", _prompt, {"prompt": prompts}, i),
-                    "reference": _optional_text(columns["reference"][i]) if "reference" in columns else None,
-                }
-                completion = _row_value("completion", _completion, {"completion": completions}, i)
-            except ValueError as exc:
+                fields = read_user_fields({name: columns[name][i] for name in user_columns}, TRL_SOURCE)
+                prompt = _read_column("prompt", read_prompt, prompts[i])
+                completion = _read_column("completion", completion_text, completions[i])
+            except UserFieldError as exc:
                 invalid[i] = str(exc)
                 continue
-            key = json.dumps(row, sort_keys=True, default=str)
-            group = groups.setdefault(key, {"row": row, "rows": [], "completions": []})
+            key = json.dumps([fields.key(), prompt], sort_keys=True, default=str)
+            group = groups.setdefault(key, {"fields": fields, "prompt": prompt, "rows": [], "completions": []})
             group["rows"].append(i)
             group["completions"].append(completion)
-
-        from pydantic import ValidationError
-
-        from pgenrm_plugins.requests_io import describe_validation_error
-        from pgenrm_plugins.types import ScoreRequest
 
         requests, placed = [], []
         for group in groups.values():
             try:
-                requests.append(ScoreRequest.model_validate({**group["row"], "completions": group["completions"]}))
+                requests.append(group["fields"].request(group["completions"], prompt=group["prompt"]))
                 placed.append(group["rows"])
-            except ValidationError as exc:
+            except UserFieldError as exc:
                 for i in group["rows"]:
-                    invalid[i] = describe_validation_error(exc)
+                    invalid[i] = str(exc)
 
         if invalid and policy == "raise":
             i, why = next(iter(sorted(invalid.items())))
@@ -348,11 +244,11 @@ class PGenRMReward:
             return scorer.score(requests)
 
 
-def _row_value(name: str, read, columns: dict, i: int):
+def _read_column(name: str, read, value):
     try:
-        return read(columns[name][i])
+        return read(value)
     except ValueError as exc:
-        raise ValueError(f"column '{name}': {exc}") from None
+        raise TRL_SOURCE.error(name, str(exc)) from None
 
 
 def _log(log_metric, metrics: dict[str, float]) -> None:

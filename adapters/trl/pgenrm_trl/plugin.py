@@ -35,3 +35,28 @@ def register_adapters(register):
         options=TRLAdapterOptions,
         description="TRL GRPOTrainer/RLOOTrainer reward callable; CLI: --reward_funcs pgenrm_trl.reward",
     )
+
+
+def parity_rewards(requests, scorer) -> list[list[float]]:
+    """The requests in TRL's call shape, with `scorer`'s judge (for `pgenrm compare adapters`): one flat
+    keyword batch, one row per completion, every dataset column a list (history as a JSON string)."""
+    import json
+
+    from pgenrm_trl.adapter import SyncPGenRMReward
+
+    prompts, completions, spans = [], [], []
+    columns: dict[str, list] = {"user_id": [], "history": [], "persona": [], "reference": []}
+    for r in requests:
+        row = r.model_dump(mode="json")
+        spans.append((len(completions), len(completions) + len(r.completions)))
+        for completion in r.completions:
+            prompts.append(row["prompt"])
+            completions.append(completion)
+            columns["user_id"].append(row["user_id"])
+            columns["history"].append(json.dumps(row["history"]))
+            columns["persona"].append(row["persona"])
+            columns["reference"].append(row["reference"])
+    reward = SyncPGenRMReward(scorer=scorer)
+    flat = reward(prompts=prompts, completions=completions, completion_ids=None, trainer_state=None,
+                  log_extra=None, log_metric=None, **columns)
+    return [flat[a:b] for a, b in spans]

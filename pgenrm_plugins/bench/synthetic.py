@@ -1,0 +1,309 @@
+"""Synthetic users with known latent preferences, written as PersonalRewardBench rows.
+
+Every answer is built from the real content of `answer_bank.BANK` and has five visible style
+attributes, each +1 or -1:
+
+    length     +1 detailed (all four supporting points)   -1 brief (two points)
+    structure  +1 numbered list                           -1 prose paragraphs
+    tone       +1 formal (no contractions)                -1 casual (contractions, chatty opener)
+    examples   +1 a concrete example                      -1 none
+    caveats    +1 a caveat (when the advice does not hold) -1 none
+
+A user is a weight per attribute: their latent type's weights plus per-user noise. For each row
+two answers to the same question are drawn and the user picks one by Bradley-Terry on the weighted
+attributes, P(pick a) = sigmoid(sharpness * w.(a - b)): mostly their taste, sometimes not.
+Some users are cold-start: they have test rows but no train rows (no history).
+
+The latent truth (types, each user's weights, each row's attributes) goes to a sidecar JSON next
+to the rows (`rows.jsonl` -> `rows.truth.json`); the rows themselves are plain PersonalRewardBench
+rows that `pgenrm_plugins.data.load_bench` reads like the real sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from pgenrm_plugins.bench.answer_bank import BANK, Topic
+from pgenrm_plugins.hookspecs import hookimpl
+
+ATTRIBUTES = ("length", "structure", "tone", "examples", "caveats")
+
+# Latent types: weight per attribute (positive = prefers the +1 side). Chosen so that the
+# population as a whole is nearly indifferent: a single global preference cannot do well.
+TYPES: dict[str, dict[str, Any]] = {
+    "skimmer": {"description": "wants short, scannable lists, no extras",
+                "weights": {"length": -1.0, "structure": 0.8, "tone": -0.2, "examples": -0.5, "caveats": -0.8}},
+    "scholar": {"description": "wants thorough prose with examples and nuance",
+                "weights": {"length": 1.0, "structure": -0.7, "tone": 0.5, "examples": 0.8, "caveats": 0.5}},
+    "professional": {"description": "wants formal, structured answers",
+                     "weights": {"length": 0.2, "structure": 1.0, "tone": 1.0, "examples": -0.2, "caveats": 0.3}},
+    "friend": {"description": "wants a casual, chatty reply with an example, not a lecture",
+               "weights": {"length": -0.5, "structure": -0.8, "tone": -1.0, "examples": 0.7, "caveats": -0.3}},
+    "cautious": {"description": "wants every caveat and a fuller answer",
+                 "weights": {"length": 0.5, "structure": 0.0, "tone": 0.3, "examples": 0.2, "caveats": 1.0}},
+}
+
+_OPENERS = {
+    "formal": ("Certainly.", "Here is an overview.", "A reliable approach is as follows.", "This is a common question."),
+    "casual": ("Oh, good question!", "Sure thing!", "Ah, I get this one a lot.", "Okay, so here's the deal."),
+}
+_CLOSERS = {
+    "formal": ("I hope this information is useful.", "Please let me know if further detail would be helpful.",
+               "I trust this answers your question."),
+    "casual": ("Hope that helps!", "Good luck, you've got this!", "Have fun with it!"),
+}
+_CAVEAT_LEAD = {"formal": ("One caveat: ", "Please note: "), "casual": ("Heads up, though: ", "Just so you know: ")}
+
+_CONTRACTIONS = [
+    ("do not", "don't"), ("does not", "doesn't"), ("is not", "isn't"), ("are not", "aren't"),
+    ("cannot", "can't"), ("will not", "won't"), ("have not", "haven't"), ("it is", "it's"),
+    ("that is", "that's"), ("you are", "you're"), ("you will", "you'll"), ("there is", "there's"),
+    ("what is", "what's"), ("you would", "you'd"), ("they are", "they're"), ("I am", "I'm"),
+]
+
+
+def _contract(text: str) -> str:
+    """Casual register: 'do not' -> 'don't', keeping a capital first letter."""
+    for long, short in _CONTRACTIONS:
+        pattern = re.compile(rf"\b{re.escape(long)}\b", re.IGNORECASE)
+        text = pattern.sub(lambda m, s=short: s[0].upper() + s[1:] if m.group(0)[0].isupper() else s, text)
+    return text
+
+
+def render_answer(topic: Topic, attrs: dict[str, int], rng: random.Random) -> str:
+    """One answer to `topic.question` with the given attributes (+1/-1 each)."""
+    tone = "formal" if attrs["tone"] > 0 else "casual"
+    points = topic.points if attrs["length"] > 0 else topic.points[:2]
+    if attrs["structure"] > 0:
+        body = [topic.core, "\n".join(f"{i}. {p}" for i, p in enumerate(points, 1))]
+    elif attrs["length"] > 0:  # two paragraphs
+        body = [f"{topic.core} {points[0]}", " ".join(points[1:])]
+    else:
+        body = [" ".join((topic.core, *points))]
+    parts = [f"{rng.choice(_OPENERS[tone])} {body[0]}", *body[1:]]
+    if attrs["examples"] > 0:
+        parts.append(topic.example)
+    if attrs["caveats"] > 0:
+        parts.append(rng.choice(_CAVEAT_LEAD[tone]) + topic.caveat)
+    parts.append(rng.choice(_CLOSERS[tone]))
+    text = "\n\n".join(parts)
+    return _contract(text) if tone == "casual" else text
+
+
+def detect_attributes(text: str) -> dict[str, int]:
+    """The attributes as they show in the text itself (no metadata): numbered lines, contractions
+    and chatty openers, 'For example', a caveat lead. Length is not detectable from one answer
+    alone without knowing the question, so it is left out (compare two answers' lengths instead)."""
+    lines = text.splitlines()
+    casual = any(text.startswith(o.split()[0]) for o in _OPENERS["casual"]) or any(
+        short in text for _, short in _CONTRACTIONS)
+    return {
+        "structure": 1 if any(re.match(r"\d+\. ", line) for line in lines) else -1,
+        "tone": -1 if casual else 1,
+        "examples": 1 if "For example" in text or "for example" in text else -1,
+        "caveats": 1 if any(lead in text for leads in _CAVEAT_LEAD.values() for lead in leads) else -1,
+    }
+
+
+@dataclass
+class SyntheticBench:
+    rows: list[dict[str, Any]]
+    truth: dict[str, Any] = field(default_factory=dict)
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """Identifies a row by its content, so the truth can be matched to rows in any order."""
+    blob = json.dumps([row["user_id"], row["context"], row["chosen"]["content"], row["rejected"]["content"]],
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def utility(weights: dict[str, float], attrs: dict[str, int]) -> float:
+    return sum(weights[a] * attrs[a] for a in ATTRIBUTES)
+
+
+def generate(
+    n_users: int = 20,
+    rows_per_user: int = 10,
+    seed: int = 0,
+    *,
+    test_per_user: int | None = None,
+    val_per_user: int = 0,
+    cold_start_fraction: float = 0.2,
+    n_types: int = len(TYPES),
+    user_noise: float = 0.25,
+    sharpness: float = 3.0,
+) -> SyntheticBench:
+    """Rows plus the latent truth. Deterministic for a given set of arguments.
+
+    Warm users get `rows_per_user` rows: `test_per_user` test (default a quarter, at least one),
+    `val_per_user` val, the rest train. Cold-start users get the test and val rows only."""
+    if n_users < 1 or rows_per_user < 2:
+        raise ValueError("n_users must be >= 1 and rows_per_user >= 2 (at least one train and one test row)")
+    if not 1 <= n_types <= len(TYPES):
+        raise ValueError(f"n_types must be between 1 and {len(TYPES)}")
+    if not 0 <= cold_start_fraction < 1:
+        raise ValueError("cold_start_fraction must be in [0, 1)")
+    test_n = test_per_user if test_per_user is not None else max(1, rows_per_user // 4)
+    if test_n < 1 or test_n + val_per_user >= rows_per_user:
+        raise ValueError(f"rows_per_user={rows_per_user} leaves no train rows after {test_n} test and {val_per_user} val rows")
+    rng = random.Random(seed)
+    type_names = list(TYPES)[:n_types]
+    order = list(range(n_users))
+    rng.shuffle(order)
+    user_type = {i: type_names[pos % n_types] for pos, i in enumerate(order)}
+    n_cold = round(cold_start_fraction * n_users)
+    if cold_start_fraction > 0 and n_users >= 3:
+        n_cold = max(1, n_cold)
+    cold = set(rng.sample(range(n_users), n_cold))
+
+    rows: list[dict[str, Any]] = []
+    truth_rows: list[dict[str, Any]] = []
+    users: dict[str, Any] = {}
+    width = max(3, len(str(n_users - 1)))
+    for i in range(n_users):
+        user_id = f"u{i:0{width}d}"
+        kind = user_type[i]
+        weights = {a: round(TYPES[kind]["weights"][a] + rng.gauss(0.0, user_noise), 4) for a in ATTRIBUTES}
+        users[user_id] = {"type": kind, "weights": weights, "cold_start": i in cold}
+        splits = ["test"] * test_n + ["val"] * val_per_user
+        if i not in cold:
+            splits = ["train"] * (rows_per_user - len(splits)) + splits
+        topics = list(BANK)
+        rng.shuffle(topics)
+        for j, split in enumerate(splits):
+            topic = topics[j % len(topics)]
+            a = {name: rng.choice((-1, 1)) for name in ATTRIBUTES}
+            b = dict(a)
+            for name in rng.sample(ATTRIBUTES, rng.choice((1, 2, 2, 3))):
+                b[name] = -b[name]
+            p_a = 1.0 / (1.0 + math.exp(-sharpness * (utility(weights, a) - utility(weights, b))))
+            picked_a = rng.random() < p_a
+            chosen_attrs, rejected_attrs = (a, b) if picked_a else (b, a)
+            row = {
+                "user_id": user_id,
+                "split": split,
+                "context": [{"role": "user", "content": topic.question}],
+                "chosen": {"role": "assistant", "content": render_answer(topic, chosen_attrs, rng)},
+                "rejected": {"role": "assistant", "content": render_answer(topic, rejected_attrs, rng)},
+            }
+            rows.append(row)
+            truth_rows.append({
+                "key": row_key(row), "user_id": user_id, "split": split, "area": topic.area,
+                "chosen": chosen_attrs, "rejected": rejected_attrs,
+                "p_chosen": round(p_a if picked_a else 1.0 - p_a, 4),
+            })
+    truth = {
+        "generator": "pgenrm_plugins.bench.synthetic",
+        "params": {"n_users": n_users, "rows_per_user": rows_per_user, "seed": seed, "test_per_user": test_n,
+                   "val_per_user": val_per_user, "cold_start_fraction": cold_start_fraction, "n_types": n_types,
+                   "user_noise": user_noise, "sharpness": sharpness},
+        "attributes": list(ATTRIBUTES),
+        "types": {name: TYPES[name] for name in type_names},
+        "users": users,
+        "rows": truth_rows,
+    }
+    return SyntheticBench(rows, truth)
+
+
+def generate_rows(n_users: int = 20, rows_per_user: int = 10, seed: int = 0, **options: Any) -> list[dict[str, Any]]:
+    """PersonalRewardBench rows of `n_users` synthetic users (see `generate` for the options)."""
+    return generate(n_users=n_users, rows_per_user=rows_per_user, seed=seed, **options).rows
+
+
+def truth_path_for(rows_path: str | Path) -> Path:
+    """Where the latent truth of a rows file lives: `rows.jsonl` -> `rows.truth.json`."""
+    p = Path(rows_path)
+    return p.with_name(p.stem + ".truth.json")
+
+
+def load_truth(rows_path: str | Path) -> dict[str, Any] | None:
+    p = truth_path_for(rows_path)
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write to a temporary file and rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """JSONL (.jsonl) or parquet (.parquet), by suffix."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    elif path.suffix == ".parquet":
+        def write(tmp: Path) -> None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+    else:
+        raise ValueError(f"{path}: the output must end in .jsonl or .parquet")
+    _write_atomically(path, write)
+    return path
+
+
+def write_bench(path: str | Path, bench: SyntheticBench) -> tuple[Path, Path]:
+    """The rows, and the truth next to them (`truth_path_for`)."""
+    rows_path = write_rows(path, bench.rows)
+    truth_path = truth_path_for(rows_path)
+    _write_atomically(truth_path, lambda tmp: tmp.write_text(json.dumps(bench.truth, indent=1), encoding="utf-8"))
+    return rows_path, truth_path
+
+
+@hookimpl
+def register_commands(cli):
+    import typer
+
+    data_app = typer.Typer(help="PersonalRewardBench data: synthetic users with known preferences.", no_args_is_help=True)
+    cli.add_typer(data_app, name="data")
+
+    @data_app.command("synth")
+    def synth(
+        users: int = typer.Option(..., "--users", min=1, help="How many synthetic users."),
+        out: Path = typer.Option(..., "--out", "-o", help="Rows file to write (.jsonl or .parquet); the truth goes next to it as NAME.truth.json."),
+        seed: int = typer.Option(0, help="Same seed, same rows."),
+        rows_per_user: int = typer.Option(10, min=2, help="Rows of each warm user (train + val + test)."),
+        test_per_user: Optional[int] = typer.Option(None, help="Test rows per user (default: a quarter of rows_per_user)."),
+        val_per_user: int = typer.Option(0, min=0, help="Val rows per user."),
+        cold_start: float = typer.Option(0.2, min=0.0, max=0.99, help="Fraction of users with no train rows."),
+        types: int = typer.Option(len(TYPES), min=1, max=len(TYPES), help="How many latent types to use."),
+        noise: float = typer.Option(0.25, min=0.0, help="Per-user noise around the type's weights (std)."),
+        sharpness: float = typer.Option(3.0, min=0.0, help="How strictly choices follow the weights (Bradley-Terry scale)."),
+    ):
+        """Write synthetic PersonalRewardBench rows and their latent truth."""
+        from rich.console import Console
+
+        try:
+            bench = generate(users, rows_per_user, seed, test_per_user=test_per_user, val_per_user=val_per_user,
+                             cold_start_fraction=cold_start, n_types=types, user_noise=noise, sharpness=sharpness)
+            rows_path, truth_path = write_bench(out, bench)
+        except ValueError as exc:
+            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2)
+        counts = {s: sum(r["split"] == s for r in bench.rows) for s in ("train", "val", "test")}
+        n_cold = sum(u["cold_start"] for u in bench.truth["users"].values())
+        Console(stderr=True).print(
+            f"wrote {len(bench.rows)} rows ({counts['train']} train, {counts['val']} val, {counts['test']} test) "
+            f"of {users} users ({n_cold} cold-start, {types} types) to {rows_path}; truth in {truth_path}",
+            highlight=False,
+        )
+

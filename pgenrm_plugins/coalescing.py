@@ -1,0 +1,192 @@
+"""Scoring one sample at a time without losing group mode's economy.
+
+verl calls a reward function once per sample (many at once, on its reward worker's event loop) and
+OpenRLHF calls `reward_func` once per sample (many at once, each in a thread). The scoring
+service's `Batcher` already turns such a stream into backend batches and merges the samples of one
+(user, prompt) into one request, so persona and criteria are derived once per group. `SampleScorer`
+runs that same `Batcher` on a private event loop in a daemon thread, so callers on any thread or
+any event loop share one batching window, and adds what every per-sample adapter needs: the user's
+fields in, one finite reward and a fixed set of numeric components out, the failure policy for
+unreadable user fields.
+
+A completion's reward does not depend on the completions it was merged with (criteria chains are
+seeded from the user and prompt only), so coalescing changes the cost, not the rewards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from pgenrm_plugins.server.batcher import Batcher
+from pgenrm_plugins.types import ScoreResult
+from pgenrm_plugins.user_fields import UserFields
+
+log = logging.getLogger(__name__)
+
+WAIT_ENV = "PGENRM_COALESCE_WAIT_MS"
+
+# The numeric components of one sample's reward: the same keys for every sample (verl's
+# reward_extra_info and OpenRLHF's extra_logs both need that), numbers only.
+SAMPLE_COMPONENT_KEYS = (
+    "pgenrm_chains_sampled",      # chains sampled for this sample's (merged) group
+    "pgenrm_parse_failures",      # chains or score replies of that group that could not be parsed
+    "pgenrm_criteria_fallbacks",  # chains scored with the fallback criterion
+    "pgenrm_merged_completions",  # completions judged together with this one (group mode's economy)
+    "pgenrm_neutral",             # 1 if this sample got reward.neutral_value (no score, or unreadable user fields)
+    "pgenrm_invalid",             # 1 if its user fields could not be read
+)
+
+
+@dataclass(frozen=True)
+class SampleReward:
+    reward: float
+    components: dict[str, float]  # SAMPLE_COMPONENT_KEYS, in that order
+    result: ScoreResult | None = None  # the core's result (None for an unreadable sample)
+
+    @classmethod
+    def from_result(cls, result: ScoreResult, neutral_value: float) -> SampleReward:
+        c = result.components
+        reward = float(result.rewards[0])
+        failed = bool(c.get("failed_completions"))
+        if not math.isfinite(reward):  # last guard: the framework never sees NaN from us
+            reward, failed = neutral_value, True
+        components = {
+            "pgenrm_chains_sampled": float(c.get("chains_sampled") or 0),
+            "pgenrm_parse_failures": float(c.get("parse_failures") or 0),
+            "pgenrm_criteria_fallbacks": float(c.get("criteria_fallbacks") or 0),
+            "pgenrm_merged_completions": float(c.get("merged_completions") or len(result.rewards)),
+            "pgenrm_neutral": float(failed),
+            "pgenrm_invalid": 0.0,
+        }
+        return cls(reward, components, result)
+
+    @classmethod
+    def invalid(cls, neutral_value: float) -> SampleReward:
+        components = dict.fromkeys(SAMPLE_COMPONENT_KEYS, 0.0)
+        components.update(pgenrm_neutral=1.0, pgenrm_invalid=1.0)
+        return cls(float(neutral_value), components)
+
+
+class SharedBatcher:
+    """The service's `Batcher` on its own event loop thread: `score` from any thread, `ascore` from
+    any event loop; concurrent callers share one batching window."""
+
+    def __init__(self, score, max_wait_ms: float = 20.0, max_batch_requests: int = 64):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pgenrm-coalescer", daemon=True)
+        self._thread.start()
+        self.batcher = Batcher(score, max_wait_ms=max_wait_ms, max_batch_requests=max_batch_requests)
+        self._call(self.batcher.start())
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def score(self, requests) -> list[ScoreResult]:
+        return self._call(self.batcher.submit(requests)).result()
+
+    async def ascore(self, requests) -> list[ScoreResult]:
+        return await asyncio.wrap_future(self._call(self.batcher.submit(requests)))
+
+    @property
+    def batches(self) -> int:
+        return self.batcher.batches
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._call(self.batcher.stop()).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+class SampleScorer:
+    """One judge for per-sample callers: config and judge built on first use, calls coalesced.
+
+    config: a PGenRMConfig, dict, YAML/TOML path, or None (then `$PGENRM_CONFIG`, else the embedded
+    default). `backend` or `scorer` reuse a judge already loaded. `max_wait_ms` is the batching
+    window (default `$PGENRM_COALESCE_WAIT_MS`, else 20 ms).
+    """
+
+    def __init__(self, config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None):
+        self._config_source, self._backend, self._scorer = config, backend, scorer
+        self._config = scorer.config if scorer is not None else None
+        self._owns_scorer = scorer is None and backend is None  # close only a judge we built
+        self._batcher: SharedBatcher | None = None
+        self._lock = threading.Lock()
+        self.max_wait_ms = max_wait_ms if max_wait_ms is not None else float(os.environ.get(WAIT_ENV, 20.0))
+        self.invalid_samples = 0  # unreadable user fields that got the neutral reward
+
+    @property
+    def config(self):
+        if self._config is None:
+            from pgenrm_plugins.config import load_config
+
+            with self._lock:
+                if self._config is None:
+                    self._config = load_config(self._config_source)
+        return self._config
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            config = self.config
+            from pgenrm_plugins.scoring import Scorer
+
+            with self._lock:
+                if self._scorer is None:
+                    self._scorer = Scorer(config, backend=self._backend)
+        return self._scorer
+
+    @property
+    def loaded(self) -> bool:
+        return self._scorer is not None
+
+    @property
+    def batcher(self) -> SharedBatcher:
+        if self._batcher is None:
+            scorer = self.scorer
+            with self._lock:
+                if self._batcher is None:
+                    self._batcher = SharedBatcher(scorer.score, max_wait_ms=self.max_wait_ms)
+        return self._batcher
+
+    def policy(self) -> tuple[str, float]:
+        return self.config.reward.failure_policy, self.config.reward.neutral_value
+
+    def on_invalid(self, error: Exception) -> SampleReward:
+        """An unreadable sample: raise under `failure_policy: raise`, else a counted neutral reward."""
+        policy, neutral = self.policy()
+        if policy == "raise":
+            raise error
+        with self._lock:
+            self.invalid_samples += 1
+            count = self.invalid_samples
+        log.warning("P-GenRM: unreadable user fields, neutral reward %.2f (%d so far): %s", neutral, count, error)
+        return SampleReward.invalid(neutral)
+
+    def score(self, fields: UserFields, prompt: Any, completion: str) -> SampleReward:
+        """Blocking, from any thread: one completion's reward."""
+        request = fields.request([completion], prompt=prompt)
+        [result] = self.batcher.score([request])
+        return SampleReward.from_result(result, self.config.reward.neutral_value)
+
+    async def ascore(self, fields: UserFields, prompt: Any, completion: str) -> SampleReward:
+        """From any event loop: one completion's reward, batched with what other callers send."""
+        request = fields.request([completion], prompt=prompt)
+        batcher = self.batcher if self._batcher is not None else await asyncio.to_thread(lambda: self.batcher)
+        [result] = await batcher.ascore([request])
+        return SampleReward.from_result(result, self.config.reward.neutral_value)
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
+        if self._scorer is not None and self._owns_scorer:
+            self._scorer.close()

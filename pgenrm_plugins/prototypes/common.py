@@ -1,0 +1,130 @@
+"""What both stores share: the schema version, how a user row is encoded, and the checks that keep
+bad input out of a store (each error names the field and the fix)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+from pydantic import TypeAdapter, ValidationError
+
+from pgenrm_plugins.prototypes.base import PrototypeSet, StoreError, UserRecord
+from pgenrm_plugins.types import HistoryItem
+
+# Bumped whenever a store's tables change; a store refuses a file or database written by a newer one.
+SCHEMA_VERSION = 1
+
+_history_adapter = TypeAdapter(list[HistoryItem])
+
+
+def too_new(where: str, found: int) -> StoreError:
+    return StoreError(
+        f"{where} has schema version {found}, but this pgenrm-plugins understands up to {SCHEMA_VERSION}: "
+        "upgrade pgenrm-plugins (pip install -U pgenrm-plugins) or point the store at another file/database"
+    )
+
+
+def params_key(params: Mapping[str, Any]) -> str:
+    """Canonical JSON of build params: the same params resume the same unfinished build."""
+    try:
+        return json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
+    except TypeError as exc:
+        raise StoreError(f"begin_build(params): params must be JSON-serialisable ({exc})") from None
+
+
+def as_unit_vector(embedding: Any, where: str) -> np.ndarray:
+    v = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(v)) if v.size else 0.0
+    if v.size == 0 or not np.isfinite(norm) or norm == 0.0:
+        raise StoreError(f"{where}: the embedding is empty, zero or not finite; embed the user's text again")
+    return v if abs(norm - 1.0) < 1e-4 else v / norm
+
+
+def encode_vector(v: np.ndarray) -> bytes:
+    return np.ascontiguousarray(v, dtype="<f4").tobytes()
+
+
+def decode_vector(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def check_user(user: UserRecord, *, need_embedding: bool = False) -> UserRecord:
+    if not isinstance(user, UserRecord):
+        raise StoreError(f"expected a UserRecord, got {type(user).__name__}")
+    if not isinstance(user.user_id, str) or not user.user_id:
+        raise StoreError(f"user_id must be a non-empty string, got {user.user_id!r}")
+    if user.embedding is not None:
+        user.embedding = as_unit_vector(user.embedding, f"user {user.user_id!r}.embedding")
+    elif need_embedding:
+        raise StoreError(f"user {user.user_id!r}.embedding is missing: embed the user's synthesis or history first")
+    return user
+
+
+@dataclass
+class UserRow:
+    """A user as stored: text columns, the embedding as float32 little-endian bytes."""
+
+    user_id: str
+    history: str
+    persona: str | None
+    synthesis: str | None
+    embedding: bytes | None
+
+    @classmethod
+    def of(cls, user: UserRecord) -> "UserRow":
+        history = [h if isinstance(h, HistoryItem) else HistoryItem.model_validate(h) for h in user.history]
+        return cls(
+            user.user_id,
+            json.dumps([h.model_dump(mode="json") for h in history], ensure_ascii=False),
+            user.persona,
+            user.synthesis,
+            None if user.embedding is None else encode_vector(user.embedding),
+        )
+
+
+def to_record(user_id, history, persona, synthesis, embedding, prototype_id=None) -> UserRecord:
+    try:
+        items = _history_adapter.validate_json(history) if history else []
+    except ValidationError as exc:
+        raise StoreError(f"user {user_id!r}: the stored history is not valid ({exc.errors()[0]['msg']})") from None
+    return UserRecord(
+        user_id=user_id,
+        history=items,
+        persona=persona,
+        synthesis=synthesis,
+        embedding=decode_vector(bytes(embedding) if embedding is not None else None),
+        prototype_id=None if prototype_id is None else int(prototype_id),
+    )
+
+
+def check_prototypes(prototypes: PrototypeSet) -> np.ndarray:
+    c = np.asarray(prototypes.centroids, dtype=np.float32)
+    if c.ndim != 2 or c.shape[0] == 0 or c.shape[1] == 0:
+        raise StoreError(f"prototypes.centroids must be a [K, dim] array with K >= 1, got shape {c.shape}")
+    norms = np.linalg.norm(c, axis=1)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise StoreError("prototypes.centroids has a zero or non-finite row; re-run the clustering")
+    if not prototypes.embedder:
+        raise StoreError("prototypes.embedder is empty: record the name of the embedder that built the build")
+    return np.ascontiguousarray(c / norms[:, None], dtype=np.float32)
+
+
+def check_assignment(user_id: str, prototype_id: Any, k: int) -> int:
+    try:
+        p = int(prototype_id)
+    except (TypeError, ValueError):
+        raise StoreError(f"assignments[{user_id!r}] = {prototype_id!r} is not a prototype id (0..{k - 1})") from None
+    if not 0 <= p < k:
+        raise StoreError(f"assignments[{user_id!r}] = {p} is out of range: there are {k} prototypes (0..{k - 1})")
+    return p
+
+
+def nearest_prototype(centroids: np.ndarray, embedding: np.ndarray) -> int:
+    if embedding.shape[0] != centroids.shape[1]:
+        raise StoreError(
+            f"the embedding has dimension {embedding.shape[0]} but the store's prototypes have {centroids.shape[1]}: "
+            "use the embedder that built the store"
+        )
+    return int(np.argmax(centroids @ embedding))

@@ -1,0 +1,147 @@
+"""What gets embedded to place a user among the prototypes, shared by the builder and the scorer
+(a user placed at scoring time must be embedded exactly as the build embedded its members).
+
+Two sources, recorded in each build's meta (`source`, `source_settings`):
+
+- `synthesis` (the paper's): the judge writes the user's preference synthesis (preferences and the
+  criteria they apply in general, `prompts.synthesis_chain`), greedily, and that text is embedded.
+- `history` (no judge, `--skip-judge`): each past choice is embedded as "prompt + preferred reply"
+  and the user is the normalised mean of those vectors. One vector per choice, because a single
+  text of all choices would be cut at the embedder's token limit (256 for MiniLM) after the first.
+
+A user with no history at all (cold start) is placed by what the request does carry: the persona
+when given, else the current prompt. It is a weaker signal, so such users are scored by their
+prototype's members alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from pgenrm_plugins.backends.base import GenerationRequest
+from pgenrm_plugins.chain import prompts
+from pgenrm_plugins.chain.parser import ParseFailure, parse_criteria
+from pgenrm_plugins.types import HistoryItem, Prompt
+
+SOURCES = ("synthesis", "history")
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """How the users' texts were made; stored in the build so scoring-time placement matches it."""
+
+    max_items: int = 6  # most recent past choices shown to the judge / embedded
+    max_chars: int = 300  # each text cut to this many characters
+    max_new_tokens: int = 96  # the synthesis's token budget
+    seed: int = 0
+    # syntheses per backend call: an embedded judge attends over every row of a call at once, and
+    # long histories in big batches cost memory quadratic in their length
+    judge_batch: int = 4
+
+    def as_meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any] | None) -> "SourceSettings":
+        known = {k: v for k, v in (meta or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    text: str
+    parsed: bool  # False: the judge's reply was not valid JSON and its raw text is used
+
+
+def render_synthesis(raw: str) -> Synthesis:
+    """The synthesis as plain sentences (what is embedded); the raw reply when it cannot be parsed."""
+    parsed = parse_criteria(raw)
+    if isinstance(parsed, ParseFailure):
+        text = raw.replace(prompts.OPEN, " ").replace(prompts.CLOSE, " ").strip()
+        return Synthesis(text, False)
+    lines = [f"{key.capitalize()}: {value}" for key, value in parsed.preferences.items() if str(value).strip()]
+    if parsed.criteria:
+        lines.append("Criteria: " + ", ".join(f"{c.name} ({c.weight:g})" for c in parsed.criteria))
+    return Synthesis("\n".join(lines), True)
+
+
+def synthesize(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]], settings: SourceSettings) -> list[Synthesis]:
+    """One preference synthesis per (history, persona), all in one backend call. Greedy, so a
+    rebuild writes the same text."""
+    requests = [
+        GenerationRequest(
+            prompts.synthesis_chain(history, persona, max_items=settings.max_items, max_chars=settings.max_chars),
+            n=1, max_new_tokens=settings.max_new_tokens, temperature=0.0, seed=settings.seed,
+            stop=(prompts.CLOSE,), prefill=prompts.CHAIN_PREFILL,
+        )
+        for history, persona in users
+    ]
+    out = []
+    for start in range(0, len(requests), max(1, settings.judge_batch)):
+        out += [render_synthesis(gens[0].text) for gens in backend.generate(requests[start:start + settings.judge_batch])]
+    return out
+
+
+def prompt_text(prompt: Prompt, max_chars: int) -> str:
+    return prompts._render_prompt(prompt, max_chars)
+
+
+def history_texts(history: Sequence[HistoryItem], persona: str | None, settings: SourceSettings) -> list[str]:
+    """The texts a `history`-source user is the mean of: persona, then each recent choice."""
+    clip = settings.max_chars
+    texts = [f"Persona: {persona[:clip]}"] if persona else []
+    for item in list(history)[-settings.max_items:] if settings.max_items else []:
+        texts.append(f"{prompt_text(item.prompt, clip)}\nPreferred: {item.chosen[:clip]}")
+    return texts
+
+
+def embed_history_users(embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]], settings: SourceSettings) -> np.ndarray:
+    """[len(users), dim]: each user's normalised mean over their history texts (one embed call)."""
+    per_user = [history_texts(h, p, settings) for h, p in users]
+    for i, texts in enumerate(per_user):
+        if not texts:
+            raise ValueError(f"user {i} has neither history nor persona: nothing to embed for the `history` source")
+    flat = [t for texts in per_user for t in texts]
+    vectors = embedder.embed(flat)
+    out, start = [], 0
+    for texts in per_user:
+        mean = vectors[start:start + len(texts)].mean(0)
+        start += len(texts)
+        out.append(mean / np.linalg.norm(mean))
+    return np.asarray(out, dtype=np.float32).reshape(len(users), -1)
+
+
+def embed_users(
+    embedder, source: str, users: Sequence[tuple[Sequence[HistoryItem], str | None]], settings: SourceSettings,
+    backend=None,
+) -> tuple[np.ndarray, list[Synthesis | None]]:
+    """Embeddings of users (history, persona) from `source`, and their syntheses (None for `history`)."""
+    if source == "history":
+        return embed_history_users(embedder, users, settings), [None] * len(users)
+    if source != "synthesis":
+        raise ValueError(f"unknown embedding source {source!r}; known: {', '.join(SOURCES)}")
+    if backend is None:
+        raise ValueError("the `synthesis` source needs the judge (a backend)")
+    syntheses = synthesize(backend, users, settings)
+    texts = [s.text or " ".join(history_texts(h, p, settings)) for s, (h, p) in zip(syntheses, users)]
+    return embedder.embed(texts), list(syntheses)
+
+
+def check_embedder(prototypes, embedder) -> None:
+    """A store is only searched with the embedder that built it (other embedders' spaces differ)."""
+    if embedder.name != prototypes.embedder:
+        raise ValueError(
+            f"the store was built with embedder {prototypes.embedder!r}, but the config's embedder is "
+            f"{embedder.name!r}: set embedder.name/options in the config to the store's embedder, or rebuild the store"
+        )
+
+
+def embed_like_build(prototypes, embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]], backend=None):
+    """Embed users (history, persona) the way the current build embedded its members."""
+    check_embedder(prototypes, embedder)
+    meta = prototypes.meta or {}
+    settings = SourceSettings.from_meta(meta.get("source_settings"))
+    return embed_users(embedder, meta.get("source", "history"), users, settings, backend=backend)

@@ -1,0 +1,161 @@
+"""Prototype-level scaling in the scorer, on the real judge, the real embedder and a real SQLite
+store built from small rows; and the `pgenrm prototypes` commands through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import make_config
+from prototype_helpers import load_embedder, make_rows, write_jsonl
+from typer.testing import CliRunner
+
+from pgenrm_plugins import cli
+from pgenrm_plugins.config import ConfigError, load_config
+from pgenrm_plugins.prototypes import commands
+from pgenrm_plugins.prototypes.builder import build_prototypes
+from pgenrm_plugins.prototypes.sources import SourceSettings
+from pgenrm_plugins.prototypes.sqlite_store import SQLiteStore
+from pgenrm_plugins.prototypes.updater import UpdaterSettings
+from pgenrm_plugins.scoring import load_scorer
+
+SMALL = SourceSettings(max_items=3, max_chars=200, max_new_tokens=24, seed=3)
+PROMPT = "How do I make tea?"
+COMPLETIONS = ["Steep a bag 3 minutes.", "Heat water to 90 C, warm the pot, steep loose leaves for three minutes, then strain."]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return load_embedder()
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory, embedder):
+    folder = tmp_path_factory.mktemp("protos")
+    rows = write_jsonl(folder / "rows.jsonl", make_rows(3, 3))
+    store = SQLiteStore(path=str(folder / "protos.sqlite"))
+    build_prototypes(rows, store, embedder, skip_judge=True, k=2, source_settings=SMALL, updater=UpdaterSettings(epochs=2))
+    store.close()
+    return str(folder / "protos.sqlite")
+
+
+def scorer_for(store_path, judge, embedder, **prototypes):
+    # one chain per side and short chains: every neighbour is a full scoring of the same completions
+    cfg = make_config(sampling={"chains": 1, "max_new_tokens": 32},
+                      prototypes={"enabled": True, "top_k": 2, **prototypes}, reward={"max_history": 3},
+                      store={"name": "sqlite", "options": {"path": store_path}})
+    return load_scorer(cfg, backend=judge, embedder=embedder)
+
+
+def test_known_unknown_and_cold_start_users(store_path, judge, embedder):
+    scorer = scorer_for(store_path, judge, embedder, c_self=0.25, c_neighbours=0.75)
+    known = {"user_id": "brief-0", "prompt": PROMPT, "completions": COMPLETIONS}
+    unknown = {"user_id": "visitor", "prompt": PROMPT, "completions": COMPLETIONS,
+               "history": [{"prompt": "How do I boil an egg?", "chosen": "Boil it 9 minutes.",
+                            "rejected": "Put the egg in cold water, bring it to a boil, then simmer nine minutes."}]}
+    cold = {"prompt": PROMPT, "completions": COMPLETIONS}
+    results = scorer.score([known, unknown, cold])  # one batch: all sides in the same backend calls
+    members = {u.user_id: u for u in scorer.store.users()}
+    for result, placement in zip(results, ("stored", "placed", "cold_start")):
+        c = result.components
+        assert c["placement"] == placement
+        assert all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
+        assert isinstance(c["prototype_id"], int) and 0 <= c["prototype_id"] < 2
+        assert 1 <= len(c["neighbours_used"]) <= 2
+        for nb in c["neighbours_used"]:
+            assert nb["user_id"] in members and members[nb["user_id"]].prototype_id == c["prototype_id"]
+            assert -1.0 <= nb["similarity"] <= 1.0 and len(nb["rewards"]) == 2
+        assert c["chains_sampled"] == len(c["neighbours_used"]) + (c["self"] is not None)
+    k, u, cs = (r.components for r in results)
+    assert "brief-0" not in [nb["user_id"] for nb in k["neighbours_used"]]  # never one's own neighbour
+    # the known user's stored history was used: the self side scored
+    assert k["self"] is not None and u["self"] is not None
+    # c_self / c_neighbours combination, renormalised over the sides that scored
+    for result in results[:2]:
+        c = result.components
+        for ci, reward in enumerate(result.rewards):
+            if c["self"][ci] is not None and c["neighbours"][ci] is not None:
+                assert reward == pytest.approx(0.25 * c["self"][ci] + 0.75 * c["neighbours"][ci])
+            else:
+                assert reward in (c["self"][ci], c["neighbours"][ci])
+    # cold start: no history, so neighbours alone
+    assert cs["self"] is None
+    assert results[2].rewards == pytest.approx([v for v in cs["neighbours"]])
+    # the neighbours' mean is the mean of their rewards
+    for ci in range(2):
+        scored = [nb["rewards"][ci] for nb in k["neighbours_used"] if nb["rewards"][ci] is not None]
+        assert k["neighbours"][ci] == pytest.approx(sum(scored) / len(scored))
+
+
+def test_a_side_with_no_weight_is_not_scored(store_path, judge, embedder):
+    only_neighbours = scorer_for(store_path, judge, embedder, c_self=0.0, c_neighbours=1.0, top_k=1)
+    c = only_neighbours.score_one({"user_id": "long-1", "prompt": PROMPT, "completions": COMPLETIONS[:1]}).components
+    assert c["self"] is None and len(c["neighbours_used"]) == 1
+    only_self = scorer_for(store_path, judge, embedder, c_self=1.0, c_neighbours=0.0)
+    result = only_self.score_one({"user_id": "long-1", "prompt": PROMPT, "completions": COMPLETIONS[:1]})
+    c = result.components
+    assert c["neighbours"] is None and c["neighbours_used"] == [] and result.rewards == c["self"]
+
+
+def test_prototypes_need_a_store_and_some_weight():
+    with pytest.raises(ConfigError) as missing:
+        load_config({"prototypes": {"enabled": True}})
+    assert "store:" in str(missing.value) and "prototypes build" in str(missing.value)
+    with pytest.raises(ConfigError, match="c_self and c_neighbours are both 0"):
+        load_config({"prototypes": {"enabled": True, "c_self": 0, "c_neighbours": 0},
+                     "store": {"name": "sqlite", "options": {"path": "x.sqlite"}}})
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+runner = CliRunner()
+if not any(group.name == "prototypes" for group in cli.app.registered_groups):
+    cli.plugins.register_commands(cli.app)  # what `pgenrm` does at start-up
+
+
+def test_cli_build_add_user_show(tmp_path, embedder, monkeypatch):
+    # the real embedder, loaded once for the whole file instead of once per command
+    monkeypatch.setattr(commands, "_embedder", lambda config: embedder)
+    rows = write_jsonl(tmp_path / "rows.jsonl", make_rows(3, 3))
+    store = str(tmp_path / "cli.sqlite")
+
+    result = runner.invoke(cli.app, ["prototypes", "--help"], terminal_width=200)
+    assert result.exit_code == 0 and all(c in result.output for c in ("build", "add-user", "show"))
+
+    result = runner.invoke(cli.app, ["prototypes", "build", "--data", rows, "--store", store, "--skip-judge",
+                                     "--k", "2", "--epochs", "2"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "published build" in result.output and "6 users in 2 prototypes" in result.output
+
+    history = tmp_path / "history.jsonl"
+    history.write_text(json.dumps({"prompt": "How do I boil an egg?", "chosen": "Boil it 9 minutes.",
+                                   "rejected": "Put the egg in cold water and simmer it nine minutes."}) + "\n")
+    result = runner.invoke(cli.app, ["prototypes", "add-user", "walk-in", "--history", str(history), "--store", store],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "user 'walk-in' (1 past choices) placed in prototype" in result.output
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "chosen": ""}) + "\n")
+    result = runner.invoke(cli.app, ["prototypes", "add-user", "x", "--history", str(bad), "--store", store],
+                           terminal_width=200)
+    assert result.exit_code == 2 and "line 1" in result.output and "chosen" in result.output
+
+    picture = tmp_path / "pics" / "protos.png"
+    result = runner.invoke(cli.app, ["prototypes", "show", "--store", store, "--plot", str(picture)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "prototype populations" in result.output and "users" in result.output
+    assert "wrote" in result.output and "(7 users)" in result.output
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 5000
+
+
+def test_cli_build_strict_refuses_bad_rows(tmp_path, embedder, monkeypatch):
+    monkeypatch.setattr(commands, "_embedder", lambda config: embedder)
+    rows = make_rows(1, 1, train=1)
+    (tmp_path / "rows.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "split": "dev"}) + "\n")
+    store = str(tmp_path / "s.sqlite")
+    result = runner.invoke(cli.app, ["prototypes", "build", "--data", str(tmp_path / "rows.jsonl"), "--store", store,
+                                     "--skip-judge", "--strict"], terminal_width=200)
+    assert result.exit_code == 2
+    assert "line 2:" in result.output and "split" in result.output and "--strict refuses" in result.output
