@@ -27,7 +27,7 @@ from pgenrm_plugins.types import ScoreRequest, ScoreResult
 log = logging.getLogger(__name__)
 
 # Components that hold one value per completion of the request: sliced when a merged result is split.
-PER_COMPLETION = ("self", "chains_scored")
+PER_COMPLETION = ("self", "neighbours", "chains_scored")
 
 
 class ScorerFailed(RuntimeError):
