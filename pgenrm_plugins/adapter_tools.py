@@ -33,6 +33,16 @@ def adapter_function(name: str, function: str) -> Callable[..., Any] | None:
     return getattr(module, function, None)
 
 
+def per_request(flat: list[float], requests) -> list[list[float]]:
+    """One reward per completion, in request order, cut back into one list per request
+    (for `parity_rewards` of adapters whose framework scores sample by sample)."""
+    out, at = [], 0
+    for r in requests:
+        out.append(flat[at:at + len(r.completions)])
+        at += len(r.completions)
+    return out
+
+
 def adapters_with(function: str) -> dict[str, Callable[..., Any]]:
     """Every registered adapter that provides `function`, by name."""
     found = {}

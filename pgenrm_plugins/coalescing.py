@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from pgenrm_plugins.scoring import LazyScorer
 from pgenrm_plugins.server.batcher import Batcher
 from pgenrm_plugins.types import ScoreResult
 from pgenrm_plugins.user_fields import UserFields
@@ -115,8 +116,7 @@ class SampleScorer:
     """
 
     def __init__(self, config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None):
-        self._config_source, self._backend, self._scorer = config, backend, scorer
-        self._config = scorer.config if scorer is not None else None
+        self._judge = LazyScorer(config, backend=backend, scorer=scorer)
         self._owns_scorer = scorer is None and backend is None  # close only a judge we built
         self._batcher: SharedBatcher | None = None
         self._lock = threading.Lock()
@@ -125,28 +125,15 @@ class SampleScorer:
 
     @property
     def config(self):
-        if self._config is None:
-            from pgenrm_plugins.config import load_config
-
-            with self._lock:
-                if self._config is None:
-                    self._config = load_config(self._config_source)
-        return self._config
+        return self._judge.config
 
     @property
     def scorer(self):
-        if self._scorer is None:
-            config = self.config
-            from pgenrm_plugins.scoring import Scorer
-
-            with self._lock:
-                if self._scorer is None:
-                    self._scorer = Scorer(config, backend=self._backend)
-        return self._scorer
+        return self._judge.scorer
 
     @property
     def loaded(self) -> bool:
-        return self._scorer is not None
+        return self._judge.loaded
 
     @property
     def batcher(self) -> SharedBatcher:
@@ -188,5 +175,5 @@ class SampleScorer:
         if self._batcher is not None:
             self._batcher.close()
             self._batcher = None
-        if self._scorer is not None and self._owns_scorer:
-            self._scorer.close()
+        if self._owns_scorer:
+            self._judge.close()

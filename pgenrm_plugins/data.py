@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pgenrm_plugins.requests_io import LineError, describe_validation_error, iter_rows
+from pgenrm_plugins.requests_io import LineError, read_models
 from pgenrm_plugins.types import HistoryItem, Message
 
 SPLITS = ("train", "val", "test")
@@ -59,16 +59,7 @@ class BenchRow(BaseModel):
 
 def read_bench_rows(path: str | Path) -> Iterator[BenchRow | LineError]:
     """Every row of the file in order: a `BenchRow`, or a `LineError` naming the line and the field."""
-    for number, row in iter_rows(path):
-        if isinstance(row, LineError):
-            yield row
-        elif not isinstance(row, dict):
-            yield LineError(number, f"expected a JSON object, got {type(row).__name__}")
-        else:
-            try:
-                yield BenchRow.model_validate(row)
-            except ValidationError as exc:
-                yield LineError(number, describe_validation_error(exc))
+    return read_models(path, BenchRow)
 
 
 class BadRowsError(ValueError):

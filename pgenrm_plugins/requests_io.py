@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pgenrm_plugins import plugins
 from pgenrm_plugins.hookspecs import hookimpl
 from pgenrm_plugins.types import ScoreRequest
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     return loader.factory(path)
 
 
-def read_requests(path: str | Path) -> Iterator[ScoreRequest | LineError]:
+def read_models(path: str | Path, model: type[M]) -> Iterator[M | LineError]:
+    """Every row of the file in order, validated as `model`, or a `LineError` naming the line and field."""
     for number, row in iter_rows(path):
         if isinstance(row, LineError):
             yield row
@@ -73,9 +76,13 @@ def read_requests(path: str | Path) -> Iterator[ScoreRequest | LineError]:
             yield LineError(number, f"expected a JSON object, got {type(row).__name__}")
         else:
             try:
-                yield ScoreRequest.model_validate(row)
+                yield model.model_validate(row)
             except ValidationError as exc:
                 yield LineError(number, describe_validation_error(exc))
+
+
+def read_requests(path: str | Path) -> Iterator[ScoreRequest | LineError]:
+    return read_models(path, ScoreRequest)
 
 
 @hookimpl

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -446,3 +447,46 @@ def load_scorer(config: PGenRMConfig | dict | str | None = None, backend: Backen
     """The public entry point: a scorer from a config file, dict, or nothing (the embedded default).
     `store`/`embedder`: an open prototype store and embedder to use instead of building the config's."""
     return Scorer(config, backend=backend, store=store, embedder=embedder)
+
+
+class LazyScorer:
+    """A scorer built on first use, for objects made long before they score (framework adapters):
+    nothing heavy happens until `.scorer` is read, and concurrent first reads build it once.
+
+    config: a PGenRMConfig, dict, YAML/TOML path, or None (then `$PGENRM_CONFIG`, else the embedded
+    default); `validate_now` reads a given config at once, so a typo fails before training starts.
+    `backend` or `scorer` reuse a judge already loaded.
+    """
+
+    def __init__(self, config=None, *, backend: Backend | None = None, scorer: Scorer | None = None,
+                 validate_now: bool = False):
+        self._config_source, self._backend, self._scorer = config, backend, scorer
+        self._config = scorer.config if scorer is not None else None
+        if self._config is None and validate_now and config is not None:
+            self._config = load_config(config)
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> PGenRMConfig:
+        if self._config is None:
+            with self._lock:
+                if self._config is None:
+                    self._config = load_config(self._config_source)
+        return self._config
+
+    @property
+    def scorer(self) -> Scorer:
+        if self._scorer is None:
+            config = self.config
+            with self._lock:
+                if self._scorer is None:
+                    self._scorer = Scorer(config, backend=self._backend)
+        return self._scorer
+
+    @property
+    def loaded(self) -> bool:
+        return self._scorer is not None
+
+    def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()

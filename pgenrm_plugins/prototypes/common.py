@@ -4,6 +4,7 @@ bad input out of a store (each error names the field and the fix)."""
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -12,6 +13,45 @@ from pydantic import TypeAdapter, ValidationError
 
 from pgenrm_plugins.prototypes.base import PrototypeSet, StoreError, UserRecord
 from pgenrm_plugins.types import HistoryItem
+
+class ThreadConnections:
+    """One database connection per thread (neither sqlite3 connections nor a psycopg transaction may be
+    shared by concurrent threads), all closed together. A store subclasses it and defines `_open()`."""
+
+    def _init_connections(self) -> None:
+        self._local = threading.local()
+        self._connections: list = []
+        self._connections_lock = threading.Lock()
+
+    def _open(self):
+        raise NotImplementedError
+
+    @staticmethod
+    def _is_closed(conn) -> bool:
+        return bool(getattr(conn, "closed", False))  # psycopg reports it; sqlite3 connections have no flag
+
+    @property
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._is_closed(conn):
+            conn = self._local.conn = self._open()
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 # Bumped whenever a store's tables change; a store refuses a file or database written by a newer one.
 SCHEMA_VERSION = 1

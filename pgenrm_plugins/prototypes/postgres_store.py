@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
@@ -99,7 +98,7 @@ class PostgresOptions(BaseModel):
         return v
 
 
-class PostgresStore:
+class PostgresStore(common.ThreadConnections):
     name = "postgres"
 
     def __init__(self, options: PostgresOptions | None = None, **kwargs: Any):
@@ -113,9 +112,7 @@ class PostgresStore:
         if not self.dsn:
             raise StoreError(f"store.options.dsn: no PostgreSQL DSN given; set it (e.g. postgresql://user@host/db) or ${DSN_ENV}")
         self.s = self.options.db_schema
-        self._local = threading.local()
-        self._connections: list = []
-        self._connections_lock = threading.Lock()
+        self._init_connections()
         self._centroids_cache: dict[str, np.ndarray] = {}
         self._pgvector = False
         self._init_schema()
@@ -127,16 +124,6 @@ class PostgresStore:
             return self._psycopg.connect(self.dsn, autocommit=True)
         except self._psycopg.OperationalError as exc:
             raise StoreError(f"store.options.dsn: cannot connect to PostgreSQL: {str(exc).strip()}") from None
-
-    @property
-    def _conn(self):
-        """One connection per thread: a transaction must not interleave with another thread's."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = self._open()
-            with self._connections_lock:
-                self._connections.append(conn)
-        return conn
 
     @contextmanager
     def _snapshot(self, conn=None):
@@ -439,19 +426,6 @@ class PostgresStore:
                 )
         out["index_members"], out["index_bytes"] = self.index.size, self.index.memory_bytes()
         return out
-
-    def close(self) -> None:
-        with self._connections_lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 @hookimpl

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,16 +82,14 @@ class SQLiteOptions(BaseModel):
     keep_old_builds: bool = Field(False, description="keep replaced builds' rows instead of deleting them after publish")
 
 
-class SQLiteStore:
+class SQLiteStore(common.ThreadConnections):
     name = "sqlite"
 
     def __init__(self, options: SQLiteOptions | None = None, **kwargs: Any):
         self.options = options or SQLiteOptions(**kwargs)
         self.path = Path(self.options.path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._init_connections()
         self._centroids_cache: dict[str, np.ndarray] = {}
         self._init_schema()
         self.index = MemberIndex(self)
@@ -106,16 +103,6 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot open as a SQLite store ({exc}); point store.options.path at another file") from None
         conn.execute("PRAGMA synchronous = FULL")
-        return conn
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        """One connection per thread: sqlite3 connections must not be shared by concurrent threads."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._open()
-            with self._connections_lock:
-                self._connections.append(conn)
         return conn
 
     @contextmanager
@@ -326,19 +313,6 @@ class SQLiteStore:
         out["file_bytes"] = sum(os.path.getsize(f) for f in (self.path, Path(f"{self.path}-wal")) if f.exists())
         out["index_members"], out["index_bytes"] = self.index.size, self.index.memory_bytes()
         return out
-
-    def close(self) -> None:
-        with self._connections_lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 @hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pgenrm_plugins import hookimpl
+from pgenrm_plugins.adapter_tools import per_request
 
 
 def reward_file() -> Path:
@@ -53,8 +54,4 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
             flat = [s.reward for s in pool.map(lambda call: score_sample(*call, scorer=judge), calls)]
     finally:
         judge.close()
-    out, at = [], 0
-    for r in requests:
-        out.append(flat[at:at + len(r.completions)])
-        at += len(r.completions)
-    return out
+    return per_request(flat, requests)

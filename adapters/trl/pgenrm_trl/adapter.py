@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgenrm_plugins.scoring import LazyScorer
 from pgenrm_plugins.user_fields import FieldSource, UserFieldError, completion_text, read_history, read_prompt, read_user_fields
 
 log = logging.getLogger(__name__)
@@ -85,53 +86,29 @@ class PGenRMReward:
 
     def __init__(self, config=None, *, backend=None, scorer=None, name: str = "pgenrm"):
         self.__name__ = name
-        self._config_source = config
-        self._backend = backend
-        self._scorer = scorer
-        self._config = None
-        if scorer is not None:
-            self._config = scorer.config
-        elif config is not None:
-            from pgenrm_plugins.config import load_config
-
-            self._config = load_config(config)  # validate now: a typo fails before training starts
-        self._build_lock = threading.Lock()
+        self._judge = LazyScorer(config, backend=backend, scorer=scorer, validate_now=True)
         self._score_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        state = "loaded" if self._scorer is not None else "not loaded yet"
+        state = "loaded" if self.loaded else "not loaded yet"
         return f"<{type(self).__name__} {self.__name__!r} ({state})>"
 
     # -- lazy construction ----------------------------------------------------------------------
     @property
     def config(self):
-        if self._config is None:
-            from pgenrm_plugins.config import load_config
-
-            with self._build_lock:
-                if self._config is None:
-                    self._config = load_config(self._config_source)  # None -> $PGENRM_CONFIG or defaults
-        return self._config
+        return self._judge.config  # None given -> $PGENRM_CONFIG or defaults
 
     @property
     def scorer(self):
         """The core `Scorer`, built (and the judge loaded) on first use."""
-        if self._scorer is None:
-            config = self.config
-            from pgenrm_plugins.scoring import Scorer
-
-            with self._build_lock:
-                if self._scorer is None:
-                    self._scorer = Scorer(config, backend=self._backend)
-        return self._scorer
+        return self._judge.scorer
 
     @property
     def loaded(self) -> bool:
-        return self._scorer is not None
+        return self._judge.loaded
 
     def close(self) -> None:
-        if self._scorer is not None:
-            self._scorer.close()
+        self._judge.close()
 
     # -- TRL's entry point ------------------------------------------------------------------------
     async def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:

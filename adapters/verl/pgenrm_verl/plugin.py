@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pgenrm_plugins import hookimpl
+from pgenrm_plugins.adapter_tools import per_request
 
 
 class VerlAdapterOptions(BaseModel):
@@ -62,8 +63,4 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
         flat = [s.reward for s in asyncio.run(run())]
     finally:
         judge.close()
-    out, at = [], 0
-    for r in requests:
-        out.append(flat[at:at + len(r.completions)])
-        at += len(r.completions)
-    return out
+    return per_request(flat, requests)
