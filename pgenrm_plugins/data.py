@@ -8,6 +8,10 @@ One row is one choice of one user:
      "rejected": {"role": "assistant", "content": "..."},
      "chosen_score": 7, "rejected_score": 3}                       # optional
 
+Roles may be spelled the way PRISM-derived or Gemini-style exports spell them, in any case: `model`,
+`gpt`, `bot` and `chatbot` are read as `assistant`, `human` as `user` (`types.Message`); any other
+role is a bad row.
+
 A user's train rows are their history; test rows are what gets scored. Rows are read line by line
 through the registered dataset loaders (JSONL, parquet); a bad row becomes a `LineError` that names
 its line and field, never a guess.

@@ -11,11 +11,34 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+# Other names datasets use for the two sides of a conversation: PRISM-derived and Gemini-style
+# data call the model's turn `model` (ShareGPT: `gpt`; others `bot`, `chatbot`) and the user `human`.
+ROLE_ALIASES = {"model": "assistant", "gpt": "assistant", "bot": "assistant", "chatbot": "assistant",
+                "human": "user"}
+
+
+def normalise_role(role: Any) -> Any:
+    """A role spelled any way the datasets spell it, as the core's `system`/`user`/`assistant`
+    (case-insensitive, surrounding spaces ignored). Anything else is returned unchanged, so the
+    validator still refuses it with the allowed roles in the message."""
+    if not isinstance(role, str):
+        return role
+    key = role.strip().lower()
+    if key in ("system", "user", "assistant"):
+        return key
+    return ROLE_ALIASES.get(key, role)
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _role_alias(cls, v: Any) -> Any:
+        return normalise_role(v)
 
 
 Prompt = Union[str, list[Message]]

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pgenrm_plugins.requests_io import describe_validation_error
-from pgenrm_plugins.types import HistoryItem, ScoreRequest
+from pgenrm_plugins.types import HistoryItem, ScoreRequest, normalise_role
 
 USER_FIELDS = ("user_id", "history", "persona", "reference", "prompt")
 ROLES = ("system", "user", "assistant")
@@ -100,7 +100,7 @@ def read_messages(value: Any) -> list[dict[str, str]]:
     for m in value:
         if not isinstance(m, Mapping) or "role" not in m:
             raise ValueError(f"expected a message {{'role', 'content'}}, got {type(m).__name__}")
-        role, content = str(m["role"]), message_text(m.get("content"))
+        role, content = str(normalise_role(m["role"])), message_text(m.get("content"))
         if role not in ROLES:
             role, content = "user", f"[{role}] {content}"
         out.append({"role": role, "content": content})
@@ -133,7 +133,7 @@ def completion_text(value: Any) -> str:
         return ""
     if _sequence(value):
         messages = [m for m in _as_list(value) if isinstance(m, Mapping)]
-        said = [message_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
+        said = [message_text(m.get("content")) for m in messages if normalise_role(m.get("role")) == "assistant"]
         return "\n".join(said if said else [message_text(m.get("content")) for m in messages])
     if isinstance(value, Mapping):
         return message_text(value.get("content"))

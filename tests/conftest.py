@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+# llama_server.py is also a plugin: a llama.cpp server that dies mid-module fails that module's tests
+# with its exit code and log tail (see its docstring).
+pytest_plugins = ["llama_server"]
+
 # Short chains keep the suite fast on 2 CPU cores; the machinery is the same at any length.
 FAST = {"sampling": {"chains": 2, "max_new_tokens": 48, "seed": 7}}
 
