@@ -245,6 +245,19 @@ def bench_accuracy(
     except (AccuracyError, ConfigError, FileNotFoundError, plugins.UnknownPluginError) as exc:
         _fail(str(exc))
 
+@bench_app.command("train")
+def bench_train(
+    data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows (train users), e.g. from `pgenrm data synth`."),
+    steps: int = typer.Option(4, min=1, help="Optimizer steps per trainer."),
+    items: int = typer.Option(2, min=1, help="Items (one history view + its candidates) per step."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Cost of the score stage on this machine: the shared-prefix trainer against TRL's SFTTrainer, same items, same run."""
+    from pgenrm_plugins.bench.train_cost import run_train_cost
+
+    run_train_cost(data, steps=steps, items_per_step=items, output=output, console=Console(width=max(Console().width, 110)))
+
+
 @bench_app.command("lookup")
 def bench_lookup(
     sizes: str = typer.Option("10000,100000,1000000", help="Store sizes (members), comma-separated."),

@@ -77,6 +77,13 @@ class RewardConfig(StrictModel):
                   token over the digits 1-9 (no parse failures, one forward pass, no sampling).
       parse     - generate the scores as JSON and parse them.
       auto      - logprob where the backend exposes token probabilities, else parse.
+    criteria (group mode):
+      generated - the judge writes persona and weighted criteria once per (user, prompt) and every
+                  completion is scored against each criterion (the paper's chain).
+      none      - no chain: each completion gets one digit right after the history and the
+                  conversation (`prompts.direct_question`); Ind-N reads N seeded orderings of the
+                  history instead of N sampled chains. The trained embedded judge's format.
+      auto      - what the judge was trained for (its manifest), else `generated`.
     failure_policy:
       raise     - a completion whose chains all failed raises `ScoringError`.
       neutral   - it gets `neutral_value`, and the failure is counted in the components.
@@ -84,6 +91,7 @@ class RewardConfig(StrictModel):
 
     mode: Literal["pairwise", "pointwise", "group"] = "group"
     reader: Literal["auto", "logprob", "parse"] = "auto"
+    criteria: Literal["auto", "generated", "none"] = "auto"
     failure_policy: Literal["raise", "neutral"] = "neutral"
     neutral_value: float = Field(0.5, ge=0.0, le=1.0)
     max_history: int = Field(8, ge=0, le=256, description="most recent history pairs shown to the judge")

@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "pgenrm_plugins.prototypes.embedders", "pgenrm_plugins.prototypes.sqlite_store", "pgenrm_plugins.prototypes.postgres_store",
     "pgenrm_plugins.prototypes.commands",  # pgenrm prototypes build/add-user/show
     "pgenrm_plugins.recipes",  # pgenrm recipe list/show/prepare/run
+    "pgenrm_plugins.training.commands",  # pgenrm train score/eval/export
 )
 
 # kind -> the hook that registers it

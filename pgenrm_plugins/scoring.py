@@ -23,7 +23,11 @@ neighbours alone (cold start); when no neighbour can be scored, the self score s
 
 In group mode the score of each criterion is either parsed from a short JSON reply or, with the
 `logprob` reader, read as the expected value of the judge's next token over the digits 1-9. All
-questions about one chain share its prefix, which the backend computes once.
+questions about one chain share its prefix, which the backend computes once. With
+`reward.criteria: none` (the trained embedded judge) no chain is written: each completion gets one
+digit right after the history and the conversation, and Ind-N reads N seeded views of the history
+(view 0 the most recent pairs in order, the others a seeded sample of all pairs, shuffled), so a
+larger N reads more of a long history and averages out the order the judge saw it in.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -92,9 +97,15 @@ class Scorer:
 
     def __init__(self, config: PGenRMConfig | dict | str | None = None, backend: Backend | None = None,
                  store=None, embedder=None):
-        self.config = load_config(config)
+        from pgenrm_plugins.judge import with_judge_defaults
+
+        self.config = with_judge_defaults(load_config(config))
         self.backend = backend if backend is not None else self.config.backend.build("backend")
         self.reader = self.config.reward.reader
+        self.criteria = resolve_criteria(self.config)
+        if self.criteria == "none" and self.reader == "parse":
+            raise ValueError("reward.criteria: none reads one digit's probabilities, so it needs reward.reader: logprob "
+                             "or auto (or set reward.criteria: generated to parse generated scores)")
         # Prototype-level scaling: `store` and `embedder` may be handed in (already open, shared).
         self.store = self.embedder = None
         if self.config.prototypes.enabled:
@@ -289,6 +300,9 @@ class Scorer:
     # -- group mode: criteria once per (user, prompt), every completion against them ----------
     def _score_groups(self, reqs: list[ScoreRequest], tallies: list[_Tally]) -> None:
         rc = self.config.reward
+        if self.criteria == "none":
+            self._score_direct(reqs, tallies)
+            return
         conversations = [
             prompts.criteria_chain(r.history, r.persona, r.prompt, max_items=rc.max_history, max_chars=rc.max_chars)
             for r in reqs
@@ -323,6 +337,30 @@ class Scorer:
                 self.reader = "parse"
         self._parse_scores(reqs, tallies, usable)
 
+    def _score_direct(self, reqs: list[ScoreRequest], tallies: list[_Tally]) -> None:
+        """No chain: one digit per (completion, history view); one backend call per view, so the
+        completions of a group share the history and the conversation."""
+        rc, s = self.config.reward, self.config.sampling
+        for r, t in zip(reqs, tallies):
+            seed = _seed(s.seed, r.user_id, r.persona, r.model_dump(mode="json", include={"history", "prompt"}))
+            for k in range(s.chains):
+                history = history_view(r.history, rc.max_history, seed, k)
+                rows = [prompts.direct_question(history, r.persona, r.prompt, c, max_items=rc.max_history,
+                                                max_chars=rc.max_chars) for c in r.completions]
+                try:
+                    probs = self.backend.next_token_probs(rows, prompts.DIGITS)
+                except NotImplementedError:
+                    raise ValueError(f"reward.criteria: none reads token probabilities, which backend {self.backend.name!r} "
+                                     "does not give; use a backend with logprobs, or reward.criteria: generated") from None
+                t.chains_sampled += 1
+                for ci, p in enumerate(probs):
+                    value = _expected_digit(p)
+                    if value is None:
+                        t.failures["no_digit_probability"] += 1
+                    else:
+                        t.per_completion[ci].append(_to_unit(value, 1, 9))
+        self.reader = "logprob"
+
     def _read_probabilities(self, reqs, tallies, usable) -> None:
         """Each criterion's score = expected digit under the judge's next-token distribution.
         Raises NotImplementedError (before touching any tally) if the backend has no probabilities."""
@@ -338,10 +376,10 @@ class Scorer:
             for ci in range(len(r.completions)):
                 total = 0.0
                 for c, p in zip(criteria, probs[ci * k:(ci + 1) * k]):
-                    mass = sum(p.values())
-                    if not mass > 0:
+                    value = _expected_digit(p)
+                    if value is None:
                         break
-                    total += c.weight * sum(int(d) * q for d, q in p.items()) / mass
+                    total += c.weight * value
                 else:
                     tallies[ri].per_completion[ci].append(_to_unit(total / 100.0, 1, 9))
                     continue
@@ -400,6 +438,7 @@ class Scorer:
         components = {
             "mode": rc.mode,
             "reader": self.reader if rc.mode == "group" else "parse",
+            "criteria_mode": self.criteria if rc.mode == "group" else "generated",
             "self": list(rewards),
             "neighbours": None,
             "prototype_id": None,
@@ -436,6 +475,36 @@ class _Plan:
 
 
 PLACED_CACHE = 4096  # users placed at scoring time, kept so a user's next request is not embedded again
+
+
+def _expected_digit(probs: dict[str, float]) -> float | None:
+    """E[digit] under the judge's next-token probabilities, renormalised over the digits."""
+    mass = sum(probs.values())
+    if not mass > 0 or not math.isfinite(mass):
+        return None
+    return sum(int(d) * q for d, q in probs.items()) / mass
+
+
+def history_view(history: Sequence[HistoryItem], max_items: int, seed: int, k: int) -> list[HistoryItem]:
+    """View k of a history, as shown to a judge that sees at most `max_items` pairs: view 0 is the
+    most recent pairs in order (what a single reading shows); view k > 0 a seeded sample of all
+    pairs in a seeded order, so N views read more of a long history and vary the order."""
+    history = list(history)
+    if k == 0 or not history:
+        return history[-max_items:] if max_items else []
+    rng = random.Random(seed * 1009 + k)
+    return rng.sample(history, min(len(history), max_items))
+
+
+def resolve_criteria(config: PGenRMConfig) -> str:
+    """`reward.criteria`, with `auto` resolved by the judge's manifest (a trained judge says which
+    format it was trained for); judges without one write criteria."""
+    if config.reward.criteria != "auto":
+        return config.reward.criteria
+    from pgenrm_plugins.judge import manifest_for_backend
+
+    manifest = manifest_for_backend(config.backend) or {}
+    return manifest.get("scoring", {}).get("reward", {}).get("criteria") or manifest.get("criteria") or "generated"
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -9,8 +9,10 @@ import pytest
 # with its exit code and log tail (see its docstring).
 pytest_plugins = ["llama_server"]
 
-# Short chains keep the suite fast on 2 CPU cores; the machinery is the same at any length.
-FAST = {"sampling": {"chains": 2, "max_new_tokens": 48, "seed": 7}}
+# Short chains keep the suite fast on 2 CPU cores; the machinery is the same at any length. The tests
+# of the chain machinery ask for generated criteria explicitly: the embedded judge's own format
+# (`criteria: auto` -> none) has no chain, and has its tests in test_scoring.py and test_training.py.
+FAST = {"sampling": {"chains": 2, "max_new_tokens": 48, "seed": 7}, "reward": {"criteria": "generated"}}
 
 
 @pytest.fixture(scope="session")

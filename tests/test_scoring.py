@@ -105,3 +105,42 @@ def test_bad_request_names_the_field(judge):
 
     with pytest.raises(ValidationError, match="completions"):
         Scorer(make_config(), backend=judge).score([{"prompt": "hi", "completions": []}])
+
+
+# -- the embedded judge's own format: no chain, one digit per completion (criteria: none) -------
+def test_direct_format_is_the_embedded_default_and_shares_the_history_prefix(judge, request_row):
+    from pgenrm_plugins.judge import shipped_judge
+
+    judge.stats.__init__()
+    scorer = Scorer({"sampling": {"chains": 3}}, backend=judge)
+    assert scorer.criteria == ("none" if shipped_judge() else "generated")
+    scorer = Scorer({"sampling": {"chains": 3}, "reward": {"criteria": "none"}}, backend=judge)
+    [result] = scorer.score([request_row])
+    check_rewards(result, 3)
+    c = result.components
+    assert c["criteria_mode"] == "none" and c["reader"] == "logprob"
+    assert c["chains_sampled"] == 3 and c["chains_scored"] == [3, 3, 3] and c["generated_tokens"] == 0
+    assert judge.stats.generate_calls == 0 and judge.stats.prob_calls == 3  # one call per history view
+    assert judge.stats.extra["prefix_tokens_reused"] > 0
+    # the same request alone or with batch-mates: the same rewards
+    other = dict(request_row, user_id="someone-else", prompt="What is a good breakfast?")
+    assert scorer.score([other, request_row])[1].rewards == result.rewards
+
+
+def test_history_views():
+    from pgenrm_plugins.scoring import history_view
+    from pgenrm_plugins.types import HistoryItem
+
+    history = [HistoryItem(prompt=f"q{i}", chosen=f"c{i}", rejected=f"r{i}") for i in range(7)]
+    assert history_view(history, 3, seed=5, k=0) == history[-3:]  # view 0: the most recent, in order
+    views = [history_view(history, 3, seed=5, k=k) for k in range(1, 6)]
+    assert all(len(v) == 3 and len({h.prompt for h in v}) == 3 for v in views)
+    assert len({tuple(h.prompt for h in v) for v in views}) > 1  # views differ...
+    assert {h.prompt for v in views for h in v} - {h.prompt for h in history[-3:]}  # ...and read older pairs
+    assert history_view(history, 3, seed=5, k=2) == views[1]  # seeded
+    assert history_view([], 3, seed=5, k=1) == []
+
+
+def test_direct_format_refuses_the_parse_reader(judge):
+    with pytest.raises(ValueError, match="reward.criteria: none reads one digit's probabilities"):
+        Scorer({"reward": {"criteria": "none", "reader": "parse"}}, backend=judge)

@@ -136,3 +136,20 @@ def test_cli_writes_rows_and_truth(tmp_path):
     assert json.loads(truth_path_for(out).read_text())["params"]["seed"] == 9
     bad = CliRunner().invoke(app, ["data", "synth", "--users", "5", "--out", str(tmp_path / "rows.csv")])
     assert bad.exit_code == 2 and ".jsonl or .parquet" in bad.output
+
+
+def test_vary_holds_attributes_fixed_and_alt_rendering_writes_them_differently():
+    bench = generate(n_users=6, rows_per_user=6, seed=4, vary=("caveats",))
+    for t in bench.truth["rows"]:  # the two answers differ in caveats and in nothing else
+        assert [a for a in ATTRIBUTES if t["chosen"][a] != t["rejected"][a]] == ["caveats"]
+    assert bench.truth["params"]["vary"] == ["caveats"]
+    default = generate(n_users=6, rows_per_user=6, seed=4)
+    assert default.rows == generate(n_users=6, rows_per_user=6, seed=4, vary=ATTRIBUTES).rows  # same draws as before
+    alt = generate(n_users=6, rows_per_user=6, seed=4, rendering="alt")
+    texts = [r[k]["content"] for r in alt.rows for k in ("chosen", "rejected")]
+    assert not any("For example" in t or "One caveat: " in t or "Hope that helps!" in t for t in texts)
+    assert any(line.startswith(("- ", "* ", "\u2022 ")) for t in texts for line in t.splitlines())
+    with pytest.raises(ValueError, match="vary: colour"):
+        generate(n_users=3, rows_per_user=4, vary=("colour",))
+    with pytest.raises(ValueError, match="rendering 'fancy'"):
+        generate(n_users=3, rows_per_user=4, rendering="fancy")

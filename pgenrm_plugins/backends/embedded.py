@@ -60,11 +60,23 @@ def embedded_model_dir() -> Path:
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     model.generation_config.pad_token_id = model.generation_config.eos_token_id
 
+    return publish_model_folder(target, model, tokenizer)
+
+
+def publish_model_folder(target: Path, model, tokenizer, write_extra=None, replace: bool = False) -> Path:
+    """Save model and tokenizer (and `write_extra(folder)`) into a temporary folder beside `target`
+    and rename it into place, so a reader never finds half a model. `replace`: an existing
+    `target` is swapped for the new one; otherwise a folder another process finished first is kept."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if write_extra is not None:
+            write_extra(tmp)
+        if replace and target.exists():
+            shutil.rmtree(target)
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first: keep theirs

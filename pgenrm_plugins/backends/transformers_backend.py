@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+from pathlib import Path
 from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +29,9 @@ MIN_SHARED_PREFIX = 16
 class TransformersOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="HF model id or local folder; empty = embedded SmolLM2-135M-Instruct")
+    model: str | None = Field(None, description="HF model id, local folder, or a judge folder from `pgenrm train` (LoRA "
+                              "adapter); empty = the embedded trained judge (SmolLM2-135M + shipped adapter); "
+                              "'embedded-base' = the untrained SmolLM2-135M-Instruct")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_batch_rows: int = Field(16, ge=1, description="rows per forward pass when reading probabilities")
@@ -42,7 +45,8 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from pgenrm_plugins.backends.embedded import END_OF_TURN, embedded_model_dir
+        from pgenrm_plugins.backends.embedded import END_OF_TURN
+        from pgenrm_plugins.judge import read_manifest, resolve_model_dir
 
         self.options = options = options or TransformersOptions()
         if options.threads:
@@ -58,8 +62,8 @@ class TransformersBackend:
         dtype = options.dtype
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
-        path = options.model or str(embedded_model_dir())
-        self.model_name = options.model or "embedded:smollm2-135m-instruct"
+        path, self.model_name = resolve_model_dir(options.model)
+        self.manifest = read_manifest(path) if Path(path).is_dir() else None
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
         if self.tokenizer.pad_token_id is None:

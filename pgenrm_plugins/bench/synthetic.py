@@ -14,6 +14,12 @@ two answers to the same question are drawn and the user picks one by Bradley-Ter
 attributes, P(pick a) = sigmoid(sharpness * w.(a - b)): mostly their taste, sometimes not.
 Some users are cold-start: they have test rows but no train rows (no history).
 
+Two options make sets that test whether a judge reads preferences or memorises them:
+- `vary`: the attributes on which the two answers of a row may differ (default all). Training on
+  `vary` without one attribute and testing on `vary=(that one,)` holds that attribute out.
+- `rendering="alt"`: the same attributes written differently (bullets instead of numbers, other
+  openers, sign-offs and caveat leads, "For instance" for "For example").
+
 The latent truth (types, each user's weights, each row's attributes) goes to a sidecar JSON next
 to the rows (`rows.jsonl` -> `rows.truth.json`); the rows themselves are plain PersonalRewardBench
 rows that `pgenrm_plugins.data.load_bench` reads like the real sets.
@@ -62,6 +68,18 @@ _CLOSERS = {
 }
 _CAVEAT_LEAD = {"formal": ("One caveat: ", "Please note: "), "casual": ("Heads up, though: ", "Just so you know: ")}
 
+# The `alt` rendering: the same five attributes in words and marks the default never uses.
+_ALT = {
+    "openers": {"formal": ("Good day.", "The following should help.", "In brief, the answer is this."),
+                "casual": ("Hey, no worries!", "Right, so!", "Oh, love this one!")},
+    "closers": {"formal": ("With kind regards.", "I remain available for any follow-up questions."),
+                "casual": ("Cheers!", "Catch you later!", "You'll smash it!")},
+    "caveat_lead": {"formal": ("It should be noted that ", "A limitation: "),
+                    "casual": ("Quick warning: ", "Oh and fair warning: ")},
+    "bullets": ("- ", "* ", "• "),
+}
+RENDERINGS = ("default", "alt")
+
 _CONTRACTIONS = [
     ("do not", "don't"), ("does not", "doesn't"), ("is not", "isn't"), ("are not", "aren't"),
     ("cannot", "can't"), ("will not", "won't"), ("have not", "haven't"), ("it is", "it's"),
@@ -78,22 +96,30 @@ def _contract(text: str) -> str:
     return text
 
 
-def render_answer(topic: Topic, attrs: dict[str, int], rng: random.Random) -> str:
+def render_answer(topic: Topic, attrs: dict[str, int], rng: random.Random, rendering: str = "default") -> str:
     """One answer to `topic.question` with the given attributes (+1/-1 each)."""
+    if rendering not in RENDERINGS:
+        raise ValueError(f"rendering {rendering!r}: expected one of {', '.join(RENDERINGS)}")
+    alt = rendering == "alt"
+    openers, closers = (_ALT["openers"], _ALT["closers"]) if alt else (_OPENERS, _CLOSERS)
+    caveat_lead = _ALT["caveat_lead"] if alt else _CAVEAT_LEAD
     tone = "formal" if attrs["tone"] > 0 else "casual"
     points = topic.points if attrs["length"] > 0 else topic.points[:2]
     if attrs["structure"] > 0:
-        body = [topic.core, "\n".join(f"{i}. {p}" for i, p in enumerate(points, 1))]
+        bullet = rng.choice(_ALT["bullets"]) if alt else None
+        body = [topic.core, "\n".join(f"{bullet or f'{i}. '}{p}" for i, p in enumerate(points, 1))]
     elif attrs["length"] > 0:  # two paragraphs
         body = [f"{topic.core} {points[0]}", " ".join(points[1:])]
     else:
         body = [" ".join((topic.core, *points))]
-    parts = [f"{rng.choice(_OPENERS[tone])} {body[0]}", *body[1:]]
+    parts = [f"{rng.choice(openers[tone])} {body[0]}", *body[1:]]
     if attrs["examples"] > 0:
-        parts.append(topic.example)
+        parts.append(topic.example.replace("For example", "For instance") if alt else topic.example)
     if attrs["caveats"] > 0:
-        parts.append(rng.choice(_CAVEAT_LEAD[tone]) + topic.caveat)
-    parts.append(rng.choice(_CLOSERS[tone]))
+        lead = rng.choice(caveat_lead[tone])
+        caveat = topic.caveat[0].lower() + topic.caveat[1:] if lead.endswith("that ") else topic.caveat
+        parts.append(lead + caveat)
+    parts.append(rng.choice(closers[tone]))
     text = "\n\n".join(parts)
     return _contract(text) if tone == "casual" else text
 
@@ -141,6 +167,8 @@ def generate(
     n_types: int = len(TYPES),
     user_noise: float = 0.25,
     sharpness: float = 3.0,
+    vary: tuple[str, ...] | list[str] = ATTRIBUTES,
+    rendering: str = "default",
 ) -> SyntheticBench:
     """Rows plus the latent truth. Deterministic for a given set of arguments.
 
@@ -152,6 +180,12 @@ def generate(
         raise ValueError(f"n_types must be between 1 and {len(TYPES)}")
     if not 0 <= cold_start_fraction < 1:
         raise ValueError("cold_start_fraction must be in [0, 1)")
+    vary = tuple(vary)
+    unknown = [a for a in vary if a not in ATTRIBUTES]
+    if not vary or unknown:
+        raise ValueError(f"vary: {', '.join(unknown) or 'empty'}; expected attributes among {', '.join(ATTRIBUTES)}")
+    if rendering not in RENDERINGS:
+        raise ValueError(f"rendering {rendering!r}: expected one of {', '.join(RENDERINGS)}")
     test_n = test_per_user if test_per_user is not None else max(1, rows_per_user // 4)
     if test_n < 1 or test_n + val_per_user >= rows_per_user:
         raise ValueError(f"rows_per_user={rows_per_user} leaves no train rows after {test_n} test and {val_per_user} val rows")
@@ -183,7 +217,7 @@ def generate(
             topic = topics[j % len(topics)]
             a = {name: rng.choice((-1, 1)) for name in ATTRIBUTES}
             b = dict(a)
-            for name in rng.sample(ATTRIBUTES, rng.choice((1, 2, 2, 3))):
+            for name in rng.sample(vary, min(len(vary), rng.choice((1, 2, 2, 3)))):
                 b[name] = -b[name]
             p_a = 1.0 / (1.0 + math.exp(-sharpness * (utility(weights, a) - utility(weights, b))))
             picked_a = rng.random() < p_a
@@ -192,8 +226,8 @@ def generate(
                 "user_id": user_id,
                 "split": split,
                 "context": [{"role": "user", "content": topic.question}],
-                "chosen": {"role": "assistant", "content": render_answer(topic, chosen_attrs, rng)},
-                "rejected": {"role": "assistant", "content": render_answer(topic, rejected_attrs, rng)},
+                "chosen": {"role": "assistant", "content": render_answer(topic, chosen_attrs, rng, rendering)},
+                "rejected": {"role": "assistant", "content": render_answer(topic, rejected_attrs, rng, rendering)},
             }
             rows.append(row)
             truth_rows.append({
@@ -205,7 +239,7 @@ def generate(
         "generator": "pgenrm_plugins.bench.synthetic",
         "params": {"n_users": n_users, "rows_per_user": rows_per_user, "seed": seed, "test_per_user": test_n,
                    "val_per_user": val_per_user, "cold_start_fraction": cold_start_fraction, "n_types": n_types,
-                   "user_noise": user_noise, "sharpness": sharpness},
+                   "user_noise": user_noise, "sharpness": sharpness, "vary": list(vary), "rendering": rendering},
         "attributes": list(ATTRIBUTES),
         "types": {name: TYPES[name] for name in type_names},
         "users": users,
@@ -288,13 +322,18 @@ def register_commands(cli):
         types: int = typer.Option(len(TYPES), min=1, max=len(TYPES), help="How many latent types to use."),
         noise: float = typer.Option(0.25, min=0.0, help="Per-user noise around the type's weights (std)."),
         sharpness: float = typer.Option(3.0, min=0.0, help="How strictly choices follow the weights (Bradley-Terry scale)."),
+        vary: str = typer.Option(",".join(ATTRIBUTES), help="Comma-separated attributes the two answers of a row may differ "
+                                                              "on; train without one and test with only it to hold it out."),
+        rendering: str = typer.Option("default", help=f"How attributes are written: {', '.join(RENDERINGS)} (alt: "
+                                                       "bullets, other openers, sign-offs and caveat leads)."),
     ):
         """Write synthetic PersonalRewardBench rows and their latent truth."""
         from rich.console import Console
 
         try:
             bench = generate(users, rows_per_user, seed, test_per_user=test_per_user, val_per_user=val_per_user,
-                             cold_start_fraction=cold_start, n_types=types, user_noise=noise, sharpness=sharpness)
+                             cold_start_fraction=cold_start, n_types=types, user_noise=noise, sharpness=sharpness,
+                             vary=tuple(a.strip() for a in vary.split(",") if a.strip()), rendering=rendering)
             rows_path, truth_path = write_bench(out, bench)
         except ValueError as exc:
             Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)

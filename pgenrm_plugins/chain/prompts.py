@@ -19,7 +19,11 @@ Conversations are built here and nowhere else; the scorer only chooses which one
 - `synthesis_chain`: (a) and general criteria with no current conversation, once per user, to
   place them among the user prototypes;
 - `score_followup` / `criterion_question`: a turn after a criteria chain that scores one response,
-  by generated JSON or by the probability of a single digit.
+  by generated JSON or by the probability of a single digit;
+- `direct_question`: no chain at all: the history, the conversation and one response, answered by
+  one digit. The trained embedded judge's format (`reward.criteria: none`): on a small judge the
+  chain costs most of the time and carries little, so its reading of the history is trained into
+  that one digit instead (`pgenrm train`).
 """
 
 from __future__ import annotations
@@ -62,8 +66,19 @@ CHAIN_PREFILL = OPEN + '\n{"preferences": {"style": "'
 SCORES_PREFILL = OPEN + '\n{"scores": {"A": {"per_criterion": {"'
 
 
+_CUT = " [...] "
+
+
 def _clip(text: str, max_chars: int) -> str:
-    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+    """Keep the start and the end: a reply's ending (a caveat, an example, the sign-off) tells as
+    much about its style as its opening, and cutting it would hide exactly what users choose by."""
+    if len(text) <= max_chars:
+        return text
+    if max_chars < 3 * len(_CUT):
+        return text[: max_chars - 3] + "..."
+    head = (max_chars - len(_CUT)) * 2 // 3
+    tail = max_chars - len(_CUT) - head
+    return text[:head] + _CUT + text[len(text) - tail:]
 
 
 def _render_prompt(prompt, max_chars: int) -> str:
@@ -170,6 +185,22 @@ def criterion_question(chain_conversation: list[dict], chain_text: str, response
     return _after(chain_conversation, chain_text, user)
 
 
+DIRECT_QUESTION = (
+    "For this user, how well does this reply suit them, judged by what their past choices show? "
+    "Answer with one digit from 1 (not at all) to 9 (perfectly)."
+)
+
+
+def direct_question(history, persona, prompt, response: str, *, max_items=8, max_chars=1500) -> list[dict]:
+    """No chain: history, conversation, one response, one digit. Every completion of a group shares
+    everything before the response, which the backend computes once."""
+    user = (
+        f"{_context(history, persona, prompt, max_items, max_chars)}\n\n"
+        f"## A reply to judge\n{_clip(response, max_chars)}\n\n{DIRECT_QUESTION}"
+    )
+    return _conversation(user)
+
+
 def _conversation(user: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
@@ -180,5 +211,6 @@ def _after(chain_conversation: list[dict], chain_text: str, user: str) -> list[d
 
 __all__ = [
     "OPEN", "CLOSE", "LABELS", "DIGITS", "SYSTEM", "CHAIN_PREFILL", "SCORES_PREFILL",
-    "full_chain", "criteria_chain", "synthesis_chain", "score_followup", "criterion_question", "history_block",
+    "full_chain", "criteria_chain", "synthesis_chain", "score_followup", "criterion_question", "direct_question",
+    "history_block",
 ]

@@ -1,0 +1,86 @@
+"""`pgenrm train`: items, and a tiny real run of the score stage (transformers' Trainer, peft LoRA,
+the real SmolLM2-135M) whose saved folder loads in the transformers backend and scores. Accuracy is
+not asserted here: a few steps teach nothing; `pgenrm bench accuracy` measures the shipped judge."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pgenrm_plugins.bench.synthetic import generate, write_bench
+from pgenrm_plugins.data import load_bench
+from pgenrm_plugins.training.items import HIGH, LOW, ItemSettings, ItemSource, degenerate
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    path, _ = write_bench(tmp_path_factory.mktemp("train") / "rows.jsonl", generate(8, 6, seed=3, cold_start_fraction=0.0))
+    return path
+
+
+def test_items_are_a_function_of_the_index_and_never_show_a_target(rows):
+    source = ItemSource(load_bench(rows), ItemSettings(history_pairs=2, targets=2, seed=1, degenerate_rate=0.5))
+    for i in range(20):
+        item = source.item(i)
+        assert item == source.item(i)
+        shown = {h.chosen for h in item.history} | {h.rejected for h in item.history}
+        assert not any(c.response in shown for c in item.candidates)
+        assert len(item.history) == 2
+        for a, b in item.pairs:  # chosen over rejected, or a real response over its broken copy
+            assert item.candidates[a].kind != "degenerate" and item.candidates[b].target == LOW
+            assert item.candidates[a].target == HIGH or item.candidates[b].kind == "degenerate"
+        assert all(c.target == LOW for c in item.candidates if c.kind in ("rejected", "degenerate"))
+    kinds = {c.kind for i in range(40) for c in source.item(i).candidates}
+    assert kinds == {"chosen", "rejected", "degenerate"}
+    assert source.item(0) != ItemSource(load_bench(rows), ItemSettings(history_pairs=2, seed=2)).item(0)
+
+
+def test_items_need_users_with_enough_history(rows):
+    with pytest.raises(ValueError, match="no user has more than 9 train rows"):
+        ItemSource(load_bench(rows), ItemSettings(history_pairs=9))
+
+
+def test_degenerate_copies_are_broken():
+    import random
+
+    text = ("Keep the same bedtime every night and give your body a calm hour before it. Stop using screens "
+            "about an hour before bed, because bright light delays melatonin. Keep the bedroom cool and dark.")
+    rng = random.Random(0)
+    for _ in range(50):
+        broken = degenerate(text, rng)
+        assert broken != text and len(set(broken.split())) < len(set(text.split()))
+
+
+def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
+    from pgenrm_plugins.backends.transformers_backend import TransformersBackend, TransformersOptions
+    from pgenrm_plugins.judge import read_manifest
+    from pgenrm_plugins.scoring import Scorer
+    from pgenrm_plugins.training.run import train_score
+
+    out = tmp_path / "judge"
+    tiny = dict(steps=2, grad_accum=1, lora_rank=2, lora_layers=2, history_pairs=2, targets=1, max_chars=160,
+                seed=0, progress=False)
+    manifest = train_score(rows, out, **tiny)
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert manifest["metrics"]["steps"] == 2 and math.isfinite(manifest["metrics"]["final_loss"])
+    assert read_manifest(out)["criteria"] == "none" and read_manifest(out)["data_hash"]
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+
+    # the same command with more steps resumes from checkpoint-2 instead of starting over
+    manifest = train_score(rows, out, **{**tiny, "steps": 3})
+    assert manifest["metrics"]["steps"] == 3
+    log = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert log["global_step"] == 3
+
+    backend = TransformersBackend(TransformersOptions(model=str(out)))
+    assert backend.manifest["format"] == "direct-v1"
+    scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
+                     "sampling": {"chains": 2}, "reward": {"max_history": 2, "max_chars": 160}}, backend=backend)
+    assert scorer.criteria == "none"  # `auto` follows the judge's manifest
+    [result] = scorer.score([{"user_id": "u", "history": [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}],
+                              "prompt": "How do I boil an egg?", "completions": ["Boil it 9 minutes.", "Eggs."]}])
+    assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
+    assert result.components["criteria_mode"] == "none" and result.components["chains_sampled"] == 2
+    assert result.components["reader"] == "logprob"
