@@ -89,6 +89,7 @@ def main(argv=None):
     from pgenrm_plugins.bench.synthetic import generate, write_bench
     from pgenrm_plugins.config import load_config
     from pgenrm_plugins.data import load_bench
+    from pgenrm_plugins.judge import shipped_judge
     from pgenrm_plugins.prepare import training_prompts, trl_record
     from pgenrm_plugins.prototypes.builder import build_prototypes
     from pgenrm_plugins.prototypes.sources import SourceSettings
@@ -105,17 +106,20 @@ def main(argv=None):
     console.rule("[bold]2/4 prototype store")
     store_path = out / "prototypes.sqlite"
     store_path.unlink(missing_ok=True)  # a fresh demo each time
+    # A trained embedded judge brings its own reading (its manifest: no chain, one digit after the
+    # history); the untrained base writes short criteria chains.
+    trained = shipped_judge() is not None
     config = load_config({
-        "sampling": {"chains": 2, "max_new_tokens": 48, "seed": args.seed},
-        "reward": {"mode": "group", "reader": "logprob", "max_history": 3, "max_chars": 400},
+        "sampling": {"chains": 2, "seed": args.seed, **({} if trained else {"max_new_tokens": 48})},
+        "reward": {"mode": "group", **({} if trained else {"reader": "logprob", "max_history": 3, "max_chars": 400})},
         "prototypes": {"enabled": True, "top_k": 2},
         "store": {"name": "sqlite", "options": {"path": str(store_path)}},
     })
     judge = TransformersBackend()
     store, embedder = config.store.build("store"), config.embedder.build("embedder")
-    # Short syntheses from the last few choices keep the build to a minute or two on CPU.
-    build_prototypes(rows_path, store, embedder, backend=judge, k=3, console=console,
-                     source_settings=SourceSettings(max_items=4, max_chars=300, max_new_tokens=64, seed=args.seed))
+    # Members are placed by their history's embedding: quick, and the trained judge writes no syntheses.
+    build_prototypes(rows_path, store, embedder, skip_judge=True, k=3, console=console,
+                     source_settings=SourceSettings(max_items=4, max_chars=300, seed=args.seed))
     user_prototype = {u.user_id: u.prototype_id for u in store.users()}
 
     # 3. GRPO ----------------------------------------------------------------------------------
@@ -184,6 +188,13 @@ def main(argv=None):
                                             completions=[before or "(empty)", after or "(empty)"])])[0]
         judged[user] = result.rewards
 
+    # The judging checks read the judge alone (the user's own history, one reading): what is checked
+    # is whether it tells answers apart, and it keeps the demo's time down.
+    alone = config.model_dump(mode="json")
+    alone.update(prototypes={"enabled": False}, store=None)
+    alone["sampling"]["chains"] = 1
+    checks = judging_checks(Scorer(alone, backend=judge), bench, truth, histories, (a, b), args.seed)
+
     plot = out / "rewards.png"
     import matplotlib
 
@@ -221,14 +232,87 @@ def main(argv=None):
                      f"prototype {user_prototype.get(user)}): before {judged[user][0]:.3f}, after {judged[user][1]:.3f}")
     lines += ["", "**Before training:**", "", "> " + (before or "(empty)").replace("\n", "\n> "), "",
               "**After training:**", "", "> " + (after or "(empty)").replace("\n", "\n> "), "",
-              "The 135M judge and policy show the machinery end to end; a few CPU steps do not make a "
-              "personalized policy. See docs/benchmarks.md for what the judge measures."]
+              "A few CPU steps do not make a personalized policy; the judge's side is checked below.", ""]
+    lines += checks["markdown"]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "rewards.json").write_text(json.dumps({"records": reward.records, "user_prototype": user_prototype}))
-    console.print(f"[green]done[/green] in {elapsed / 60:.1f} min: {report}, {plot}")
+    console.print(checks["table"])
     store.close()
+    if checks["violations"]:
+        said = (f"a degenerate answer got a higher reward than the real one it replaced: "
+                f"{'; '.join(checks['violations'])} (see {report})")
+        if trained:  # the trained judge must tell broken from real; the untrained base is only reported
+            console.print(f"[red]FAIL[/red]: {said}")
+            return 1
+        console.print(f"[yellow]untrained embedded judge[/yellow]: {said}")
+    console.print(f"[green]done[/green] in {elapsed / 60:.1f} min: {report}, {plot}")
     return 0
+
+
+DEGENERATE = {
+    "cut off": lambda text: text[: max(12, len(text) // 5)].rstrip(),
+    "looping": lambda text: " ".join([" ".join(text.split()[:5])] * 6),
+    "dashes": lambda text: text.split()[0] + "-" * 40,
+    "empty": lambda text: "",
+}
+
+
+def judging_checks(scorer, bench, truth, histories, users, seed):
+    """The reward judging, shown: one question's candidate answers (every combination of three
+    attributes) ranked for two users of opposite types beside their true utility, and degenerate
+    copies of each user's best answer against it."""
+    import random
+
+    from pgenrm_plugins.bench.answer_bank import BANK
+    from pgenrm_plugins.bench.synthetic import ATTRIBUTES, render_answer, utility
+    from pgenrm_plugins.types import ScoreRequest
+
+    seen = {r.context[-1].content for r in bench.rows}
+    topic = next((t for t in BANK if t.question not in seen), BANK[0])
+    rng = random.Random(seed)
+    combos = [{"length": l, "structure": s, "tone": t, "examples": -1, "caveats": 1 if l > 0 else -1}
+              for l in (1, -1) for s in (1, -1) for t in (1, -1)]
+    answers = [render_answer(topic, attrs, rng) for attrs in combos]
+    table = Table("answer", *[f"{u} reward" for u in users], *[f"{u} truth" for u in users],
+                  title=f"the same answers judged for two users: {topic.question}")
+    results, degenerate_rows, violations = {}, [], []
+    for user in users:
+        weights = truth["users"][user]["weights"]
+        request = ScoreRequest(user_id=user, history=histories[user][-4:], prompt=topic.question, completions=answers)
+        results[user] = (scorer.score([request])[0].rewards, [utility(weights, c) for c in combos])
+        best = max(range(len(answers)), key=lambda i: results[user][0][i])
+        broken = [fn(answers[best]) for fn in DEGENERATE.values()]
+        rewards = scorer.score([ScoreRequest(user_id=user, history=histories[user][-4:], prompt=topic.question,
+                                             completions=[answers[best], *broken])])[0].rewards
+        for name, r in zip(DEGENERATE, rewards[1:]):
+            degenerate_rows.append((user, name, rewards[0], r))
+            if r > rewards[0]:
+                violations.append(f"{user}: {name} {r:.3f} > real {rewards[0]:.3f}")
+
+    def label(attrs):
+        return ", ".join(f"{'+' if attrs[a] > 0 else '-'}{a}" for a in ATTRIBUTES if a not in ("examples",))
+
+    md = ["## The reward judging", "", f"Question: {topic.question} (not in any user's rows). The same eight answers "
+          "judged for two users of opposite latent types (the judge alone: the user's own history, one reading); "
+          "*truth* is the user's latent utility (higher = preferred).", "",
+          "| answer | " + " | ".join(f"{u} reward | {u} truth" for u in users) + " |", "|---|" + "---:|---:|" * len(users)]
+    for i, attrs in enumerate(combos):
+        cells = " | ".join(f"{results[u][0][i]:.3f} | {results[u][1][i]:+.2f}" for u in users)
+        md.append(f"| {label(attrs)} | {cells} |")
+        table.add_row(label(attrs), *[f"{results[u][0][i]:.3f}" for u in users], *[f"{results[u][1][i]:+.2f}" for u in users])
+    agreement = {}
+    for u in users:
+        rewards, utilities = results[u]
+        pairs = [(i, j) for i in range(len(answers)) for j in range(i + 1, len(answers)) if utilities[i] != utilities[j]]
+        agreement[u] = sum((rewards[i] - rewards[j]) * (utilities[i] - utilities[j]) > 0 for i, j in pairs) / len(pairs)
+    md += ["", "Pairs of answers ordered as the user's truth orders them: "
+           + ", ".join(f"{u} {agreement[u]:.0%}" for u in users) + " (50% = chance).", "",
+           "Degenerate copies of the answer the judge ranked first, against it (a degenerate answer must score lower):", "",
+           "| user | degenerate | real answer | degenerate answer | lower? |", "|---|---|---:|---:|---|"]
+    md += [f"| {u} | {name} | {real:.3f} | {bad:.3f} | {'yes' if bad <= real else '**NO**'} |"
+           for u, name, real, bad in degenerate_rows]
+    return {"markdown": md, "table": table, "violations": violations, "agreement": agreement}
 
 
 if __name__ == "__main__":
