@@ -114,12 +114,10 @@ def export_merged(adapter: str | Path, target: str | Path, replace: bool = True)
 
 def resolve_model_dir(model: str | None) -> tuple[str, str]:
     """(folder or HF id to load, display name) for `backend.options.model`."""
-    if model == BASE_MODEL:
+    shipped = shipped_judge() if model is None else None
+    if model == BASE_MODEL or (model is None and shipped is None):  # no trained judge here: the base, said so
         return base_model_dir("embedded"), "embedded:smollm2-135m-instruct (untrained base)"
-    if model is None:
-        shipped = shipped_judge()
-        if shipped is None:  # a checkout without the trained judge: the base model, said so
-            return base_model_dir("embedded"), "embedded:smollm2-135m-instruct (untrained base)"
+    if shipped is not None:
         return str(merged_model_dir(shipped)), f"embedded:{shipped.name}"
     if Path(model).is_dir() and is_adapter(model):
         return str(merged_model_dir(model)), str(model)

@@ -11,7 +11,6 @@ has its own `compute_loss`.
 from __future__ import annotations
 
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -19,10 +18,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, history_pairs: int = 3, targets: int = 2,
@@ -36,6 +31,7 @@ def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, hi
     from pgenrm_plugins.data import load_bench
     from pgenrm_plugins.judge import base_model_dir
     from pgenrm_plugins.training.items import ItemSettings, ItemSource, item_conversations
+    from pgenrm_plugins.training.run import peak_rss_mib
     from pgenrm_plugins.training.score_stage import ScoreStageSettings, build_trainer
 
     console = console or Console()
@@ -53,7 +49,7 @@ def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, hi
         trainer.train()
         seconds = time.perf_counter() - t0
         tokens = sum(len(it["prefix"]) + sum(len(t) for t in it["tails"]) for it in (trainer.train_dataset[i] for i in range(n_items)))
-        rows["score stage (shared prefix)"] = {"seconds": seconds, "tokens": tokens, "peak_rss_mib": _rss_mib()}
+        rows["score stage (shared prefix)"] = {"seconds": seconds, "tokens": tokens, "peak_rss_mib": peak_rss_mib()}
         del trainer
 
         examples = []
@@ -75,7 +71,7 @@ def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, hi
         sft.train()
         seconds = time.perf_counter() - t0
         sft_tokens = sum(len(x["input_ids"]) for x in sft.train_dataset)
-        rows["TRL SFTTrainer (whole sequences)"] = {"seconds": seconds, "tokens": sft_tokens, "peak_rss_mib": _rss_mib()}
+        rows["TRL SFTTrainer (whole sequences)"] = {"seconds": seconds, "tokens": sft_tokens, "peak_rss_mib": peak_rss_mib()}
 
     table = Table("trainer", "seconds", "compared pairs/s", "tokens run", "peak RSS MiB", "speed-up",
                   title=f"score stage: {n_items} items, {pairs} compared pairs, {steps} optimizer steps, LoRA top {lora_layers} layers")

@@ -16,7 +16,6 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from pgenrm_plugins.data import BenchData
 from pgenrm_plugins.types import HistoryItem, Prompt
@@ -64,10 +63,6 @@ def degenerate(text: str, rng: random.Random) -> str:
     return rng.choice(("", ".", "...", "I", "Sure"))
 
 
-def data_hash(rows_path_bytes: bytes) -> str:
-    return hashlib.sha256(rows_path_bytes).hexdigest()[:16]
-
-
 class ItemSource:
     """Draws items from the train rows of `data`: users with at least history_pairs + 1 pairs."""
 
@@ -113,11 +108,3 @@ def item_conversations(item: Item, max_chars: int) -> list[list[dict]]:
     return [prompts.direct_question(item.history, None, c.prompt, c.response, max_items=len(item.history),
                                     max_chars=max_chars) for c in item.candidates]
 
-
-def split_users(users: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(train, held-out) users, a seeded split."""
-    users = sorted(users)
-    rng = random.Random(seed)
-    rng.shuffle(users)
-    cut = int(round(len(users) * (1 - fraction)))
-    return sorted(users[:cut]), sorted(users[cut:])

@@ -20,7 +20,7 @@ Why this stage, and why its loss is our own:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,10 +165,6 @@ def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints:
     )
     trainer = ScoreSlotTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
     return trainer, model, tokenizer
-
-
-def settings_dict(settings: ScoreStageSettings) -> dict[str, Any]:
-    return asdict(settings)
 
 
 def latest_checkpoint(checkpoints: Path) -> str | None:
