@@ -84,6 +84,11 @@ class RewardConfig(StrictModel):
                   conversation (`prompts.direct_question`); Ind-N reads N seeded orderings of the
                   history instead of N sampled chains. The trained embedded judge's format.
       auto      - what the judge was trained for (its manifest), else `generated`.
+    compare (criteria none): each completion is judged against every other completion of its
+      request, both orders, one digit per ordered pair ("A over B"); its reward is its mean share.
+      A lone completion is compared with the request's `reference`.
+    history_render: `full` shows each past pair whole; `contrast` shows only what the chosen and
+      the rejected response do not share (and compared replies the same way).
     failure_policy:
       raise     - a completion whose chains all failed raises `ScoringError`.
       neutral   - it gets `neutral_value`, and the failure is counted in the components.
@@ -96,6 +101,10 @@ class RewardConfig(StrictModel):
     neutral_value: float = Field(0.5, ge=0.0, le=1.0)
     max_history: int = Field(8, ge=0, le=256, description="most recent history pairs shown to the judge")
     max_chars: int = Field(1500, ge=64, description="longer texts are cut to this many characters")
+    history_render: Literal["full", "contrast"] = Field(
+        "full", description="history pairs in full, or only where chosen and rejected differ (see prompts.contrast)")
+    compare: bool = Field(False, description="criteria none: judge each completion against each other one of its "
+                                             "request (both orders) instead of alone")
 
 
 class PrototypeConfig(StrictModel):

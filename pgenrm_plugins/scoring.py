@@ -276,7 +276,8 @@ class Scorer:
         for ri, r in enumerate(reqs):
             for ci, completion in enumerate(r.completions):
                 shown = [completion, r.reference] if pairwise else [completion]
-                messages = prompts.full_chain(r.history, r.persona, r.prompt, shown, max_items=rc.max_history, max_chars=rc.max_chars)
+                messages = prompts.full_chain(r.history, r.persona, r.prompt, shown, max_items=rc.max_history, max_chars=rc.max_chars,
+                                                   render=rc.history_render)
                 jobs.append((ri, ci))
                 gen_requests.append(self._chain_request(messages, r, shown))
         labels = ("A", "B") if pairwise else ("A",)
@@ -304,7 +305,8 @@ class Scorer:
             self._score_direct(reqs, tallies)
             return
         conversations = [
-            prompts.criteria_chain(r.history, r.persona, r.prompt, max_items=rc.max_history, max_chars=rc.max_chars)
+            prompts.criteria_chain(r.history, r.persona, r.prompt, max_items=rc.max_history, max_chars=rc.max_chars,
+                                   render=rc.history_render)
             for r in reqs
         ]
         chains = self.backend.generate([self._chain_request(m, r) for m, r in zip(conversations, reqs)])
@@ -339,27 +341,56 @@ class Scorer:
 
     def _score_direct(self, reqs: list[ScoreRequest], tallies: list[_Tally]) -> None:
         """No chain: one digit per (completion, history view); one backend call per view, so the
-        completions of a group share the history and the conversation."""
+        completions of a group share the history and the conversation. With `reward.compare`, one
+        digit per ordered pair of completions instead: a completion's reward is its mean share of
+        its comparisons (the digit read as "A over B" in [0, 1], the other side taking the rest)."""
         rc, s = self.config.reward, self.config.sampling
         for r, t in zip(reqs, tallies):
             seed = _seed(s.seed, r.user_id, r.persona, r.model_dump(mode="json", include={"history", "prompt"}))
+            texts = [*r.completions, r.reference]
+            order = self._comparisons(r) if rc.compare else [(ci, None) for ci in range(len(r.completions))]
+            if not order:
+                t.failures["nothing_to_compare"] += 1
+                continue
             for k in range(s.chains):
                 history = history_view(r.history, rc.max_history, seed, k)
-                rows = [prompts.direct_question(history, r.persona, r.prompt, c, max_items=rc.max_history,
-                                                max_chars=rc.max_chars) for c in r.completions]
+                rows = [prompts.direct_question(history, r.persona, r.prompt, texts[a], max_items=rc.max_history,
+                                                max_chars=rc.max_chars, render=rc.history_render,
+                                                versus=None if b is None else texts[b]) for a, b in order]
                 try:
                     probs = self.backend.next_token_probs(rows, prompts.DIGITS)
                 except NotImplementedError:
                     raise ValueError(f"reward.criteria: none reads token probabilities, which backend {self.backend.name!r} "
                                      "does not give; use a backend with logprobs, or reward.criteria: generated") from None
                 t.chains_sampled += 1
-                for ci, p in enumerate(probs):
-                    value = _expected_digit(p)
-                    if value is None:
-                        t.failures["no_digit_probability"] += 1
-                    else:
-                        t.per_completion[ci].append(_to_unit(value, 1, 9))
+                values = [_expected_digit(p) for p in probs]
+                t.failures["no_digit_probability"] += sum(v is None for v in values)
+                if not rc.compare:
+                    for ci, value in enumerate(values):
+                        if value is not None:
+                            t.per_completion[ci].append(_to_unit(value, 1, 9))
+                    continue
+                wins: list[list[float]] = [[] for _ in r.completions]
+                for (a, b), value in zip(order, values):
+                    if value is not None:  # "a over b" in [0, 1]; b's side of it is the rest
+                        for side, share in ((a, _to_unit(value, 1, 9)), (b, 1.0 - _to_unit(value, 1, 9))):
+                            if side < len(wins):
+                                wins[side].append(share)
+                for ci, shares in enumerate(wins):
+                    if shares:
+                        t.per_completion[ci].append(sum(shares) / len(shares))
         self.reader = "logprob"
+
+    @staticmethod
+    def _comparisons(r: ScoreRequest) -> list[tuple[int, int]]:
+        """Ordered pairs (A, B) of `reward.compare`: every completion against every other of its
+        request, in both orders; a lone completion against the reference (index len(completions)),
+        or against nothing when there is none (no rows: the failure policy decides, counted as
+        `nothing_to_compare`)."""
+        n = len(r.completions)
+        if n == 1:
+            return [] if r.reference is None else [(0, 1), (1, 0)]
+        return [(a, b) for a in range(n) for b in range(n) if a != b]
 
     def _read_probabilities(self, reqs, tallies, usable) -> None:
         """Each criterion's score = expected digit under the judge's next-token distribution.

@@ -144,3 +144,36 @@ def test_history_views():
 def test_direct_format_refuses_the_parse_reader(judge):
     with pytest.raises(ValueError, match="reward.criteria: none reads one digit's probabilities"):
         Scorer({"reward": {"criteria": "none", "reader": "parse"}}, backend=judge)
+
+
+def test_compared_completions_split_each_comparison(judge, request_row):
+    """reward.compare: every ordered pair of completions is one digit; each side takes its share,
+    so with two completions the rewards sum to exactly 1, and order in the request does not matter."""
+    cfg = {"sampling": {"chains": 2}, "reward": {"criteria": "none", "compare": True, "history_render": "contrast"}}
+    scorer = Scorer(cfg, backend=judge)
+    two = dict(request_row, completions=request_row["completions"][:2])
+    judge.stats.__init__()
+    [result] = scorer.score([two])
+    check_rewards(result, 2)
+    assert result.rewards[0] + result.rewards[1] == pytest.approx(1.0, abs=1e-9)
+    assert judge.stats.prob_calls == 2 and result.components["chains_scored"] == [2, 2]
+    [swapped] = scorer.score([dict(two, completions=two["completions"][::-1])])
+    assert swapped.rewards == pytest.approx(result.rewards[::-1], abs=1e-4)
+    [three] = scorer.score([request_row])
+    check_rewards(three, 3)
+    assert sum(three.rewards) == pytest.approx(1.5, abs=1e-9)  # each of the 3 comparisons hands out 1
+
+
+def test_a_lone_compared_completion_is_compared_with_its_reference(judge, request_row):
+    scorer = Scorer({"sampling": {"chains": 1}, "reward": {"criteria": "none", "compare": True}}, backend=judge)
+    lone = dict(request_row, completions=request_row["completions"][:1])
+    [result] = scorer.score([lone])
+    check_rewards(result, 1)
+    assert result.components["chains_scored"] == [1]
+    # with nothing to compare it with, the failure policy decides, and says why
+    [alone] = scorer.score([dict(lone, reference=None)])
+    assert alone.rewards == [0.5] and alone.components["failure_kinds"] == {"nothing_to_compare": 1}
+    strict = Scorer({"sampling": {"chains": 1}, "reward": {"criteria": "none", "compare": True, "failure_policy": "raise"}},
+                    backend=judge)
+    with pytest.raises(ScoringError, match="nothing_to_compare"):
+        strict.score([dict(lone, reference=None)])

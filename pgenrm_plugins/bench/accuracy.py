@@ -367,7 +367,9 @@ def run_accuracy(
     if truth_path and truth is None:
         raise AccuracyError(f"--truth {truth_path}: file not found")
 
-    base = load_config(config)
+    from pgenrm_plugins.judge import with_judge_defaults
+
+    base = with_judge_defaults(load_config(config))  # a trained judge's own settings, before the grid copies them
     store_section = store_config(store)
     chosen = parse_settings(settings) if settings else [parse_setting(s) for s in DEFAULT_SETTINGS]
     if not settings and store_section:

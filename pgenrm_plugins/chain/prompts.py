@@ -28,7 +28,9 @@ Conversations are built here and nowhere else; the scorer only chooses which one
 
 from __future__ import annotations
 
-from typing import Sequence
+import difflib
+import re
+from typing import Literal, Sequence
 
 from pgenrm_plugins.types import HistoryItem, as_messages
 
@@ -88,17 +90,87 @@ def _render_prompt(prompt, max_chars: int) -> str:
     return "\n".join(f"{m.role}: {_clip(m.content, max_chars)}" for m in messages)
 
 
-def history_block(history: Sequence[HistoryItem], persona: str | None, max_items: int, max_chars: int) -> str:
+HistoryRender = Literal["full", "contrast"]
+
+_WORD = re.compile(r"\s*\S+")  # a word with the whitespace before it
+# Below this share of common words the two responses are different texts, and a contrast of them
+# would be both texts in pieces: they are shown whole instead.
+CONTRAST_MIN_SHARED = 0.4
+# A fragment is shown by its first words: what it is (an opener, "For example", "3.", a caveat's
+# lead) is said at its start, and the rest would only repeat the prompt's content.
+FRAGMENT_WORDS = 8
+
+
+def contrast(chosen: str, rejected: str) -> tuple[list[str], list[str]] | None:
+    """What only the chosen and what only the rejected response says (a word diff, difflib), as
+    fragments: one per changed run of words and per line within it, a fragment that starts a line
+    marked '¶', each cut to its first FRAGMENT_WORDS words. None when the two share too little.
+
+    Two answers to one prompt mostly say the same things; what a user chose by is the difference.
+    Shown alone it is short (a history pair costs tens of tokens, not hundreds), and each piece of
+    evidence sits right next to its side's mark, where a small judge can attend to it."""
+    a, b = _WORD.findall(chosen), _WORD.findall(rejected)
+    key = lambda w: ("\n" in w, w.strip())  # noqa: E731 - a word and whether a line break precedes it
+    matcher = difflib.SequenceMatcher(None, [key(w) for w in a], [key(w) for w in b], autojunk=False)
+    if matcher.ratio() < CONTRAST_MIN_SHARED:
+        return None
+    only_a: list[str] = []
+    only_b: list[str] = []
+    for i1, i2, j1, j2 in _changes(matcher.get_opcodes()):
+        only_a += _fragments(a[i1:i2])
+        only_b += _fragments(b[j1:j2])
+    return only_a, only_b
+
+
+def _changes(opcodes) -> list[tuple[int, int, int, int]]:
+    """The changed spans, with a run of fewer than 3 common words between two changes taken into
+    them: a lone 'the' that happens to match would otherwise cut a sentence into scraps."""
+    spans: list[list[int]] = []
+    pending = None  # a short common run after a change, merged if another change follows
+    for op, i1, i2, j1, j2 in opcodes:
+        if op == "equal":
+            pending = (i1, i2, j1, j2) if spans and i2 - i1 < 3 else None
+            continue
+        if pending is not None or (spans and spans[-1][1] == i1 and spans[-1][3] == j1):
+            spans[-1][1], spans[-1][3] = i2, j2
+        else:
+            spans.append([i1, i2, j1, j2])
+        pending = None
+    return [tuple(x) for x in spans]
+
+
+def _fragments(words: list[str]) -> list[str]:
+    out: list[list[str]] = []
+    for w in words:
+        if "\n" in w or not out:
+            out.append(["¶"] if "\n" in w else [])
+        out[-1].append(w.strip())
+    return [" ".join(f[: FRAGMENT_WORDS + (f[0] == "¶")]) + (" …" if len(f) > FRAGMENT_WORDS + (f[0] == "¶") else "")
+            for f in out if len(f) > (f[0] == "¶")]
+
+
+def _marked(fragments: list[str], mark: str) -> list[str]:
+    return [f"{mark} {f}" for f in fragments]
+
+
+def _pair(item: HistoryItem, max_chars: int, render: HistoryRender) -> str:
+    shown = contrast(item.chosen, item.rejected) if render == "contrast" else None
+    if shown is None:
+        return f"Preferred: {_clip(item.chosen, max_chars)}\nRejected: {_clip(item.rejected, max_chars)}"
+    lines = _marked(shown[0], "+") + _marked(shown[1], "-")
+    return "\n".join(lines) if lines else "(the two responses were the same)"
+
+
+def history_block(history: Sequence[HistoryItem], persona: str | None, max_items: int, max_chars: int,
+                  render: HistoryRender = "full") -> str:
+    """The user's past choices: each pair in full (`full`), or only where its two responses differ
+    (`contrast`, falling back to full for two unrelated texts)."""
     parts = []
     if persona:
         parts.append(f"Persona given by the user: {_clip(persona, max_chars)}")
     recent = list(history)[-max_items:] if max_items else []
     for i, item in enumerate(recent, 1):
-        parts.append(
-            f"[{i}] Prompt: {_render_prompt(item.prompt, max_chars)}\n"
-            f"Preferred: {_clip(item.chosen, max_chars)}\n"
-            f"Rejected: {_clip(item.rejected, max_chars)}"
-        )
+        parts.append(f"[{i}] Prompt: {_render_prompt(item.prompt, max_chars)}\n{_pair(item, max_chars, render)}")
     if not parts:
         parts.append("(none: this user has no recorded choices; judge by the conversation alone)")
     return "\n\n".join(parts)
@@ -113,20 +185,20 @@ def _scores_shape(labels: Sequence[str]) -> str:
     return f' "scores": {{{inner}}}}}'
 
 
-def _context(history, persona, prompt, max_items: int, max_chars: int) -> str:
+def _context(history, persona, prompt, max_items: int, max_chars: int, render: HistoryRender = "full") -> str:
     return (
         "## The user's past choices\n"
-        f"{history_block(history, persona, max_items, max_chars)}\n\n"
+        f"{history_block(history, persona, max_items, max_chars, render)}\n\n"
         "## The current conversation\n"
         f"{_render_prompt(prompt, max_chars)}"
     )
 
 
-def full_chain(history, persona, prompt, responses: Sequence[str], *, max_items=8, max_chars=1500) -> list[dict]:
+def full_chain(history, persona, prompt, responses: Sequence[str], *, max_items=8, max_chars=1500, render: HistoryRender = "full") -> list[dict]:
     """Preferences, criteria and scores for `responses` (labelled A, B, ...) in one chain."""
     labels = LABELS[: len(responses)]
     user = (
-        f"{_context(history, persona, prompt, max_items, max_chars)}\n\n"
+        f"{_context(history, persona, prompt, max_items, max_chars, render)}\n\n"
         f"## Responses to evaluate\n{_responses_block(responses, max_chars)}\n\n"
         f"## Your task\n{_PREFERENCES_STEP}\n{_CRITERIA_STEP}\n{_SCORES_STEP}\n\n"
         f"Answer with one JSON object between {OPEN} and {CLOSE}, in this shape:\n"
@@ -135,10 +207,10 @@ def full_chain(history, persona, prompt, responses: Sequence[str], *, max_items=
     return _conversation(user)
 
 
-def criteria_chain(history, persona, prompt, *, max_items=8, max_chars=1500) -> list[dict]:
+def criteria_chain(history, persona, prompt, *, max_items=8, max_chars=1500, render: HistoryRender = "full") -> list[dict]:
     """Preferences and weighted criteria for this (user, prompt): shared by every completion."""
     user = (
-        f"{_context(history, persona, prompt, max_items, max_chars)}\n\n"
+        f"{_context(history, persona, prompt, max_items, max_chars, render)}\n\n"
         f"## Your task\n{_PREFERENCES_STEP}\n{_CRITERIA_STEP}\n\n"
         f"Answer with one JSON object between {OPEN} and {CLOSE}, in this shape:\n"
         f"{OPEN}\n{_CRITERIA_SHAPE}}}\n{CLOSE}"
@@ -191,13 +263,33 @@ DIRECT_QUESTION = (
 )
 
 
-def direct_question(history, persona, prompt, response: str, *, max_items=8, max_chars=1500) -> list[dict]:
+DIRECT_COMPARISON = (
+    "For this user, judged by what their past choices show, which reply suits them better? "
+    "Answer with one digit from 1 (B much better) to 9 (A much better)."
+)
+
+
+def _two_replies(a: str, b: str, max_chars: int, render: HistoryRender) -> str:
+    shown = contrast(a, b) if render == "contrast" else None
+    if shown is None:
+        return f"[Reply A]\n{_clip(a, max_chars)}\n\n[Reply B]\n{_clip(b, max_chars)}"
+    lines = _marked(shown[0], "A:") + _marked(shown[1], "B:")
+    return "\n".join(lines) if lines else "(the two replies are the same)"
+
+
+def direct_question(history, persona, prompt, response: str, *, max_items=8, max_chars=1500,
+                    render: HistoryRender = "full", versus: str | None = None) -> list[dict]:
     """No chain: history, conversation, one response, one digit. Every completion of a group shares
-    everything before the response, which the backend computes once."""
-    user = (
-        f"{_context(history, persona, prompt, max_items, max_chars)}\n\n"
-        f"## A reply to judge\n{_clip(response, max_chars)}\n\n{DIRECT_QUESTION}"
-    )
+    everything before the response, which the backend computes once.
+
+    With `versus`, the reply is compared with that other reply instead (A = `response`, B =
+    `versus`), shown the way the history is: a user's choice is a comparison, and two replies laid
+    side by side, or their contrast, put what differs in plain view."""
+    context = _context(history, persona, prompt, max_items, max_chars, render)
+    if versus is None:
+        user = f"{context}\n\n## A reply to judge\n{_clip(response, max_chars)}\n\n{DIRECT_QUESTION}"
+    else:
+        user = f"{context}\n\n## Two replies to judge\n{_two_replies(response, versus, max_chars, render)}\n\n{DIRECT_COMPARISON}"
     return _conversation(user)
 
 
@@ -212,5 +304,5 @@ def _after(chain_conversation: list[dict], chain_text: str, user: str) -> list[d
 __all__ = [
     "OPEN", "CLOSE", "LABELS", "DIGITS", "SYSTEM", "CHAIN_PREFILL", "SCORES_PREFILL",
     "full_chain", "criteria_chain", "synthesis_chain", "score_followup", "criterion_question", "direct_question",
-    "history_block",
+    "history_block", "contrast", "HistoryRender",
 ]

@@ -49,6 +49,10 @@ def register_commands(cli):
         history_pairs: int = typer.Option(3, min=1, help="History pairs in a view (set reward.max_history to this)."),
         targets: int = typer.Option(2, min=1, help="Pairs scored after one view."),
         max_chars: int = typer.Option(600, min=64, help="Each text cut to this (set reward.max_chars to this)."),
+        history_render: str = typer.Option("full", help="History pairs 'full' or 'contrast' (only where chosen and "
+                                                         "rejected differ); becomes the judge's reward.history_render."),
+        compare: bool = typer.Option(False, help="Train comparisons (reply A against reply B, both orders) instead of "
+                                                 "single replies; becomes the judge's reward.compare."),
         seed: int = typer.Option(0),
         threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
         eval_data: Optional[Path] = typer.Option(None, help="Rows of held-out users: accuracy goes into the manifest."),
@@ -61,7 +65,8 @@ def register_commands(cli):
         with exit_on_bad_input():
             manifest = train_score(data, out, base=base, steps=steps, grad_accum=grad_accum, learning_rate=learning_rate,
                                    lora_rank=lora_rank, lora_layers=lora_layers, history_pairs=history_pairs,
-                                   targets=targets, max_chars=max_chars, seed=seed, threads=threads,
+                                   targets=targets, max_chars=max_chars, history_render=history_render,
+                                   compare=compare, seed=seed, threads=threads,
                                    eval_data=eval_data, eval_rows=eval_rows, fresh=fresh, command=command_line())
         m = manifest["metrics"]
         err.print(f"wrote {out}: {m['steps']} steps, loss {m['first_loss']} -> {m['final_loss']}"
@@ -192,14 +197,12 @@ def register_commands(cli):
         judge: Path = typer.Option(..., "--judge", help="A judge folder from `pgenrm train`."),
         data: Path = typer.Option(..., "--data", help="Rows of held-out users (train rows = history, test rows scored)."),
         rows: int = typer.Option(64, min=1, help="Test rows to score."),
-        history_pairs: int = typer.Option(3, min=1),
-        max_chars: int = typer.Option(600, min=64),
         chains: int = typer.Option(1, min=1, help="History views per judgement (Ind-N)."),
     ):
         """Pairwise accuracy of a judge on held-out users (quick check; `pgenrm bench accuracy` is the full one)."""
         from pgenrm_plugins.training.run import evaluate
 
-        result = evaluate(judge, data, max_rows=rows, history_pairs=history_pairs, max_chars=max_chars, chains=chains)
+        result = evaluate(judge, data, max_rows=rows, chains=chains)
         err.print(f"accuracy {result['accuracy']:.3f} on {result['pairs']} pairs (mean margin {result['mean_margin']:+.4f})",
                   highlight=False)
 

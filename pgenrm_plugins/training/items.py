@@ -29,6 +29,7 @@ class Candidate:
     response: str
     target: str  # HIGH or LOW
     kind: str  # chosen | rejected | degenerate
+    versus: str | None = None  # compared with this reply (A = response, B = versus), else judged alone
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class ItemSettings:
     history_pairs: int = 3  # pairs shown in a view (the scorer's reward.max_history)
     targets: int = 2  # pairs scored after one view
     degenerate_rate: float = 0.35  # chance that an item adds one degenerate candidate
+    compare: bool = False  # candidates are the pairs themselves, in both orders (A/B)
     seed: int = 0
 
 
@@ -98,13 +100,26 @@ class ItemSource:
             source = candidates[2 * j + rng.randrange(2)]
             candidates.append(Candidate(source.prompt, degenerate(source.response, rng), LOW, "degenerate"))
             compared.append((2 * j + (0 if source.kind == "chosen" else 1), len(candidates) - 1))
+        if s.compare:
+            candidates, compared = _as_comparisons(candidates, compared)
         return Item(user, shown, candidates, compared)
 
 
-def item_conversations(item: Item, max_chars: int) -> list[list[dict]]:
+def _as_comparisons(singles: list[Candidate], pairs: list[tuple[int, int]]):
+    """Each compared pair (winner, loser) as two candidates, winner as A (HIGH) and loser as A
+    (LOW): the order of the two replies never carries the answer."""
+    out: list[Candidate] = []
+    for w, l in pairs:
+        win, lose = singles[w], singles[l]
+        out += [Candidate(win.prompt, win.response, HIGH, win.kind, versus=lose.response),
+                Candidate(win.prompt, lose.response, LOW, lose.kind, versus=win.response)]
+    return out, [(2 * i, 2 * i + 1) for i in range(len(pairs))]
+
+
+def item_conversations(item: Item, max_chars: int, render: str = "full") -> list[list[dict]]:
     """The exact conversations the scorer builds for these candidates (`criteria: none`)."""
     from pgenrm_plugins.chain import prompts
 
     return [prompts.direct_question(item.history, None, c.prompt, c.response, max_items=len(item.history),
-                                    max_chars=max_chars) for c in item.candidates]
+                                    max_chars=max_chars, render=render, versus=c.versus) for c in item.candidates]
 

@@ -46,6 +46,8 @@ def train_score(
     history_pairs: int = 3,
     targets: int = 2,
     max_chars: int = 600,
+    history_render: str = "full",
+    compare: bool = False,
     seed: int = 0,
     threads: int | None = None,
     eval_data: str | Path | None = None,
@@ -64,10 +66,11 @@ def train_score(
     if fresh and checkpoints.exists():
         shutil.rmtree(checkpoints)
     bench = load_bench(data, strict=True)
-    item_settings = ItemSettings(history_pairs=history_pairs, targets=targets, seed=seed)
+    item_settings = ItemSettings(history_pairs=history_pairs, targets=targets, compare=compare, seed=seed)
     source = ItemSource(bench, item_settings)
     settings = ScoreStageSettings(steps=steps, grad_accum=grad_accum, learning_rate=learning_rate, lora_rank=lora_rank,
-                                  lora_alpha=2 * lora_rank, lora_layers=lora_layers, max_chars=max_chars, seed=seed,
+                                  lora_alpha=2 * lora_rank, lora_layers=lora_layers, max_chars=max_chars,
+                                  history_render=history_render, seed=seed,
                                   threads=threads)
     base_dir = base_model_dir(base)
     trainer, model, tokenizer = build_trainer(source, settings, checkpoints, base_dir, progress=progress)
@@ -92,7 +95,8 @@ def train_score(
         "train_users": len(source),
         "seed": seed,
         "settings": {**asdict(settings), **{f"items_{k}": v for k, v in asdict(item_settings).items()}},
-        "scoring": {"reward": {"criteria": "none", "max_history": history_pairs, "max_chars": max_chars}},
+        "scoring": {"reward": {"criteria": "none", "max_history": history_pairs, "max_chars": max_chars,
+                               "history_render": history_render, "compare": compare}},
         "command": " ".join(shlex.quote(a) for a in (command or ["pgenrm", "train", "score", "..."])),
         "metrics": {
             "steps": trainer.state.global_step,
@@ -107,16 +111,16 @@ def train_score(
     write_manifest(out, manifest)
     del trainer, model
     if eval_data is not None:
-        manifest["metrics"]["eval"] = evaluate(out, eval_data, max_rows=eval_rows, history_pairs=history_pairs,
-                                               max_chars=max_chars, threads=threads)
+        manifest["metrics"]["eval"] = evaluate(out, eval_data, max_rows=eval_rows, threads=threads)
         write_manifest(out, manifest)
     return manifest
 
 
-def evaluate(judge: str | Path, data: str | Path, *, max_rows: int = 64, history_pairs: int = 3, max_chars: int = 600,
-             threads: int | None = None, chains: int = 1) -> dict[str, Any]:
+def evaluate(judge: str | Path, data: str | Path, *, max_rows: int = 64, threads: int | None = None,
+             chains: int = 1) -> dict[str, Any]:
     """Pairwise accuracy of a judge folder on the test rows of `data` (each user's train rows are the
-    history): chosen must get the higher reward; a tie counts as wrong."""
+    history): chosen must get the higher reward; a tie counts as wrong. The judge is read as its
+    manifest says it was trained (history pairs, clipping, rendering)."""
     from pgenrm_plugins.scoring import Scorer
 
     bench = load_bench(data, strict=True)
@@ -129,7 +133,7 @@ def evaluate(judge: str | Path, data: str | Path, *, max_rows: int = 64, history
         options["threads"] = threads
     scorer = Scorer({"backend": {"name": "transformers", "options": options},
                      "sampling": {"chains": chains},
-                     "reward": {"mode": "group", "criteria": "none", "max_history": history_pairs, "max_chars": max_chars}})
+                     "reward": {"mode": "group", "criteria": "none"}})
     try:
         results = scorer.score([{"user_id": r.user_id, "history": [h.model_dump() for h in histories[r.user_id]],
                                  "prompt": [m.model_dump() for m in r.context],

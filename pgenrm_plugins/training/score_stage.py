@@ -37,6 +37,7 @@ class ScoreStageSettings:
     lora_alpha: int = 32
     lora_layers: int = 12  # LoRA on the top N decoder layers
     max_chars: int = 600  # each text cut to this (keeping start and end), as reward.max_chars
+    history_render: str = "full"  # as reward.history_render
     bt_weight: float = 1.0
     seed: int = 0
     threads: int | None = None
@@ -60,19 +61,20 @@ def common_prefix(rows: list[list[int]]) -> int:
 class ItemDataset:
     """`Trainer`-facing dataset: index -> tokenized item (a pure function of the index)."""
 
-    def __init__(self, source: ItemSource, tokenizer, length: int, max_chars: int):
-        self.source, self.tokenizer, self.length, self.max_chars = source, tokenizer, length, max_chars
+    def __init__(self, source: ItemSource, tokenizer, length: int, max_chars: int, render: str = "full"):
+        self.source, self.tokenizer, self.length = source, tokenizer, length
+        self.max_chars, self.render = max_chars, render
         self.digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in prompts.DIGITS]
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return tokenize_item(self.source.item(index), self.tokenizer, self.max_chars)
+        return tokenize_item(self.source.item(index), self.tokenizer, self.max_chars, self.render)
 
 
-def tokenize_item(item: Item, tokenizer, max_chars: int) -> dict[str, Any]:
-    rows = [encode(tokenizer, conv) for conv in item_conversations(item, max_chars)]
+def tokenize_item(item: Item, tokenizer, max_chars: int, render: str = "full") -> dict[str, Any]:
+    rows = [encode(tokenizer, conv) for conv in item_conversations(item, max_chars, render)]
     root = common_prefix(rows)
     return {
         "prefix": rows[0][:root],
@@ -144,7 +146,7 @@ def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints:
         layers_to_transform=list(range(layers - top, layers)),
     )
     model = get_peft_model(model, lora)
-    dataset = ItemDataset(source, tokenizer, settings.steps * settings.grad_accum, settings.max_chars)
+    dataset = ItemDataset(source, tokenizer, settings.steps * settings.grad_accum, settings.max_chars, settings.history_render)
     params = inspect.signature(model.get_base_model().forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"
 
