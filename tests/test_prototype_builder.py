@@ -140,3 +140,23 @@ def test_add_user_places_without_rebuilding(tmp_path, embedder):
     with pytest.raises(ValueError, match="give a history"):
         add_user(store, embedder, "nobody", [])
     store.close()
+
+
+def test_contrast_source_places_users_by_the_direction_they_choose_in(tmp_path, embedder):
+    """Brief and thorough users see the same pairs and choose opposite sides: their contrast vectors
+    point in opposite directions, so two prototypes split them by type, and a neighbour is always of
+    the user's own type."""
+    rows = write_jsonl(tmp_path / "rows.jsonl", make_rows(3, 3))
+    store = SQLiteStore(path=str(tmp_path / "protos.sqlite"))
+    report = build_prototypes(rows, store, embedder, source="contrast", k=2, source_settings=SMALL, updater=FEW_EPOCHS)
+    assert report.source == "contrast" and store.prototypes().meta["source"] == "contrast"
+    users = {u.user_id: u for u in store.users()}
+    by_prototype = {}
+    for user_id, record in users.items():
+        by_prototype.setdefault(record.prototype_id, set()).add(user_id.split("-")[0])
+    assert sorted(map(sorted, by_prototype.values())) == [["brief"], ["long"]]
+    for user_id, record in users.items():
+        found = store.nearest(np.asarray(record.embedding), top_k=2, exclude=[user_id])
+        assert all(n.user_id.split("-")[0] == user_id.split("-")[0] for n in found.neighbours)
+    with pytest.raises(ValueError, match="source 'nope'"):
+        build_prototypes(rows, store, embedder, source="nope")

@@ -391,11 +391,13 @@ class FailsMidBatch:
         pass
 
 
-def test_judge_raising_mid_batch_is_503_and_openrlhf_retry_gets_the_right_reward(judge, judge_scorer):
+def test_judge_raising_mid_batch_is_503_and_openrlhf_retry_gets_the_right_reward(judge):
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
     flaky = FailsMidBatch(judge)
-    recorder = Recording(Scorer(JUDGE_CONFIG, backend=flaky))
+    # criteria chains first, then the digit reads: the failure comes after work already done
+    chains = {**JUDGE_CONFIG, "reward": {"criteria": "generated"}}
+    recorder = Recording(Scorer(chains, backend=flaky))
     prompt = chatml("Suggest a weekend hobby.")
     samples = [("bea", "Pottery."), ("bea", "Try hiking with friends."), ("cal", "Learn chess.")]
     with LiveServer(create_app(recorder, {"max_wait_ms": 3000, "max_batch_requests": 3})) as srv:
@@ -427,8 +429,8 @@ def test_judge_raising_mid_batch_is_503_and_openrlhf_retry_gets_the_right_reward
     for (u, t), [reply] in zip(samples, replies):
         assert reply["rewards"] == [want[(u, t)]]
     # and they are the judge's rewards for these samples, judged without any failure
-    direct = judge_scorer.score([{"user_id": "bea", "history": HISTORY, "prompt": prompt_of(prompt),
-                                  "completions": ["Pottery.", "Try hiking with friends."]}])[0].rewards
+    direct = Scorer(chains, backend=judge).score([{"user_id": "bea", "history": HISTORY, "prompt": prompt_of(prompt),
+                                                   "completions": ["Pottery.", "Try hiking with friends."]}])[0].rewards
     assert [want[("bea", "Pottery.")], want[("bea", "Try hiking with friends.")]] == pytest.approx(direct, abs=1e-4)
 
 

@@ -37,6 +37,20 @@ def test_items_are_a_function_of_the_index_and_never_show_a_target(rows):
     assert source.item(0) != ItemSource(load_bench(rows), ItemSettings(history_pairs=2, seed=2)).item(0)
 
 
+def test_compared_items_put_each_pair_both_ways(rows):
+    settings = dict(history_pairs=2, targets=2, seed=1, degenerate_rate=0.5)
+    singles = ItemSource(load_bench(rows), ItemSettings(**settings))
+    compared = ItemSource(load_bench(rows), ItemSettings(**settings, compare=True))
+    for i in range(10):
+        one, two = singles.item(i), compared.item(i)
+        assert one.history == two.history and len(two.candidates) == 2 * len(one.pairs)
+        for (a, b), (w, l) in zip(two.pairs, one.pairs):
+            first, second = two.candidates[a], two.candidates[b]
+            assert (first.response, first.versus) == (one.candidates[w].response, one.candidates[l].response)
+            assert (second.response, second.versus) == (one.candidates[l].response, one.candidates[w].response)
+            assert (first.target, second.target) == (HIGH, LOW)
+
+
 def test_items_need_users_with_enough_history(rows):
     with pytest.raises(ValueError, match="no user has more than 9 train rows"):
         ItemSource(load_bench(rows), ItemSettings(history_pairs=9))
@@ -61,7 +75,7 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
 
     out = tmp_path / "judge"
     tiny = dict(steps=2, grad_accum=1, lora_rank=2, lora_layers=2, history_pairs=2, targets=1, max_chars=160,
-                seed=0, progress=False)
+                history_render="contrast", compare=True, seed=0, progress=False)
     manifest = train_score(rows, out, **tiny)
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert manifest["metrics"]["steps"] == 2 and math.isfinite(manifest["metrics"]["final_loss"])
@@ -78,7 +92,8 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
     assert backend.manifest["format"] == "direct-v1"
     scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
                      "sampling": {"chains": 2}, "reward": {"max_history": 2, "max_chars": 160}}, backend=backend)
-    assert scorer.criteria == "none"  # `auto` follows the judge's manifest
+    assert scorer.criteria == "none"  # `auto` follows the judge's manifest, and so does the rest
+    assert scorer.config.reward.compare and scorer.config.reward.history_render == "contrast"
     [result] = scorer.score([{"user_id": "u", "history": [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}],
                               "prompt": "How do I boil an egg?", "completions": ["Boil it 9 minutes.", "Eggs."]}])
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)

@@ -124,15 +124,6 @@ def parse_settings(specs: Iterable[str]) -> list[Setting]:
 
 # -- the judge side ------------------------------------------------------------------------------
 
-def prototypes_available() -> bool:
-    """Whether prototype-level scaling exists in this install: the builder and a registered store."""
-    import importlib.util
-
-    from pgenrm_plugins import plugins
-
-    return importlib.util.find_spec("pgenrm_plugins.prototypes.builder") is not None and bool(plugins.registry("store"))
-
-
 def store_config(store: str | None) -> dict | None:
     """`--store`, as `pgenrm prototypes build` takes it: a SQLite file, a postgresql:// URL, or a
     YAML/JSON file holding a `store:` section."""
@@ -377,9 +368,6 @@ def run_accuracy(
     pro = [s.name for s in chosen if s.top_k]
     if pro and not store_section:
         raise AccuracyError(f"settings {', '.join(pro)} use prototypes: pass --store (a prototype store built from the train split)")
-    if pro and not prototypes_available():
-        raise AccuracyError(f"settings {', '.join(pro)} need prototype scoring, which this install does not have yet "
-                            "(pgenrm_plugins.prototypes.builder and prototype support in the scorer)")
 
     identity = base.backend.model_dump(mode="json")
     cache = CachingBackend(

@@ -153,6 +153,7 @@ def build_prototypes(
     backend=None,
     k: int | None = None,
     skip_judge: bool = False,
+    source: str | None = None,
     strict: bool = False,
     batch_size: int = 16,
     source_settings: SourceSettings = SourceSettings(),
@@ -162,8 +163,14 @@ def build_prototypes(
 ) -> BuildReport:
     """Build and publish the prototypes of the users in `rows_path` into `store`.
 
-    `backend` is the judge (needed unless `skip_judge`). `k=None` picks about one prototype per
-    eight users. `on_batch_staged(n_staged)` is called after each committed batch."""
+    `source` is what is embedded (`sources.SOURCES`; default `synthesis`, or `history` with
+    `skip_judge`). `backend` is the judge, needed for `synthesis`. `k=None` picks about one
+    prototype per eight users. `on_batch_staged(n_staged)` is called after each committed batch."""
+    from pgenrm_plugins.prototypes.sources import SOURCES
+
+    source = source or ("history" if skip_judge else "synthesis")
+    if source not in SOURCES:
+        raise ValueError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
     rows_path = Path(rows_path)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -176,7 +183,6 @@ def build_prototypes(
     if not histories:
         raise ValueError(f"{rows_path}: no user has train rows, so there is nothing to build prototypes from "
                          "(a user's rows with split 'train' are their history)")
-    source = "history" if skip_judge else "synthesis"
     if source == "synthesis" and backend is None:
         raise ValueError("building from syntheses needs the judge: pass backend=..., or skip_judge=True")
     seconds["read"] = time.perf_counter() - started
@@ -195,7 +201,7 @@ def build_prototypes(
     with _progress(console) as progress:
         # -- users: synthesis (or history), embedding, staging; resumable -----------------------
         t0 = time.perf_counter()
-        label = "judge syntheses + embedding" if source == "synthesis" else "embedding histories"
+        label = "judge syntheses + embedding" if source == "synthesis" else f"embedding histories ({source})"
         users_task = progress.add_task(label, total=len(histories), completed=len(staged))
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]

@@ -94,7 +94,8 @@ def build(
     store: Optional[str] = StoreOption,
     config: Optional[Path] = ConfigOption,
     k: Optional[int] = typer.Option(None, "--k", min=1, help="Number of prototypes (capped by the number of users). Default: about one per 8 users, at most 100."),
-    skip_judge: bool = typer.Option(False, "--skip-judge", help="Embed each user's history itself instead of a preference synthesis written by the judge (much faster, no judge needed)."),
+    skip_judge: bool = typer.Option(False, "--skip-judge", help="Embed each user's history itself instead of a preference synthesis written by the judge (much faster, no judge needed); the same as --source history."),
+    source: Optional[str] = typer.Option(None, "--source", help="What places a user: synthesis (the judge's, the default), history (prompt + preferred reply), or contrast (what only the preferred reply says, minus what only the rejected one says; no judge)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse the whole file if any row is bad, instead of reporting bad rows by line and skipping them."),
     batch_size: int = typer.Option(16, min=1, help="Users per judge call and per committed batch: an interrupted build resumes after the last committed batch."),
     epochs: int = typer.Option(8, min=0, help="Epochs of the prototype updater (0: plain k-means prototypes)."),
@@ -119,11 +120,12 @@ def build(
         _fail(f"--data: file not found: {data}")
     the_store = _open_store(store, cfg)
     embedder = _embedder(cfg)
-    backend = None if skip_judge else _judge(cfg)
+    source = source or ("history" if skip_judge else "synthesis")
+    backend = _judge(cfg) if source == "synthesis" else None
     seed = cfg.sampling.seed if seed is None else seed
     try:
         report = build_prototypes(
-            data, the_store, embedder, backend=backend, k=k, skip_judge=skip_judge, strict=strict,
+            data, the_store, embedder, backend=backend, k=k, source=source, strict=strict,
             batch_size=batch_size, source_settings=SourceSettings(seed=seed),
             updater=replace(UpdaterSettings(), epochs=epochs, seed=seed), console=err,
         )

@@ -117,8 +117,9 @@ def main(argv=None):
     })
     judge = TransformersBackend()
     store, embedder = config.store.build("store"), config.embedder.build("embedder")
-    # Members are placed by their history's embedding: quick, and the trained judge writes no syntheses.
-    build_prototypes(rows_path, store, embedder, skip_judge=True, k=3, console=console,
+    # Members are placed by their choices' contrast (what only the preferred reply says, minus what
+    # only the rejected one says): quick, no judge needed, and the trained judge writes no syntheses.
+    build_prototypes(rows_path, store, embedder, source="contrast", k=3, console=console,
                      source_settings=SourceSettings(max_items=4, max_chars=300, seed=args.seed))
     user_prototype = {u.user_id: u.prototype_id for u in store.users()}
 
