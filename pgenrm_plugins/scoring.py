@@ -372,10 +372,12 @@ class Scorer:
                     continue
                 wins: list[list[float]] = [[] for _ in r.completions]
                 for (a, b), value in zip(order, values):
-                    if value is not None:  # "a over b" in [0, 1]; b's side of it is the rest
-                        for side, share in ((a, _to_unit(value, 1, 9)), (b, 1.0 - _to_unit(value, 1, 9))):
-                            if side < len(wins):
-                                wins[side].append(share)
+                    if value is None:
+                        continue
+                    a_over_b = _to_unit(value, 1, 9)  # b's side of the comparison is the rest
+                    for side, share in ((a, a_over_b), (b, 1.0 - a_over_b)):
+                        if side < len(wins):  # index len(completions) is the reference: no reward of its own
+                            wins[side].append(share)
                 for ci, shares in enumerate(wins):
                     if shares:
                         t.per_completion[ci].append(sum(shares) / len(shares))

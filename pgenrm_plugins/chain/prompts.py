@@ -124,41 +124,49 @@ def contrast(chosen: str, rejected: str) -> tuple[list[str], list[str]] | None:
 
 def _changes(opcodes) -> list[tuple[int, int, int, int]]:
     """The changed spans, with a run of fewer than 3 common words between two changes taken into
-    them: a lone 'the' that happens to match would otherwise cut a sentence into scraps."""
+    them: a lone 'the' that happens to match would otherwise cut a sentence into scraps. (difflib
+    never puts two changes side by side: an `equal` run always stands between them.)"""
     spans: list[list[int]] = []
-    pending = None  # a short common run after a change, merged if another change follows
+    short_gap = False  # the last run was a short common one after a change
     for op, i1, i2, j1, j2 in opcodes:
         if op == "equal":
-            pending = (i1, i2, j1, j2) if spans and i2 - i1 < 3 else None
-            continue
-        if pending is not None or (spans and spans[-1][1] == i1 and spans[-1][3] == j1):
+            short_gap = bool(spans) and i2 - i1 < 3
+        elif short_gap:
             spans[-1][1], spans[-1][3] = i2, j2
         else:
             spans.append([i1, i2, j1, j2])
-        pending = None
     return [tuple(x) for x in spans]
 
 
 def _fragments(words: list[str]) -> list[str]:
-    out: list[list[str]] = []
+    """Changed words split at line breaks; each piece cut to FRAGMENT_WORDS words, '¶' first when
+    it starts a line."""
+    pieces: list[tuple[bool, list[str]]] = []
     for w in words:
-        if "\n" in w or not out:
-            out.append(["¶"] if "\n" in w else [])
-        out[-1].append(w.strip())
-    return [" ".join(f[: FRAGMENT_WORDS + (f[0] == "¶")]) + (" …" if len(f) > FRAGMENT_WORDS + (f[0] == "¶") else "")
-            for f in out if len(f) > (f[0] == "¶")]
+        if "\n" in w or not pieces:
+            pieces.append(("\n" in w, []))
+        pieces[-1][1].append(w.strip())
+    out = []
+    for starts_line, piece in pieces:
+        text = " ".join(piece[:FRAGMENT_WORDS]) + (" …" if len(piece) > FRAGMENT_WORDS else "")
+        out.append(f"¶ {text}" if starts_line else text)
+    return out
 
 
-def _marked(fragments: list[str], mark: str) -> list[str]:
-    return [f"{mark} {f}" for f in fragments]
+def _contrasted(a: str, b: str, marks: tuple[str, str], whole: tuple[str, str], same: str,
+                max_chars: int, render: HistoryRender) -> str:
+    """Two texts as their contrast, one marked line per fragment (`contrast`), or whole under their
+    labels (`full`, or two texts that share too little to contrast)."""
+    shown = contrast(a, b) if render == "contrast" else None
+    if shown is None:
+        return f"{whole[0]}{_clip(a, max_chars)}{whole[1]}{_clip(b, max_chars)}"
+    lines = [f"{marks[0]} {f}" for f in shown[0]] + [f"{marks[1]} {f}" for f in shown[1]]
+    return "\n".join(lines) if lines else same
 
 
 def _pair(item: HistoryItem, max_chars: int, render: HistoryRender) -> str:
-    shown = contrast(item.chosen, item.rejected) if render == "contrast" else None
-    if shown is None:
-        return f"Preferred: {_clip(item.chosen, max_chars)}\nRejected: {_clip(item.rejected, max_chars)}"
-    lines = _marked(shown[0], "+") + _marked(shown[1], "-")
-    return "\n".join(lines) if lines else "(the two responses were the same)"
+    return _contrasted(item.chosen, item.rejected, ("+", "-"), ("Preferred: ", "\nRejected: "),
+                       "(the two responses were the same)", max_chars, render)
 
 
 def history_block(history: Sequence[HistoryItem], persona: str | None, max_items: int, max_chars: int,
@@ -270,11 +278,8 @@ DIRECT_COMPARISON = (
 
 
 def _two_replies(a: str, b: str, max_chars: int, render: HistoryRender) -> str:
-    shown = contrast(a, b) if render == "contrast" else None
-    if shown is None:
-        return f"[Reply A]\n{_clip(a, max_chars)}\n\n[Reply B]\n{_clip(b, max_chars)}"
-    lines = _marked(shown[0], "A:") + _marked(shown[1], "B:")
-    return "\n".join(lines) if lines else "(the two replies are the same)"
+    return _contrasted(a, b, ("A:", "B:"), ("[Reply A]\n", "\n\n[Reply B]\n"), "(the two replies are the same)",
+                       max_chars, render)
 
 
 def direct_question(history, persona, prompt, response: str, *, max_items=8, max_chars=1500,
