@@ -44,6 +44,7 @@ $(STAMP): pyproject.toml Makefile $(wildcard adapters/*/pyproject.toml) $(LLAMA_
 venv: $(STAMP)
 
 test: venv
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
 # The main job: synthetic users -> prototype store -> personalized GRPO in TRL -> report and plot.

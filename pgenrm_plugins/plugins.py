@@ -15,21 +15,29 @@ import pluggy
 from pydantic import BaseModel
 
 from pgenrm_plugins import hookspecs
+from pgenrm_plugins.hookspecs import Adapter
 
 ENTRY_POINT_GROUP = "pgenrm_plugins"
 BUILTIN_DISTRIBUTION = "pgenrm-plugins"
 
 DEFAULT_PLUGINS = (
+    # backends, embedders, stores, request-file loaders
     "pgenrm_plugins.backends.transformers_backend",
     "pgenrm_plugins.backends.openai_backend",
     "pgenrm_plugins.backends.vllm_backend",
+    "pgenrm_plugins.prototypes.embedders",
+    "pgenrm_plugins.prototypes.sqlite_store",
+    "pgenrm_plugins.prototypes.postgres_store",
     "pgenrm_plugins.requests_io",
-    "pgenrm_plugins.adapter_tools", "pgenrm_plugins.compare",  # adapters path, compare adapters
-    "pgenrm_plugins.bench.synthetic",
-    "pgenrm_plugins.prototypes.embedders", "pgenrm_plugins.prototypes.sqlite_store", "pgenrm_plugins.prototypes.postgres_store",
-    "pgenrm_plugins.prototypes.commands",  # pgenrm prototypes build/add-user/show
-    "pgenrm_plugins.recipes",  # pgenrm recipe list/show/prepare/run
-    "pgenrm_plugins.training.commands",  # pgenrm train score/eval/export
+    # the `pgenrm` commands (pgenrm_plugins/commands/)
+    "pgenrm_plugins.commands.core",
+    "pgenrm_plugins.commands.bench",
+    "pgenrm_plugins.commands.data",
+    "pgenrm_plugins.commands.prototypes",
+    "pgenrm_plugins.commands.train",
+    "pgenrm_plugins.commands.recipe",
+    "pgenrm_plugins.commands.compare",
+    "pgenrm_plugins.commands.adapters",
 )
 
 # kind -> the hook that registers it
@@ -54,6 +62,7 @@ class Entry:
     options: type[BaseModel] | None
     description: str
     distribution: str
+    adapter: Adapter | None = None  # kind "adapter": the whole registered object, capabilities included
 
 
 @lru_cache(maxsize=1)
@@ -84,10 +93,17 @@ def registry(kind: str) -> dict[str, Entry]:
     for impl in hook.get_hookimpls():
         dist = dists.get(id(impl.plugin), BUILTIN_DISTRIBUTION)
 
-        def register(name, factory, options=None, description="", _dist=dist):
+        def register(name, factory=None, options=None, description="", _dist=dist):
             entries[name] = Entry(kind, name, factory, options, description, _dist)
 
-        impl.function(register=register)
+        def register_adapter(adapter: Adapter, _dist=dist):
+            if not isinstance(adapter, Adapter):
+                raise TypeError(f"register_adapters: register() takes a pgenrm_plugins.hookspecs.Adapter, got "
+                                f"{type(adapter).__name__} (from {_dist})")
+            entries[adapter.name] = Entry(kind, adapter.name, adapter.build_reward, adapter.options,
+                                          adapter.description, _dist, adapter)
+
+        impl.function(register=register_adapter if kind == "adapter" else register)
     return entries
 
 
@@ -97,6 +113,15 @@ def get(kind: str, name: str) -> Entry:
         known = ", ".join(sorted(entries)) or "none"
         raise UnknownPluginError(f"unknown {kind} {name!r}; known {kind}s: {known}")
     return entries[name]
+
+
+def adapters() -> dict[str, Adapter]:
+    """Every registered framework adapter, by name."""
+    return {name: entry.adapter for name, entry in registry("adapter").items()}
+
+
+def adapter(name: str) -> Adapter:
+    return get("adapter", name).adapter
 
 
 def register_commands(cli) -> None:

@@ -19,9 +19,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pgenrm_plugins import plugins
 from pgenrm_plugins.config import ConfigError, load_config
-from pgenrm_plugins.hookspecs import hookimpl
-from pgenrm_plugins.prepare import LAYOUTS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # the checkout's recipes/ folder
 
@@ -104,7 +103,7 @@ def preflight(recipe: Recipe, overrides: dict[str, str] | None = None) -> list[s
     values = recipe.values(overrides)
     problems = []
     data_file = Path(values.get("data_file", ""))
-    _, _, columns = LAYOUTS[recipe.framework]
+    columns = plugins.adapter(recipe.framework).dataset.columns
     fix = f"run `pgenrm recipe prepare {recipe.name} --data ROWS.jsonl`, or --set data_file=PATH"
     if not data_file.is_file():
         problems.append(f"data_file {data_file} does not exist: {fix}")
@@ -146,7 +145,7 @@ def run(recipe: Recipe, overrides: dict[str, str] | None = None, dry_run: bool =
 
 
 # -- the `pgenrm recipe` commands ---------------------------------------------------------------
-def _parse_sets(pairs: list[str]) -> dict[str, str]:
+def parse_sets(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -154,78 +153,3 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
             raise RecipeError(f"--set {pair!r}: expected VAR=VALUE, e.g. --set policy=Qwen/Qwen3-0.6B")
         out[key.strip()] = value
     return out
-
-
-@hookimpl
-def register_commands(cli):
-    import shlex
-
-    import typer
-    from rich.console import Console
-    from rich.table import Table
-
-    app = typer.Typer(help="Ready personalized GRPO/PPO runs for TRL, verl and OpenRLHF (see recipes/).",
-                      no_args_is_help=True)
-    cli.add_typer(app, name="recipe")
-    console = Console()
-    SetOption = typer.Option([], "--set", help="Override a recipe var: --set policy=Qwen/Qwen3-0.6B (repeatable).")
-
-    def fail(exc: Exception):
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
-
-    @app.command("list")
-    def list_cmd():
-        """The recipes and what each runs."""
-        table = Table("recipe", "framework", "what it runs")
-        for name in list_recipes():
-            r = load_recipe(name)
-            table.add_row(name, r.framework, r.description)
-        console.print(table)
-
-    @app.command("show")
-    def show_cmd(name: str = typer.Argument(..., help="A recipe name (pgenrm recipe list)."), sets: list[str] = SetOption):
-        """Print the exact command and environment a recipe runs, with its vars filled."""
-        try:
-            recipe = load_recipe(name)
-            argv, env = recipe.render(_parse_sets(sets))
-        except RecipeError as exc:
-            fail(exc)
-        for key, value in env.items():
-            print(f"{key}={shlex.quote(value)} \\")
-        print(" \\\n    ".join(shlex.quote(a) for a in argv))
-
-    @app.command("prepare")
-    def prepare_cmd(
-        name: str = typer.Argument(..., help="A recipe name: its framework decides the file layout."),
-        data: Path = typer.Option(..., help="PersonalRewardBench rows (.jsonl or .parquet); train rows become prompts."),
-        sets: list[str] = SetOption,
-        strict: bool = typer.Option(False, help="Refuse the data if any row is bad (default: report and skip)."),
-    ):
-        """Turn PersonalRewardBench rows into the recipe's training file (data_file)."""
-        from pgenrm_plugins.data import BadRowsError, load_bench
-        from pgenrm_plugins.prepare import prepare
-
-        try:
-            recipe = load_recipe(name)
-            values = recipe.values(_parse_sets(sets))
-            bench = load_bench(data, strict=strict)
-            for error in bench.errors:
-                console.print(f"[yellow]skipped[/yellow] {data}: {error}")
-            path = prepare(bench, recipe.framework, Path(values["data_file"]).parent)
-        except (RecipeError, BadRowsError, FileNotFoundError, ValueError) as exc:
-            fail(exc)
-        console.print(f"wrote {path} ({recipe.framework} layout, {len(bench.split('train'))} prompts)")
-
-    @app.command("run")
-    def run_cmd(
-        name: str = typer.Argument(..., help="A recipe name (pgenrm recipe list)."),
-        sets: list[str] = SetOption,
-        dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the command, do not start it."),
-    ):
-        """Check the data, config and store, then start the framework's run."""
-        try:
-            argv = run(load_recipe(name), _parse_sets(sets), dry_run=dry_run)
-        except RecipeError as exc:
-            fail(exc)
-        print(" ".join(shlex.quote(a) for a in argv))

@@ -6,10 +6,11 @@ scoring service. They know no RL framework; adapters translate their framework's
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 
 # Other names datasets use for the two sides of a conversation: PRISM-derived and Gemini-style
 # data call the model's turn `model` (ShareGPT: `gpt`; others `bot`, `chatbot`) and the user `human`.
@@ -86,8 +87,105 @@ class ScoreRequest(BaseModel):
         return v
 
 
+# How a per-completion field of the components is cut when a merged request's result is split:
+# "values" holds one entry per completion, "indices" holds completion indices.
+def _per_completion(kind: str, default: Any = None, **kwargs) -> Any:
+    return Field(default, json_schema_extra={"per_completion": kind}, **kwargs)
+
+
+class NeighbourUse(BaseModel):
+    """One neighbour whose history scored the completions under prototype scaling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str
+    similarity: float
+    rewards: list[float | None] = _per_completion("values", [])
+
+
+class Components(BaseModel):
+    """What produced the rewards of one result. Fields made with `_per_completion` hold one entry per
+    completion (or completion indices); `split_result` cuts exactly those, nested models included.
+
+    `self` (attribute `own`) is the user's own side; under prototype scaling `neighbours` is the
+    neighbours' mean and `self` may be None (a cold-start user is scored by neighbours alone).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    mode: str = "group"
+    reader: str = "parse"  # what read the scores in this call: logprob (digit probabilities) or parse
+    criteria_mode: str = "generated"
+    own: list[float | None] | None = _per_completion("values", alias="self")
+    neighbours: list[float | None] | None = _per_completion("values")
+    prototype_id: int | None = None
+    prototype_similarity: float | None = None
+    neighbours_used: list[NeighbourUse] = Field(default_factory=list)
+    placement: str | None = None  # stored | placed | cold_start
+    weights: dict[str, float] | None = None
+    chains_sampled: int = 0
+    chains_scored: list[int] = _per_completion("values", [])
+    parse_failures: int = 0  # unreadable chains or replies, and requests with nothing to compare
+    failure_kinds: dict[str, int] = Field(default_factory=dict)
+    criteria_fallbacks: int = 0
+    failed_completions: list[int] = _per_completion("indices", [])  # got reward.neutral_value
+    ties: int = 0
+    generated_tokens: int = 0
+    criteria: list[tuple[str, float]] | None = None
+    evaluation: str | None = None
+    merged_completions: int | None = None  # set when the result was cut out of a merged request's
+
+
 class ScoreResult(BaseModel):
     """One reward per completion, each in [0, 1], plus the components that produced it."""
 
     rewards: list[float]
-    components: dict[str, Any]
+    components: Components = Field(default_factory=Components)
+
+
+def _cut(model: BaseModel, start: int, stop: int) -> BaseModel:
+    update = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        kind = (info.json_schema_extra or {}).get("per_completion")
+        if value is None:
+            continue
+        if kind == "values":
+            update[name] = value[start:stop]
+        elif kind == "indices":
+            update[name] = [i - start for i in value if start <= i < stop]
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            update[name] = [_cut(v, start, stop) for v in value]
+    return model.model_copy(update=update)
+
+
+def split_result(result: ScoreResult, start: int, stop: int) -> ScoreResult:
+    """The part of a merged request's result that belongs to its completions [start, stop)."""
+    components = _cut(result.components, start, stop).model_copy(update={"merged_completions": len(result.rewards)})
+    return ScoreResult(rewards=result.rewards[start:stop], components=components)
+
+
+def group_key(request: ScoreRequest) -> str:
+    """Requests with the same key differ only in their completions: one (user, prompt) group, which
+    may be scored as one request (persona and criteria derived once)."""
+    return json.dumps(request.model_dump(mode="json", exclude={"completions"}), sort_keys=True)
+
+
+def merge_groups(requests: Sequence[ScoreRequest]) -> tuple[list[ScoreRequest], list[tuple[int, int, int]]]:
+    """Requests of one group merged into one holding all their completions, in order of first
+    appearance; and for each given request (merged index, first completion, end completion)."""
+    merged: list[ScoreRequest] = []
+    completions: list[list[str]] = []
+    index: dict[str, int] = {}
+    spans = []
+    for request in requests:
+        key = group_key(request)
+        if key not in index:
+            index[key] = len(merged)
+            merged.append(request)
+            completions.append([])
+        m = index[key]
+        start = len(completions[m])
+        completions[m].extend(request.completions)
+        spans.append((m, start, len(completions[m])))
+    return [r.model_copy(update={"completions": cs}) for r, cs in zip(merged, completions)], spans

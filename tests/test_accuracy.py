@@ -11,9 +11,9 @@ from conftest import make_config
 from typer.testing import CliRunner
 
 from pgenrm_plugins.backends.base import GenerationRequest
+from pgenrm_plugins.backends.cache import CachingBackend
 from pgenrm_plugins.bench.accuracy import AccuracyError, judgement, parse_setting, run_accuracy, summarize
-from pgenrm_plugins.bench.cache import CachingBackend
-from pgenrm_plugins.bench.synthetic import generate, write_bench
+from pgenrm_plugins.datasets.synthetic import generate, write_bench
 from pgenrm_plugins.types import ScoreResult
 
 # Short everything: two history pairs, texts clipped, 24-token chains.

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from pgenrm_plugins import plugins
-from pgenrm_plugins.compare import DEFAULT_REQUESTS, adapter_parity
+from pgenrm_plugins.frameworks.parity import DEFAULT_REQUESTS, adapter_parity
 from pgenrm_plugins.scoring import Scorer
 from pgenrm_plugins.types import ScoreRequest
 

@@ -20,12 +20,17 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from pgenrm_plugins.bench.synthetic import generate, write_bench
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain.parser import parse_chain
-from pgenrm_plugins.data import load_bench
+from pgenrm_plugins.datasets.bench import load_bench
+from pgenrm_plugins.datasets.synthetic import generate, write_bench
 from pgenrm_plugins.training.chain_stages import (
-    TeacherLog, canonical_chain, chain_rewards, draw_pairs, raw_chain, verdict,
+    TeacherLog,
+    canonical_chain,
+    chain_rewards,
+    draw_pairs,
+    raw_chain,
+    verdict,
 )
 
 TINY = dict(history_pairs=1, max_chars=80, threads=1, progress=False)
@@ -178,7 +183,7 @@ def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(r
     [result] = scorer.score([{"user_id": "u", "history": history, "prompt": "How do I boil an egg?",
                               "completions": ["Boil it 9 minutes.", "Eggs are versatile and there are many ways."]}])
     assert len(result.rewards) == 2 and all(math.isfinite(r) and 0.0 <= r <= 1.0 for r in result.rewards)
-    assert result.components["criteria_mode"] == "generated" and result.components["chains_sampled"] == 1
+    assert result.components.criteria_mode == "generated" and result.components.chains_sampled == 1
 
     # the process reward, asked of a real backend (here the trained judge itself)
     from pgenrm_plugins.types import HistoryItem

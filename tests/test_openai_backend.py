@@ -13,8 +13,7 @@ import pytest
 from llama_server import LlamaServer, free_port, llama_server  # noqa: F401  (fixture)
 from pydantic import ValidationError
 
-from pgenrm_plugins.backends.base import Backend, GenerationRequest
-from pgenrm_plugins.backends.base import BackendError
+from pgenrm_plugins.backends.base import Backend, BackendError, GenerationRequest
 from pgenrm_plugins.backends.openai_backend import OpenAIBackend, OpenAIOptions, register_backends
 
 pytestmark = pytest.mark.server
@@ -256,6 +255,6 @@ def test_scorer_over_a_real_server(llama_server):  # noqa: F811
                                   "history": [{"prompt": "Name a colour.", "chosen": "Red.", "rejected": "Colours are..."}]}])
     finally:
         scorer.close()
-    assert result.components["reader"] == "logprob"
+    assert result.components.reader == "logprob"
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
-    assert result.components["chains_scored"] == [1, 1]
+    assert result.components.chains_scored == [1, 1]

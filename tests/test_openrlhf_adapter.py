@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import pytest
 
 import pgenrm_openrlhf.reward as openrlhf_reward
-from pgenrm_plugins.coalescing import SAMPLE_COMPONENT_KEYS
-from pgenrm_plugins.server.openrlhf import prompt_of
+from pgenrm_plugins.frameworks.logs import LOG_KEYS
+from pgenrm_plugins.frameworks.openrlhf import prompt_of
+
+SAMPLE_COMPONENT_KEYS = tuple("pgenrm_" + k for k in LOG_KEYS)  # what every sample logs
 
 FAST = {"sampling": {"chains": 1, "max_new_tokens": 32, "seed": 7}}
 HISTORY = [{"prompt": "What is a good name for a cat?", "chosen": "Miso.",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from pgenrm_plugins.bench.answer_bank import BANK
-from pgenrm_plugins.bench.synthetic import render_answer
 from pgenrm_plugins.chain import prompts
+from pgenrm_plugins.datasets.answer_bank import BANK
+from pgenrm_plugins.datasets.synthetic import render_answer
 from pgenrm_plugins.types import HistoryItem
 
 BASE = {"length": 1, "structure": -1, "tone": 1, "examples": -1, "caveats": -1}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prototype_helpers import load_embedder, make_rows, write_jsonl
 
-from pgenrm_plugins.data import BadRowsError
+from pgenrm_plugins.datasets.bench import BadRowsError
 from pgenrm_plugins.prototypes.builder import add_user, auto_k, build_prototypes, kmeans, pair_embeddings
 from pgenrm_plugins.prototypes.sources import SourceSettings, render_synthesis
 from pgenrm_plugins.prototypes.sqlite_store import SQLiteStore
@@ -31,7 +31,7 @@ class Interrupted(Exception):
 def test_updater_lowers_the_loss_and_is_deterministic(tmp_path, embedder):
     store = SQLiteStore(path=str(tmp_path / "s.sqlite"))
     build = store.begin_build({"t": 1})
-    from pgenrm_plugins.data import load_bench
+    from pgenrm_plugins.datasets.bench import load_bench
     from pgenrm_plugins.prototypes.base import UserRecord
 
     data = load_bench(write_jsonl(tmp_path / "rows.jsonl", make_rows()))

@@ -12,8 +12,8 @@ from prototype_helpers import load_embedder, make_rows, write_jsonl
 from typer.testing import CliRunner
 
 from pgenrm_plugins import cli
+from pgenrm_plugins.commands import prototypes as commands
 from pgenrm_plugins.config import ConfigError, load_config
-from pgenrm_plugins.prototypes import commands
 from pgenrm_plugins.prototypes.builder import build_prototypes
 from pgenrm_plugins.prototypes.sources import SourceSettings
 from pgenrm_plugins.prototypes.sqlite_store import SQLiteStore
@@ -59,43 +59,74 @@ def test_known_unknown_and_cold_start_users(store_path, judge, embedder):
     members = {u.user_id: u for u in scorer.store.users()}
     for result, placement in zip(results, ("stored", "placed", "cold_start")):
         c = result.components
-        assert c["placement"] == placement
+        assert c.placement == placement
         assert all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
-        assert isinstance(c["prototype_id"], int) and 0 <= c["prototype_id"] < 2
-        assert 1 <= len(c["neighbours_used"]) <= 2
-        for nb in c["neighbours_used"]:
-            assert nb["user_id"] in members and members[nb["user_id"]].prototype_id == c["prototype_id"]
-            assert -1.0 <= nb["similarity"] <= 1.0 and len(nb["rewards"]) == 2
-        assert c["chains_sampled"] == len(c["neighbours_used"]) + (c["self"] is not None)
+        assert isinstance(c.prototype_id, int) and 0 <= c.prototype_id < 2
+        assert 1 <= len(c.neighbours_used) <= 2
+        for nb in c.neighbours_used:
+            assert nb.user_id in members and members[nb.user_id].prototype_id == c.prototype_id
+            assert -1.0 <= nb.similarity <= 1.0 and len(nb.rewards) == 2
+        assert c.chains_sampled == len(c.neighbours_used) + (c.own is not None)
     k, u, cs = (r.components for r in results)
-    assert "brief-0" not in [nb["user_id"] for nb in k["neighbours_used"]]  # never one's own neighbour
+    assert "brief-0" not in [nb.user_id for nb in k.neighbours_used]  # never one's own neighbour
     # the known user's stored history was used: the self side scored
-    assert k["self"] is not None and u["self"] is not None
+    assert k.own is not None and u.own is not None
     # c_self / c_neighbours combination, renormalised over the sides that scored
     for result in results[:2]:
         c = result.components
         for ci, reward in enumerate(result.rewards):
-            if c["self"][ci] is not None and c["neighbours"][ci] is not None:
-                assert reward == pytest.approx(0.25 * c["self"][ci] + 0.75 * c["neighbours"][ci])
+            if c.own[ci] is not None and c.neighbours[ci] is not None:
+                assert reward == pytest.approx(0.25 * c.own[ci] + 0.75 * c.neighbours[ci])
             else:
-                assert reward in (c["self"][ci], c["neighbours"][ci])
+                assert reward in (c.own[ci], c.neighbours[ci])
     # cold start: no history, so neighbours alone
-    assert cs["self"] is None
-    assert results[2].rewards == pytest.approx([v for v in cs["neighbours"]])
+    assert cs.own is None
+    assert results[2].rewards == pytest.approx([v for v in cs.neighbours])
     # the neighbours' mean is the mean of their rewards
     for ci in range(2):
-        scored = [nb["rewards"][ci] for nb in k["neighbours_used"] if nb["rewards"][ci] is not None]
-        assert k["neighbours"][ci] == pytest.approx(sum(scored) / len(scored))
+        scored = [nb.rewards[ci] for nb in k.neighbours_used if nb.rewards[ci] is not None]
+        assert k.neighbours[ci] == pytest.approx(sum(scored) / len(scored))
 
 
 def test_a_side_with_no_weight_is_not_scored(store_path, judge, embedder):
     only_neighbours = scorer_for(store_path, judge, embedder, c_self=0.0, c_neighbours=1.0, top_k=1)
     c = only_neighbours.score_one({"user_id": "long-1", "prompt": PROMPT, "completions": COMPLETIONS[:1]}).components
-    assert c["self"] is None and len(c["neighbours_used"]) == 1
+    assert c.own is None and len(c.neighbours_used) == 1
     only_self = scorer_for(store_path, judge, embedder, c_self=1.0, c_neighbours=0.0)
     result = only_self.score_one({"user_id": "long-1", "prompt": PROMPT, "completions": COMPLETIONS[:1]})
     c = result.components
-    assert c["neighbours"] is None and c["neighbours_used"] == [] and result.rewards == c["self"]
+    assert c.neighbours is None and c.neighbours_used == [] and result.rewards == c.own
+
+
+def test_prototype_scaling_through_the_batcher_with_merged_requests(store_path, judge, embedder):
+    """Two callers send one completion each for the same (user, prompt): the batcher merges them
+    into one request, and each caller gets exactly its own slice of every per-completion field,
+    the neighbours' rewards included."""
+    import asyncio
+
+    from pgenrm_plugins.frameworks.batching import Batcher
+    from pgenrm_plugins.types import ScoreRequest
+
+    scorer = scorer_for(store_path, judge, embedder, c_self=0.25, c_neighbours=0.75)
+    base = {"user_id": "brief-0", "prompt": PROMPT}
+    whole = scorer.score_one({**base, "completions": COMPLETIONS}).components
+    batcher = Batcher(scorer.score, max_wait_ms=500)
+
+    async def two_callers():
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit([ScoreRequest(**base, completions=[c])]) for c in COMPLETIONS))
+        finally:
+            await batcher.stop()
+
+    parts = [part for (part,) in asyncio.run(two_callers())]
+    assert batcher.batches == 1 and len(whole.neighbours_used) >= 1
+    for ci, part in enumerate(parts):
+        c = part.components
+        assert c.merged_completions == 2 and len(part.rewards) == 1
+        assert (c.own, c.neighbours, c.chains_scored) == ([whole.own[ci]], [whole.neighbours[ci]], [whole.chains_scored[ci]])
+        assert [nb.rewards for nb in c.neighbours_used] == [[nb.rewards[ci]] for nb in whole.neighbours_used]
+        assert [nb.user_id for nb in c.neighbours_used] == [nb.user_id for nb in whole.neighbours_used]
 
 
 def test_prototypes_need_a_store_and_some_weight():

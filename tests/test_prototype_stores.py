@@ -21,7 +21,7 @@ import pytest
 
 from pgenrm_plugins.config import EmbedderConfig, StoreConfig
 from pgenrm_plugins.prototypes.base import PrototypeSet, PrototypeStore, StoreError, UserRecord
-from pgenrm_plugins.prototypes.pg_local import LocalPostgres, find_bindir
+from pgenrm_plugins.testing.postgres import LocalPostgres, find_bindir
 
 DIM = 16
 
@@ -391,8 +391,9 @@ def test_newer_schema_is_refused(spec, store):
 
 
 def test_store_options_are_validated():
-    from pgenrm_plugins.config import ConfigError  # noqa: F401  (options errors come from pydantic)
     from pydantic import ValidationError
+
+    from pgenrm_plugins.config import ConfigError  # noqa: F401  (options errors come from pydantic)
 
     with pytest.raises(ValidationError, match="lower-case SQL identifier"):
         StoreConfig(name="postgres", options={"dsn": "x", "schema": "Robert'); DROP"}).build("store")

@@ -16,8 +16,8 @@ import time
 import httpx
 import pytest
 
+from pgenrm_plugins.frameworks.openrlhf import prompt_of
 from pgenrm_plugins.scoring import Scorer
-from pgenrm_plugins.server.openrlhf import prompt_of
 
 try:
     import ray

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pgenrm_plugins.bench.synthetic import generate_rows, write_rows
+from pgenrm_plugins import plugins
 from pgenrm_plugins.config import load_config
-from pgenrm_plugins.data import load_bench
-from pgenrm_plugins.prepare import LAYOUTS, prepare
+from pgenrm_plugins.datasets.bench import load_bench
+from pgenrm_plugins.datasets.synthetic import generate_rows, write_rows
+from pgenrm_plugins.frameworks.prepare import prepare
 from pgenrm_plugins.recipes import RecipeError, list_recipes, load_recipe, preflight, run
 
 GPU_RECIPES = ["trl-grpo", "verl-grpo", "verl-ppo", "openrlhf-grpo", "openrlhf-ppo"]
@@ -33,7 +34,7 @@ def bench(tmp_path_factory):
 def prepared(bench, tmp_path_factory):
     """Each framework's training file, written by the shared data preparation."""
     root = tmp_path_factory.mktemp("prepared")
-    return {fw: prepare(bench, fw, root / fw) for fw in LAYOUTS}
+    return {fw: prepare(bench, fw, root / fw) for fw in plugins.adapters()}
 
 
 def overrides(recipe, prepared) -> dict[str, str]:

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from pgenrm_plugins import cli
-from pgenrm_plugins.data import load_bench, read_bench_rows
-from pgenrm_plugins.prototypes import commands
+from pgenrm_plugins.datasets.bench import load_bench, read_bench_rows
+from pgenrm_plugins.commands import prototypes as commands
 from pgenrm_plugins.prototypes.sqlite_store import SQLiteStore
 from pgenrm_plugins.requests_io import LineError, read_requests
 from pgenrm_plugins.types import HistoryItem, Message, ScoreRequest, as_messages
@@ -158,7 +158,7 @@ def test_cli_refuses_a_robot_row_by_line_and_field(tmp_path, embedder):
 
 def test_framework_fields_normalise_the_aliases_too():
     """The adapters read prompts and completions through user_fields, not through Message alone."""
-    from pgenrm_plugins.user_fields import completion_text, read_messages
+    from pgenrm_plugins.frameworks.user_fields import completion_text, read_messages
 
     assert read_messages([{"role": "human", "content": "Hi"}, {"role": "model", "content": "Hello"}]) == [
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]

@@ -20,11 +20,11 @@ def test_group_mode_reads_scores_by_probability(judge, request_row):
     [result] = scorer.score([request_row])
     check_rewards(result, 3)
     c = result.components
-    assert c["mode"] == "group" and c["reader"] == "logprob"
-    assert c["chains_sampled"] == 2  # persona + criteria once per (user, prompt), N = 2
-    assert c["chains_scored"] == [2, 2, 2]  # every completion scored under both chains
-    assert c["self"] == result.rewards and c["prototype_id"] is None
-    assert c["evaluation"].startswith("<evaluation>")
+    assert c.mode == "group" and c.reader == "logprob"
+    assert c.chains_sampled == 2  # persona + criteria once per (user, prompt), N = 2
+    assert c.chains_scored == [2, 2, 2]  # every completion scored under both chains
+    assert c.own == result.rewards and c.prototype_id is None
+    assert c.evaluation.startswith("<evaluation>")
     # one generate call for the whole group; the questions reuse the chain's prefix
     assert judge.stats.generate_calls == 1
     assert judge.stats.extra["prefix_tokens_reused"] > 0
@@ -37,10 +37,15 @@ def test_group_mode_with_parsed_scores(judge, request_row):
     [result] = scorer.score([request_row])
     check_rewards(result, 3)
     c = result.components
-    assert c["reader"] == "parse" and c["chains_sampled"] == 2
-    # whatever the small judge wrote, every chain is accounted for: scored or counted as failed
-    assert c["parse_failures"] == sum(c["failure_kinds"].values())
-    assert all(k <= 2 for k in c["chains_scored"])
+    assert c.reader == "parse" and c.chains_sampled == 2
+    # Whatever the small judge wrote, every chain is accounted for. Of the 2 chains, k had readable
+    # criteria; the other 2 - k count one failure each, and of the k * 3 score replies those not
+    # scored count one each: parse_failures = (2 - k) + (3k - scored), so k is a whole number in 0..2.
+    scored = sum(c.chains_scored)
+    k, odd = divmod(c.parse_failures + scored - 2, 2)
+    assert odd == 0 and 0 <= k <= 2 and scored <= 3 * k, (c.parse_failures, c.chains_scored)
+    assert sum(c.failure_kinds.values()) == c.parse_failures
+    assert all(n <= 2 for n in c.chains_scored)
 
 
 @pytest.mark.parametrize("mode", ["pointwise", "pairwise"])
@@ -49,10 +54,10 @@ def test_full_chain_modes(judge, request_row, mode):
     [result] = scorer.score([request_row])
     check_rewards(result, 3)
     c = result.components
-    assert c["mode"] == mode and c["reader"] == "parse"
-    assert c["chains_sampled"] == 2 * 3  # N chains for every completion (or pair)
-    for ci, scored in enumerate(c["chains_scored"]):
-        assert (scored == 0) == (ci in c["failed_completions"])
+    assert c.mode == mode and c.reader == "parse"
+    assert c.chains_sampled == 2 * 3  # N chains for every completion (or pair)
+    for ci, scored in enumerate(c.chains_scored):
+        assert (scored == 0) == (ci in c.failed_completions)
 
 
 def test_pairwise_needs_a_reference(judge, request_row):
@@ -67,8 +72,8 @@ def test_unparseable_chains_follow_the_failure_policy(judge, request_row):
     tiny = {"sampling": {"max_new_tokens": 8}, "reward": {"mode": "pointwise", "neutral_value": 0.25}}
     [result] = Scorer(make_config(**tiny), backend=judge).score([request_row])
     assert result.rewards == [0.25, 0.25, 0.25]
-    assert result.components["failed_completions"] == [0, 1, 2]
-    assert result.components["parse_failures"] == 6
+    assert result.components.failed_completions == [0, 1, 2]
+    assert result.components.parse_failures == 6
     tiny["reward"]["failure_policy"] = "raise"
     with pytest.raises(ScoringError, match="completion 0 got no score from 6 chains"):
         Scorer(make_config(**tiny), backend=judge).score([request_row])
@@ -118,8 +123,8 @@ def test_direct_format_is_the_embedded_default_and_shares_the_history_prefix(jud
     [result] = scorer.score([request_row])
     check_rewards(result, 3)
     c = result.components
-    assert c["criteria_mode"] == "none" and c["reader"] == "logprob"
-    assert c["chains_sampled"] == 3 and c["chains_scored"] == [3, 3, 3] and c["generated_tokens"] == 0
+    assert c.criteria_mode == "none" and c.reader == "logprob"
+    assert c.chains_sampled == 3 and c.chains_scored == [3, 3, 3] and c.generated_tokens == 0
     assert judge.stats.generate_calls == 0 and judge.stats.prob_calls == 3  # one call per history view
     assert judge.stats.extra["prefix_tokens_reused"] > 0
     # the same request alone or with batch-mates: the same rewards
@@ -156,7 +161,7 @@ def test_compared_completions_split_each_comparison(judge, request_row):
     [result] = scorer.score([two])
     check_rewards(result, 2)
     assert result.rewards[0] + result.rewards[1] == pytest.approx(1.0, abs=1e-9)
-    assert judge.stats.prob_calls == 2 and result.components["chains_scored"] == [2, 2]
+    assert judge.stats.prob_calls == 2 and result.components.chains_scored == [2, 2]
     [swapped] = scorer.score([dict(two, completions=two["completions"][::-1])])
     assert swapped.rewards == pytest.approx(result.rewards[::-1], abs=1e-4)
     [three] = scorer.score([request_row])
@@ -169,10 +174,10 @@ def test_a_lone_compared_completion_is_compared_with_its_reference(judge, reques
     lone = dict(request_row, completions=request_row["completions"][:1])
     [result] = scorer.score([lone])
     check_rewards(result, 1)
-    assert result.components["chains_scored"] == [1]
+    assert result.components.chains_scored == [1]
     # with nothing to compare it with, the failure policy decides, and says why
     [alone] = scorer.score([dict(lone, reference=None)])
-    assert alone.rewards == [0.5] and alone.components["failure_kinds"] == {"nothing_to_compare": 1}
+    assert alone.rewards == [0.5] and alone.components.failure_kinds == {"nothing_to_compare": 1}
     strict = Scorer({"sampling": {"chains": 1}, "reward": {"criteria": "none", "compare": True, "failure_policy": "raise"}},
                     backend=judge)
     with pytest.raises(ScoringError, match="nothing_to_compare"):

@@ -20,10 +20,11 @@ import httpx
 import pytest
 import uvicorn
 
+from pgenrm_plugins.frameworks.logs import LOG_KEYS
+from pgenrm_plugins.frameworks.openrlhf import completion_of, prompt_of
 from pgenrm_plugins.scoring import Scorer
 from pgenrm_plugins.server.app import ServerSettings, create_app
 from pgenrm_plugins.server.client import ScoringClient, ScoringClientError
-from pgenrm_plugins.server.openrlhf import completion_of, prompt_of
 from pgenrm_plugins.types import ScoreRequest, ScoreResult
 
 # The shortest chains the config allows: the judge runs end to end (chain, criteria fallback, logprob
@@ -136,7 +137,7 @@ def test_score_endpoint_with_the_judge(judge_scorer):
         one = ScoreResult.model_validate(r.json())
         assert one.rewards == pytest.approx(expected.rewards, abs=1e-5)
         assert all(0.0 <= x <= 1.0 for x in one.rewards)
-        assert one.components["chains_sampled"] == 1
+        assert one.components.chains_sampled == 1
         assert httpx.get(f"{srv.url}/healthz").json()["status"] == "ok"
 
 
@@ -182,8 +183,7 @@ def test_openrlhf_client_gets_rewards_and_requests_are_coalesced(judge_scorer):
         user = "cal" if resp == "Count sheep." else "bea"
         assert reply["rewards"] == [pytest.approx(expected[(user, resp)], abs=1e-5)]
         assert reply["scores"] == reply["rewards"]
-        assert set(reply["extra_logs"]) == {"pgenrm_chains_sampled", "pgenrm_parse_failures",
-                                            "pgenrm_criteria_fallbacks", "pgenrm_failed", "pgenrm_merged_completions"}
+        assert list(reply["extra_logs"]) == ["pgenrm_" + k for k in LOG_KEYS]  # the file form's keys too
         assert all(isinstance(v, float) for vs in reply["extra_logs"].values() for v in vs)
         assert reply["extra_logs"]["pgenrm_merged_completions"] == [4.0 if user == "bea" else 1.0]
     assert "pgenrm_batch_completions_bucket" in metrics and "pgenrm_queue_depth" in metrics

@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pgenrm_plugins.bench.answer_bank import BANK
-from pgenrm_plugins.bench.synthetic import (
-    ATTRIBUTES, detect_attributes, generate, generate_rows, load_truth, row_key, truth_path_for, utility, write_bench,
+from pgenrm_plugins.datasets.answer_bank import BANK
+from pgenrm_plugins.datasets.bench import load_bench
+from pgenrm_plugins.datasets.synthetic import (
+    ATTRIBUTES,
+    detect_attributes,
+    generate,
+    generate_rows,
+    load_truth,
+    row_key,
+    truth_path_for,
+    utility,
+    write_bench,
 )
-from pgenrm_plugins.data import load_bench
 
 
 def test_same_seed_same_rows_other_seed_other_rows():

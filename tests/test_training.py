@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from pgenrm_plugins.bench.synthetic import generate, write_bench
-from pgenrm_plugins.data import load_bench
+from pgenrm_plugins.datasets.bench import load_bench
+from pgenrm_plugins.datasets.synthetic import generate, write_bench
 from pgenrm_plugins.training.items import HIGH, LOW, ItemSettings, ItemSource, degenerate
 
 
@@ -97,5 +97,5 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
     [result] = scorer.score([{"user_id": "u", "history": [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}],
                               "prompt": "How do I boil an egg?", "completions": ["Boil it 9 minutes.", "Eggs."]}])
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
-    assert result.components["criteria_mode"] == "none" and result.components["chains_sampled"] == 2
-    assert result.components["reader"] == "logprob"
+    assert result.components.criteria_mode == "none" and result.components.chains_sampled == 2
+    assert result.components.reader == "logprob"

@@ -159,10 +159,10 @@ def test_plain_batch_groups_order_and_metrics(reward):
         assert rec.metrics["pgenrm/generated_tokens"][0] > 0
     else:  # a trained judge's own format reads one digit: nothing generated
         assert rec.metrics["pgenrm/generated_tokens"] == [0.0]
-    for name in ("parse_failures", "criteria_fallbacks", "neutral_rewards", "invalid_rows", "seconds"):
+    for name in ("parse_failures", "criteria_fallbacks", "neutral", "invalid", "seconds"):
         (value,) = rec.metrics[f"pgenrm/{name}"]
         assert isinstance(value, float) and math.isfinite(value)
-    assert rec.metrics["pgenrm/invalid_rows"] == [0.0]
+    assert rec.metrics["pgenrm/invalid"] == [0.0]
 
     # Interleaved (non-consecutive) completions of the same groups: each still gets its own reward.
     # (Through the synchronous variant, which must give the same numbers.)
@@ -187,7 +187,7 @@ def test_conversational_batch(reward):
     )
     assert len(rewards) == 4 and all(math.isfinite(r) and 0.0 <= r <= 1.0 for r in rewards)
     assert rec.metrics["pgenrm/groups"] == [2.0]
-    assert rec.metrics["pgenrm/invalid_rows"] == [0.0]
+    assert rec.metrics["pgenrm/invalid"] == [0.0]
 
 
 # -- bad input ----------------------------------------------------------------------------------------
@@ -217,33 +217,15 @@ def test_bad_history_rows_get_a_counted_neutral_reward(reward):
     rewards = trl_call(reward, prompts, completions, rec, **columns)
     assert len(rewards) == 4 and all(r is not None and math.isfinite(r) for r in rewards)
     assert rewards[2:] == [0.5, 0.5]  # reward.neutral_value
-    assert rec.metrics["pgenrm/invalid_rows"] == [2.0]
-    assert rec.metrics["pgenrm/neutral_rewards"][0] >= 2.0
+    assert rec.metrics["pgenrm/invalid"] == [2.0]
+    assert rec.metrics["pgenrm/neutral"][0] >= 2.0
     assert rec.metrics["pgenrm/groups"] == [1.0]
 
     # A history item with a missing field is unreadable too (validated by the core's types).
     columns["history"] = [HISTORY, HISTORY, [{"prompt": "x", "chosen": "y"}]] * 1 + [[{"prompt": "x", "chosen": "y"}]]
     rec = Recorder()
     rewards = trl_call(reward, prompts, completions, rec, **columns)
-    assert rewards[2:] == [0.5, 0.5] and rec.metrics["pgenrm/invalid_rows"] == [2.0]
-
-
-def test_history_shapes_a_dataset_may_hold():
-    from pgenrm_trl.adapter import _history
-
-    assert _history(None) == [] and _history("") == [] and _history("[]") == []
-    assert _history(json.dumps(HISTORY)) == HISTORY
-    # how `datasets` decodes a Sequence of structs: a dict of lists
-    columnar = {k: [HISTORY[0][k]] for k in ("prompt", "chosen", "rejected")}
-    assert _history(columnar) == HISTORY
-    # PersonalRewardBench style: `context` messages, {role, content} answers, extra fields
-    bench = [{"context": [{"role": "user", "content": "Hi"}], "chosen": {"role": "assistant", "content": "Hey."},
-              "rejected": {"role": "assistant", "content": "Greetings, dear user."}, "chosen_score": 5, "split": "train"}]
-    assert _history(bench) == [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hey.",
-                                "rejected": "Greetings, dear user."}]
-    for bad in ("{not json", 42, [1, 2], {"prompt": ["a"], "chosen": []}):
-        with pytest.raises(ValueError):
-            _history(bad)
+    assert rewards[2:] == [0.5, 0.5] and rec.metrics["pgenrm/invalid"] == [2.0]
 
 
 def test_bad_history_raises_under_raise_policy(judge):
@@ -286,7 +268,7 @@ def test_grpo_trainer_trains_two_steps_with_pgenrm(judge, tmp_path):
         assert math.isfinite(entry["rewards/pgenrm/mean"]) and 0.0 <= entry["rewards/pgenrm/mean"] <= 1.0
         assert entry["pgenrm/groups"] == 1.0  # 4 completions of one prompt: one group, one criteria chain
         assert entry["pgenrm/chains_sampled"] == 1.0
-        assert entry["pgenrm/invalid_rows"] == 0.0
+        assert entry["pgenrm/invalid"] == 0.0
 
 
 def test_rloo_trainer_takes_the_same_reward(judge, tmp_path):

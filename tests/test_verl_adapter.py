@@ -24,8 +24,10 @@ import torch
 from llama_server import llama_server  # noqa: F401  (module fixture: a real llama.cpp server)
 
 import pgenrm_verl.reward as verl_reward
-from pgenrm_plugins.coalescing import SAMPLE_COMPONENT_KEYS
-from pgenrm_plugins.user_fields import UserFieldError
+from pgenrm_plugins.frameworks.logs import LOG_KEYS
+from pgenrm_plugins.frameworks.user_fields import UserFieldError
+
+SAMPLE_COMPONENT_KEYS = tuple("pgenrm_" + k for k in LOG_KEYS)  # what every sample logs
 
 FAST = {"sampling": {"chains": 1, "max_new_tokens": 32, "seed": 7}}
 ONE_LINE = ["reward.custom_reward_function.path=pkg://pgenrm_verl.reward", "reward.custom_reward_function.name=compute_score"]

@@ -107,7 +107,7 @@ def run_lookup(sizes: Sequence[int], dim: int = 384, prototypes: int = 100, top_
                     dsn = postgres_dsn or os.environ.get("PGENRM_POSTGRES_DSN")
                     if not dsn:
                         if local_pg is None:
-                            from pgenrm_plugins.prototypes.pg_local import LocalPostgres
+                            from pgenrm_plugins.testing.postgres import LocalPostgres
 
                             with console.status("starting a private PostgreSQL server..."):
                                 local_pg = LocalPostgres().start()

@@ -89,8 +89,8 @@ def run_speed(config_path, prompts: int, completions: int, chains: int, max_new_
             results = scorer.score(batch)
             seconds = time.perf_counter() - start
         st = backend.stats
-        failures = sum(r.components["parse_failures"] for r in results)
-        neutral = sum(len(r.components["failed_completions"]) for r in results)
+        failures = sum(r.components.parse_failures for r in results)
+        neutral = sum(len(r.components.failed_completions) for r in results)
         rows[name] = {
             "seconds": seconds,
             "rewards_per_s": n_rewards / seconds,

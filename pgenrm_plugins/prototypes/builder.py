@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pgenrm_plugins.data import load_bench
+from pgenrm_plugins.datasets.bench import load_bench
 from pgenrm_plugins.prototypes.base import PrototypeSet, UserRecord
 from pgenrm_plugins.prototypes.sources import SourceSettings, embed_users, prompt_text
 from pgenrm_plugins.prototypes.updater import UpdaterSettings, UserPairs, refine_prototypes

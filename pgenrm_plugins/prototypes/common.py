@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from pgenrm_plugins.prototypes.base import PrototypeSet, StoreError, UserRecord
 from pgenrm_plugins.types import HistoryItem
 
+
 class ThreadConnections:
     """One database connection per thread (neither sqlite3 connections nor a psycopg transaction may be
     shared by concurrent threads), all closed together. A store subclasses it and defines `_open()`."""

@@ -23,7 +23,6 @@ import numpy as np
 from pgenrm_plugins.prototypes.base import Lookup, Neighbour, StoreError
 from pgenrm_plugins.prototypes.common import as_unit_vector, nearest_prototype
 
-
 try:
     from threadpoolctl import ThreadpoolController  # comes with scikit-learn
 

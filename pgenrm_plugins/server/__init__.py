@@ -21,7 +21,7 @@ def __getattr__(name):
 
         return getattr(app, name)
     if name == "Batcher":
-        from pgenrm_plugins.server.batcher import Batcher
+        from pgenrm_plugins.frameworks.batching import Batcher
 
         return Batcher
     if name in ("ScoringClient", "ScoringClientError"):

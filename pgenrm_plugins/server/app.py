@@ -2,7 +2,7 @@
 
 Endpoints:
   POST /v1/score     one ScoreRequest JSON object or a list -> one ScoreResult or a list
-  POST /get_reward   OpenRLHF's remote reward protocol (see `server/openrlhf.py`)
+  POST /get_reward   OpenRLHF's remote reward protocol (see `frameworks/openrlhf.py`)
   GET  /healthz      liveness and queue state (never needs the token)
   GET  /metrics      Prometheus text
 
@@ -27,9 +27,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pgenrm_plugins.frameworks import openrlhf
+from pgenrm_plugins.frameworks.batching import Batcher, BatcherClosed, ScorerFailed
 from pgenrm_plugins.requests_io import describe_validation_error
-from pgenrm_plugins.server import openrlhf
-from pgenrm_plugins.server.batcher import Batcher, BatcherClosed, ScorerFailed
 from pgenrm_plugins.server.metrics import Metrics
 from pgenrm_plugins.types import ScoreRequest
 
@@ -115,11 +115,13 @@ def _parse_score_body(body: Any, s: ServerSettings) -> tuple[list[ScoreRequest],
 
 def _check_mode(scorer, reqs: list[ScoreRequest]) -> None:
     """Refuse what would fail the scorer here, so one bad request never fails its batch-mates."""
+    from pgenrm_plugins.scoring import check_references
+
     mode = getattr(getattr(getattr(scorer, "config", None), "reward", None), "mode", None)
-    if mode == "pairwise":
-        for i, r in enumerate(reqs):
-            if r.reference is None:
-                raise HTTPProblem(422, f"request {i}: field 'reference' is required in pairwise mode", "invalid")
+    try:
+        check_references(reqs, mode)
+    except ValueError as exc:
+        raise HTTPProblem(422, str(exc), "invalid") from None
 
 
 def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI:

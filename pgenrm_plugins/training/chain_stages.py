@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain.parser import ParsedChain, ParseFailure, parse_chain
-from pgenrm_plugins.data import load_bench
+from pgenrm_plugins.datasets.bench import load_bench
 from pgenrm_plugins.judge import BASE_MODEL, base_model_dir, is_adapter, read_manifest, write_manifest
 from pgenrm_plugins.training.items import ItemSettings, ItemSource
 from pgenrm_plugins.training.run import file_hash, peak_rss_mib

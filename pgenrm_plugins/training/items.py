@@ -17,7 +17,7 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from pgenrm_plugins.data import BenchData
+from pgenrm_plugins.datasets.bench import BenchData
 from pgenrm_plugins.types import HistoryItem, Prompt
 
 HIGH, LOW = "9", "1"

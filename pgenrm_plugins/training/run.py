@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from pgenrm_plugins.data import load_bench
+from pgenrm_plugins.datasets.bench import load_bench
 from pgenrm_plugins.judge import base_model_dir, write_manifest
 from pgenrm_plugins.training.items import ItemSettings, ItemSource
 

@@ -86,11 +86,11 @@ def main(argv=None):
 
     from pgenrm_plugins.backends.embedded import embedded_model_dir
     from pgenrm_plugins.backends.transformers_backend import TransformersBackend
-    from pgenrm_plugins.bench.synthetic import generate, write_bench
     from pgenrm_plugins.config import load_config
-    from pgenrm_plugins.data import load_bench
+    from pgenrm_plugins.datasets.bench import load_bench
+    from pgenrm_plugins.datasets.synthetic import generate, write_bench
+    from pgenrm_plugins.frameworks.prepare import training_prompts
     from pgenrm_plugins.judge import shipped_judge
-    from pgenrm_plugins.prepare import training_prompts, trl_record
     from pgenrm_plugins.prototypes.builder import build_prototypes
     from pgenrm_plugins.prototypes.sources import SourceSettings
     from pgenrm_plugins.scoring import Scorer
@@ -126,9 +126,11 @@ def main(argv=None):
     # 3. GRPO ----------------------------------------------------------------------------------
     console.rule("[bold]3/4 personalized GRPO (TRL, SmolLM2-135M policy)")
     from datasets import Dataset
-    from pgenrm_trl import PGenRMReward
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
+
+    from pgenrm_trl import PGenRMReward
+    from pgenrm_trl.plugin import dataset_record as trl_record
 
     histories = bench.histories()
     a, b = pick_demo_users(truth, histories)
@@ -265,8 +267,8 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
     copies of each user's best answer against it."""
     import random
 
-    from pgenrm_plugins.bench.answer_bank import BANK
-    from pgenrm_plugins.bench.synthetic import ATTRIBUTES, render_answer, utility
+    from pgenrm_plugins.datasets.answer_bank import BANK
+    from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, render_answer, utility
     from pgenrm_plugins.types import ScoreRequest
 
     seen = {r.context[-1].content for r in bench.rows}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from pgenrm_plugins import hookimpl
-from pgenrm_plugins.adapter_tools import per_request
+from pgenrm_plugins.frameworks.parity import per_request
+from pgenrm_plugins.hookspecs import Adapter, DatasetLayout
 
 
 def reward_file() -> Path:
@@ -20,25 +23,14 @@ def build_reward(options=None):
     return reward_func
 
 
-@hookimpl
-def register_adapters(register):
-    register(
-        "openrlhf",
-        build_reward,
-        description="OpenRLHF reward_func: --reward.remote_url $(pgenrm adapters path openrlhf) --data.label_key label; "
-                    "HTTP: pgenrm serve + --reward.remote_url http://HOST:8017/get_reward",
-    )
-
-
 def parity_rewards(requests, scorer) -> list[list[float]]:
     """The requests as OpenRLHF hands them to `reward_func` (for `pgenrm compare adapters`): one call
     per completion, each in its own thread, query = ChatML prompt + completion + end of turn, the user
     (and the exact prompt) in the JSON label; with `scorer`'s judge."""
-    import json
     from concurrent.futures import ThreadPoolExecutor
 
     from pgenrm_openrlhf.reward import score_sample
-    from pgenrm_plugins.coalescing import SampleScorer
+    from pgenrm_plugins.frameworks.coalescing import SampleScorer
     from pgenrm_plugins.types import as_messages
 
     judge = SampleScorer(scorer=scorer)
@@ -55,3 +47,21 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
     finally:
         judge.close()
     return per_request(flat, requests)
+
+
+def dataset_record(r: dict[str, Any]) -> dict[str, Any]:
+    """A training row as OpenRLHF reads it: the prompt (`--data.apply_chat_template`) and the
+    user in one JSON `label` (`--data.label_key label`), the only per-sample field it hands a reward."""
+    label = {"user_id": r["user_id"], "history": r["history"], "reference": r["reference"]}
+    return {"prompt": r["prompt"], "label": json.dumps(label)}
+
+
+@hookimpl
+def register_adapters(register):
+    register(Adapter(
+        "openrlhf", build_reward,
+        description="OpenRLHF reward_func: --reward.remote_url $(pgenrm adapters path openrlhf) --data.label_key label; "
+                    "HTTP: pgenrm serve + --reward.remote_url http://HOST:8017/get_reward",
+        reward_file=reward_file, parity_rewards=parity_rewards,
+        dataset=DatasetLayout(dataset_record, "train.jsonl", ("prompt", "label")),
+    ))

@@ -8,7 +8,7 @@ must hold numbers under the same keys for every sample (logged as `train/<key>`)
 
 The user comes from the label, a JSON string `{"user_id", "history", "persona", "reference",
 "prompt"}` (all but user_id optional; `prompt` replaces the chat-templated one). Concurrent calls
-are coalesced (`pgenrm_plugins.coalescing`), so the samples of one (user, prompt) share one
+are coalesced (`pgenrm_plugins.frameworks.coalescing`), so the samples of one (user, prompt) share one
 persona-and-criteria chain, as in group mode.
 
 OpenRLHF turns an exception raised here into reward None (logged at info level), which then fails
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
-from pgenrm_plugins.coalescing import SAMPLE_COMPONENT_KEYS, SampleReward, SampleScorer
-from pgenrm_plugins.server.openrlhf import completion_of, prompt_of
-from pgenrm_plugins.user_fields import FieldSource, UserFieldError, read_container, read_user_fields
+from pgenrm_openrlhf.plugin import reward_file  # noqa: F401  (public: pgenrm_openrlhf.reward_file)
+from pgenrm_plugins.frameworks.coalescing import SampleReward, SampleScorer
+from pgenrm_plugins.frameworks.openrlhf import completion_of, prompt_of
+from pgenrm_plugins.frameworks.user_fields import FieldSource, UserFieldError, read_container, read_user_fields
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,6 @@ LABEL_SOURCE = FieldSource(
 
 _lock = threading.Lock()
 _judge: SampleScorer | None = None
-
-
-def reward_file() -> Path:
-    """The absolute path to give `--reward.remote_url`."""
-    return Path(__file__).with_name("reward_func.py").resolve()
 
 
 def configure(config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None) -> SampleScorer:
@@ -93,5 +88,5 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[Any]) -> di
         "rewards": rewards,
         "scores": rewards.clone(),
         "extra_logs": {k: torch.tensor([r.components[k] for r in results], dtype=torch.float32)
-                       for k in SAMPLE_COMPONENT_KEYS},
+                       for k in results[0].components},
     }

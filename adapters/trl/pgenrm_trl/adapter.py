@@ -20,18 +20,24 @@ while the judge itself runs in a worker thread (`asyncio.to_thread`) so it never
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgenrm_plugins.frameworks.logs import batch_logs
+from pgenrm_plugins.frameworks.user_fields import (
+    FieldSource,
+    UserFieldError,
+    completion_text,
+    read_prompt,
+    read_user_fields,
+)
 from pgenrm_plugins.scoring import LazyScorer
-from pgenrm_plugins.user_fields import FieldSource, UserFieldError, completion_text, read_history, read_prompt, read_user_fields
+from pgenrm_plugins.types import merge_groups
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,6 @@ TRL_SOURCE = FieldSource(
     fix="correct that column of the training dataset (user_id: the user's id; history: a list of "
         "{prompt, chosen, rejected} or its JSON string; persona, reference: text)",
 )
-_history = read_history  # kept under its old name for callers of the adapter's internals
 
 
 # -- the reward -----------------------------------------------------------------------------------
@@ -142,8 +147,9 @@ class PGenRMReward:
         policy = config.reward.failure_policy
         neutral = config.reward.neutral_value
 
-        # Group the flat batch into (user, prompt) groups, in order of first appearance.
-        groups: dict[str, dict] = {}
+        # One request per readable row; rows of one (user, prompt) merge into one request.
+        rows: list[int] = []
+        single: list = []
         invalid: dict[int, str] = {}
         user_columns = [name for name in (USER_COLUMN, *OPTIONAL_COLUMNS) if name in columns]
         for i in range(n):
@@ -151,22 +157,11 @@ class PGenRMReward:
                 fields = read_user_fields({name: columns[name][i] for name in user_columns}, TRL_SOURCE)
                 prompt = _read_column("prompt", read_prompt, prompts[i])
                 completion = _read_column("completion", completion_text, completions[i])
+                single.append(fields.request([completion], prompt=prompt))
+                rows.append(i)
             except UserFieldError as exc:
                 invalid[i] = str(exc)
-                continue
-            key = json.dumps([fields.key(), prompt], sort_keys=True, default=str)
-            group = groups.setdefault(key, {"fields": fields, "prompt": prompt, "rows": [], "completions": []})
-            group["rows"].append(i)
-            group["completions"].append(completion)
-
-        requests, placed = [], []
-        for group in groups.values():
-            try:
-                requests.append(group["fields"].request(group["completions"], prompt=group["prompt"]))
-                placed.append(group["rows"])
-            except UserFieldError as exc:
-                for i in group["rows"]:
-                    invalid[i] = str(exc)
+        requests, spans = merge_groups(single)
 
         if invalid and policy == "raise":
             i, why = next(iter(sorted(invalid.items())))
@@ -183,35 +178,15 @@ class PGenRMReward:
         results = self.score_requests(requests) if requests else []
 
         rewards: list[float] = [neutral] * n
-        tally: Counter = Counter()
-        for rows, result in zip(placed, results):
-            c = result.components
-            for i, value in zip(rows, result.rewards):
-                rewards[i] = float(value) if value is not None else math.nan
-            tally["chains_sampled"] += c.get("chains_sampled") or 0
-            tally["generated_tokens"] += c.get("generated_tokens") or 0
-            tally["parse_failures"] += c.get("parse_failures") or 0
-            tally["criteria_fallbacks"] += c.get("criteria_fallbacks") or 0
-            tally["ties"] += c.get("ties") or 0
-            tally["neutral_rewards"] += len(c.get("failed_completions") or ())
-        for i, value in enumerate(rewards):  # last guard: TRL never sees None or NaN from us
-            if value is None or not math.isfinite(value):
-                rewards[i] = neutral
-                tally["neutral_rewards"] += 1
-        tally["neutral_rewards"] += len(invalid)
-
-        metrics = {
-            "pgenrm/groups": float(len(requests)),
-            "pgenrm/chains_sampled": float(tally["chains_sampled"]),
-            "pgenrm/generated_tokens": float(tally["generated_tokens"]),
-            "pgenrm/parse_failures": float(tally["parse_failures"]),
-            "pgenrm/criteria_fallbacks": float(tally["criteria_fallbacks"]),
-            "pgenrm/neutral_rewards": float(tally["neutral_rewards"]),
-            "pgenrm/invalid_rows": float(len(invalid)),
-            "pgenrm/seconds": time.perf_counter() - started,
-        }
-        if config.reward.mode == "pairwise":
-            metrics["pgenrm/ties"] = float(tally["ties"])
+        for i, (m, start, _) in zip(rows, spans):
+            value = results[m].rewards[start]
+            if math.isfinite(value):  # last guard: TRL never sees NaN from us
+                rewards[i] = float(value)
+            else:
+                results[m].components.failed_completions.append(start)
+        metrics = {"pgenrm/groups": float(len(requests)),
+                   **batch_logs([*results, *(None for _ in invalid)]),
+                   "pgenrm/seconds": time.perf_counter() - started}
         return BatchReport(rewards=rewards, metrics=metrics, components=[r.components for r in results], invalid=invalid)
 
     def score_requests(self, requests):

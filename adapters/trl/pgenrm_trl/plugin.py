@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pgenrm_plugins import hookimpl
+from pgenrm_plugins.hookspecs import Adapter, DatasetLayout
 
 
 class TRLAdapterOptions(BaseModel):
@@ -27,21 +29,9 @@ def build_reward(options: TRLAdapterOptions | None = None):
     return cls(options.config, name=options.name)
 
 
-@hookimpl
-def register_adapters(register):
-    register(
-        "trl",
-        build_reward,
-        options=TRLAdapterOptions,
-        description="TRL GRPOTrainer/RLOOTrainer reward callable; CLI: --reward_funcs pgenrm_trl.reward",
-    )
-
-
 def parity_rewards(requests, scorer) -> list[list[float]]:
     """The requests in TRL's call shape, with `scorer`'s judge (for `pgenrm compare adapters`): one flat
     keyword batch, one row per completion, every dataset column a list (history as a JSON string)."""
-    import json
-
     from pgenrm_trl.adapter import SyncPGenRMReward
 
     prompts, completions, spans = [], [], []
@@ -60,3 +50,18 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
     flat = reward(prompts=prompts, completions=completions, completion_ids=None, trainer_state=None,
                   log_extra=None, log_metric=None, **columns)
     return [flat[a:b] for a, b in spans]
+
+
+def dataset_record(r: dict[str, Any]) -> dict[str, Any]:
+    """A training row as TRL reads it: every field its own column (history as JSON text)."""
+    return {"prompt": r["prompt"], "user_id": r["user_id"], "history": json.dumps(r["history"]), "reference": r["reference"]}
+
+
+@hookimpl
+def register_adapters(register):
+    register(Adapter(
+        "trl", build_reward, options=TRLAdapterOptions,
+        description="TRL GRPOTrainer/RLOOTrainer reward callable; CLI: --reward_funcs pgenrm_trl.reward",
+        parity_rewards=parity_rewards,
+        dataset=DatasetLayout(dataset_record, "train.jsonl", ("prompt", "user_id", "history")),
+    ))

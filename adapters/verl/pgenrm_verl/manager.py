@@ -7,7 +7,7 @@ with our `compute_score`, it needs no `reward.custom_reward_function` and no pro
 on by default).
 
 verl's `RewardLoopWorker.compute_score_batch` calls `run_single` once per sample, all samples of its
-chunk at once; the calls are coalesced (`pgenrm_plugins.coalescing`) so every (user, prompt) group
+chunk at once; the calls are coalesced (`pgenrm_plugins.frameworks.coalescing`) so every (user, prompt) group
 in the chunk is scored as ONE request (persona and criteria derived once, all completions judged
 against them) and all groups go to the judge in one `Scorer.score` call.
 """

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pgenrm_plugins import hookimpl
-from pgenrm_plugins.adapter_tools import per_request
+from pgenrm_plugins.frameworks.parity import per_request
+from pgenrm_plugins.hookspecs import Adapter, DatasetLayout
 
 
 class VerlAdapterOptions(BaseModel):
@@ -29,23 +31,12 @@ def build_reward(options: VerlAdapterOptions | None = None):
     return partial(compute_score, pgenrm_config=options.config) if options.config is not None else compute_score
 
 
-@hookimpl
-def register_adapters(register):
-    register(
-        "verl",
-        build_reward,
-        options=VerlAdapterOptions,
-        description="verl compute_score: reward.custom_reward_function.path=pkg://pgenrm_verl.reward; "
-                    "manager: reward.reward_manager.name=pgenrm",
-    )
-
-
 def parity_rewards(requests, scorer) -> list[list[float]]:
     """The requests as verl hands them to a reward function (for `pgenrm compare adapters`): one
     call per completion, all at once, the user in `extra_info`, with `scorer`'s judge."""
     import asyncio
 
-    from pgenrm_plugins.coalescing import SampleScorer
+    from pgenrm_plugins.frameworks.coalescing import SampleScorer
     from pgenrm_verl.reward import score_sample
 
     judge = SampleScorer(scorer=scorer)
@@ -64,3 +55,30 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
     finally:
         judge.close()
     return per_request(flat, requests)
+
+
+DATA_SOURCE = "pgenrm/personalized"
+
+
+def dataset_record(r: dict[str, Any]) -> dict[str, Any]:
+    """A training row as verl reads it: the user in `extra_info` (same keys on every row), the
+    reference also as `reward_model.ground_truth`, which verl requires."""
+    return {
+        "data_source": DATA_SOURCE,
+        "prompt": r["prompt"],
+        "ability": "personalization",
+        "reward_model": {"style": "model", "ground_truth": r["reference"]},
+        "extra_info": {"user_id": r["user_id"], "history": json.dumps(r["history"]),
+                       "reference": r["reference"], "index": r["index"]},
+    }
+
+
+@hookimpl
+def register_adapters(register):
+    register(Adapter(
+        "verl", build_reward, options=VerlAdapterOptions,
+        description="verl compute_score: reward.custom_reward_function.path=pkg://pgenrm_verl.reward; "
+                    "manager: reward.reward_manager.name=pgenrm",
+        parity_rewards=parity_rewards,
+        dataset=DatasetLayout(dataset_record, "train.parquet", ("prompt", "reward_model", "extra_info")),
+    ))

@@ -8,14 +8,14 @@ verl 0.9 (`experimental/reward_loop/reward_manager/naive.py`) calls, once per sa
                         extra_info=<the row's extra_info dict>, [reward_router_address=..., reward_model_tokenizer=...])
 
 and turns the returned dict into the reward ("score") and `reward_extra_info` (every other key; the
-keys must be the same for every sample, so they are fixed: `SAMPLE_COMPONENT_KEYS`).
+keys must be the same for every sample, so they are fixed: `pgenrm_plugins.frameworks.logs.LOG_KEYS`).
 
 The user comes from the row's `extra_info`: `user_id` (required; null = anonymous), `history`,
 `persona`, `reference` (pairwise mode; else `reward_model.ground_truth` when it is text). verl does
 not pass the prompt to reward functions, so it is read from `extra_info.prompt`, else from
 `extra_info.raw_prompt` (verl's agent loop copies the dataset prompt there).
 
-Samples arrive one at a time but many at once; they are coalesced (`pgenrm_plugins.coalescing`) so
+Samples arrive one at a time but many at once; they are coalesced (`pgenrm_plugins.frameworks.coalescing`) so
 the samples of one (user, prompt) share one persona-and-criteria chain, as in group mode.
 When verl runs a reward model server it passes `reward_router_address`: the judge then calls that
 server through the OpenAI-compatible backend. Settings come from `$PGENRM_CONFIG` (else the embedded
@@ -29,10 +29,10 @@ import json
 import threading
 from typing import Any
 
-from pgenrm_plugins.coalescing import SAMPLE_COMPONENT_KEYS, SampleReward, SampleScorer
-from pgenrm_plugins.user_fields import FieldSource, UserFieldError, read_container, read_user_fields
+from pgenrm_plugins.frameworks.coalescing import SampleReward, SampleScorer
+from pgenrm_plugins.frameworks.user_fields import FieldSource, UserFieldError, read_container, read_user_fields
 
-__all__ = ["SAMPLE_COMPONENT_KEYS", "VERL_SOURCE", "compute_score", "configure", "judge_for", "score_sample"]
+__all__ = ["VERL_SOURCE", "compute_score", "configure", "judge_for", "score_sample"]
 
 VERL_SOURCE = FieldSource(
     framework="verl", container="extra_info",
@@ -122,7 +122,7 @@ async def score_sample(judge: SampleScorer, extra_info: Any, response: str, *, r
 async def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, *,
                         reward_router_address: str | None = None, reward_model_tokenizer=None,
                         pgenrm_config=None, **kwargs) -> dict[str, float]:
-    """verl's custom reward function (async). Returns {"score": reward in [0, 1], <SAMPLE_COMPONENT_KEYS>}."""
+    """verl's custom reward function (async). Returns {"score": reward in [0, 1], <the `sample_logs` keys>}."""
     judge = judge_for(reward_router_address, reward_model_tokenizer, pgenrm_config)
     result = await score_sample(judge, extra_info, solution_str or "", ground_truth=ground_truth)
     return {"score": result.reward, **result.components}

@@ -252,10 +252,6 @@ class UserFields:
             # not a user field (the framework's completions): nothing in the dataset to fix
             raise UserFieldError(f"{self.source.framework}: {describe_validation_error(exc)}", str(first)) from None
 
-    def key(self) -> str:
-        """Samples with the same key belong to one (user, prompt) group."""
-        return json.dumps([self.user_id, self.history, self.persona, self.reference, self.prompt], sort_keys=True, default=str)
-
 
 _READERS = {"history": read_history, "persona": optional_text, "reference": optional_text, "prompt": read_prompt}
 

@@ -17,16 +17,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pgenrm_plugins.frameworks.logs import sample_logs
+from pgenrm_plugins.frameworks.user_fields import (
+    FieldSource,
+    UserFieldError,
+    UserFields,
+    read_container,
+    read_user_fields,
+)
 from pgenrm_plugins.types import ScoreRequest, ScoreResult
-from pgenrm_plugins.user_fields import FieldSource, UserFieldError, UserFields, read_container, read_user_fields
 
 END_OF_TURN = ("<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_text|>")
 _CHATML = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(?:<\|im_end\|>|$)", re.DOTALL)
-
-# extra_logs: the same keys for every sample, numbers only (OpenRLHF logs them as train/<key>).
-EXTRA_LOG_KEYS = ("pgenrm_chains_sampled", "pgenrm_parse_failures", "pgenrm_criteria_fallbacks",
-                  "pgenrm_failed", "pgenrm_merged_completions")
-
 
 class ProtocolError(ValueError):
     """A sample that cannot be turned into a ScoreRequest; the message names the field."""
@@ -111,13 +113,7 @@ def to_requests(body: Any, tokens: tuple[str, ...] = END_OF_TURN) -> list[ScoreR
 
 
 def to_reply(results: list[ScoreResult]) -> dict:
+    """OpenRLHF's reply: rewards, scores, and `extra_logs` with the same keys as the file form's."""
     rewards = [float(r.rewards[0]) for r in results]
-    logs: dict[str, list[float]] = {k: [] for k in EXTRA_LOG_KEYS}
-    for r in results:
-        c = r.components
-        logs["pgenrm_chains_sampled"].append(float(c.get("chains_sampled") or 0))
-        logs["pgenrm_parse_failures"].append(float(c.get("parse_failures") or 0))
-        logs["pgenrm_criteria_fallbacks"].append(float(c.get("criteria_fallbacks") or 0))
-        logs["pgenrm_failed"].append(float(bool(c.get("failed_completions"))))
-        logs["pgenrm_merged_completions"].append(float(c.get("merged_completions") or len(r.rewards)))
-    return {"rewards": rewards, "scores": list(rewards), "extra_logs": logs}
+    logs = [sample_logs(r) for r in results]
+    return {"rewards": rewards, "scores": list(rewards), "extra_logs": {k: [row[k] for row in logs] for k in logs[0]}}

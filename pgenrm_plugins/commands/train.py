@@ -6,13 +6,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+from pgenrm_plugins.commands import err, fail
 from pgenrm_plugins.hookspecs import hookimpl
 
 
 @hookimpl
 def register_commands(cli):
     import typer
-    from rich.console import Console
 
     train_app = typer.Typer(
         help="Train P-GenRM judges on PersonalRewardBench rows (train users) and evaluate or export them.\n\n"
@@ -23,7 +23,6 @@ def register_commands(cli):
         no_args_is_help=True,
     )
     cli.add_typer(train_app, name="train")
-    err = Console(stderr=True)
 
     @contextmanager
     def exit_on_bad_input():
@@ -33,8 +32,7 @@ def register_commands(cli):
         try:
             yield
         except (ValueError, FileNotFoundError, ConfigError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2)
+            fail(exc)
 
     @train_app.command("score")
     def score(

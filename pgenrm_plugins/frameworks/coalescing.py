@@ -23,55 +23,34 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from pgenrm_plugins.frameworks.batching import Batcher
+from pgenrm_plugins.frameworks.logs import sample_logs
+from pgenrm_plugins.frameworks.user_fields import UserFields
 from pgenrm_plugins.scoring import LazyScorer
-from pgenrm_plugins.server.batcher import Batcher
 from pgenrm_plugins.types import ScoreResult
-from pgenrm_plugins.user_fields import UserFields
 
 log = logging.getLogger(__name__)
 
 WAIT_ENV = "PGENRM_COALESCE_WAIT_MS"
 
-# The numeric components of one sample's reward: the same keys for every sample (verl's
-# reward_extra_info and OpenRLHF's extra_logs both need that), numbers only.
-SAMPLE_COMPONENT_KEYS = (
-    "pgenrm_chains_sampled",      # chains sampled for this sample's (merged) group
-    "pgenrm_parse_failures",      # chains or score replies of that group that could not be parsed
-    "pgenrm_criteria_fallbacks",  # chains scored with the fallback criterion
-    "pgenrm_merged_completions",  # completions judged together with this one (group mode's economy)
-    "pgenrm_neutral",             # 1 if this sample got reward.neutral_value (no score, or unreadable user fields)
-    "pgenrm_invalid",             # 1 if its user fields could not be read
-)
-
-
 @dataclass(frozen=True)
 class SampleReward:
     reward: float
-    components: dict[str, float]  # SAMPLE_COMPONENT_KEYS, in that order
+    components: dict[str, float]  # `sample_logs`: the same numeric keys for every sample
     result: ScoreResult | None = None  # the core's result (None for an unreadable sample)
 
     @classmethod
     def from_result(cls, result: ScoreResult, neutral_value: float) -> SampleReward:
-        c = result.components
         reward = float(result.rewards[0])
-        failed = bool(c.get("failed_completions"))
         if not math.isfinite(reward):  # last guard: the framework never sees NaN from us
-            reward, failed = neutral_value, True
-        components = {
-            "pgenrm_chains_sampled": float(c.get("chains_sampled") or 0),
-            "pgenrm_parse_failures": float(c.get("parse_failures") or 0),
-            "pgenrm_criteria_fallbacks": float(c.get("criteria_fallbacks") or 0),
-            "pgenrm_merged_completions": float(c.get("merged_completions") or len(result.rewards)),
-            "pgenrm_neutral": float(failed),
-            "pgenrm_invalid": 0.0,
-        }
-        return cls(reward, components, result)
+            reward = neutral_value
+            result = result.model_copy(update={"components": result.components.model_copy(
+                update={"failed_completions": [0]})})
+        return cls(reward, sample_logs(result), result)
 
     @classmethod
     def invalid(cls, neutral_value: float) -> SampleReward:
-        components = dict.fromkeys(SAMPLE_COMPONENT_KEYS, 0.0)
-        components.update(pgenrm_neutral=1.0, pgenrm_invalid=1.0)
-        return cls(float(neutral_value), components)
+        return cls(float(neutral_value), sample_logs(None))
 
 
 class SharedBatcher:

@@ -1,4 +1,5 @@
-"""Coalesce concurrent score requests into backend batches.
+"""Coalesce concurrent score requests into backend batches (the service and the in-process
+per-sample adapters share it).
 
 One asyncio queue, one worker task. The worker waits for a first request, keeps taking what
 arrives for up to `max_wait_ms` (or until `max_batch_requests`), merges requests that share
@@ -15,19 +16,15 @@ worker goes on with the next batch. A caller that went away (its future cancelle
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pgenrm_plugins.types import ScoreRequest, ScoreResult
+from pgenrm_plugins.types import ScoreRequest, ScoreResult, merge_groups, split_result
 
 log = logging.getLogger(__name__)
-
-# Components that hold one value per completion of the request: sliced when a merged result is split.
-PER_COMPLETION = ("self", "neighbours", "chains_scored")
 
 
 class ScorerFailed(RuntimeError):
@@ -42,43 +39,6 @@ class BatcherClosed(RuntimeError):
 class _Item:
     request: ScoreRequest
     future: asyncio.Future
-
-
-def merge_key(request: ScoreRequest) -> str:
-    """Requests with the same key differ only in their completions."""
-    return json.dumps(request.model_dump(mode="json", exclude={"completions"}), sort_keys=True)
-
-
-def split_result(result: ScoreResult, start: int, stop: int) -> ScoreResult:
-    """The part of a merged request's result that belongs to completions [start, stop)."""
-    c = dict(result.components)
-    for key in PER_COMPLETION:
-        if isinstance(c.get(key), list):
-            c[key] = c[key][start:stop]
-    if isinstance(c.get("failed_completions"), list):
-        c["failed_completions"] = [i - start for i in c["failed_completions"] if start <= i < stop]
-    c["merged_completions"] = len(result.rewards)
-    return ScoreResult(rewards=result.rewards[start:stop], components=c)
-
-
-def merge(items: Sequence[_Item]) -> tuple[list[ScoreRequest], list[tuple[int, int, int]]]:
-    """Merged requests, and for each item (merged index, first completion, end completion)."""
-    merged: list[ScoreRequest] = []
-    completions: list[list[str]] = []
-    index: dict[str, int] = {}
-    spans = []
-    for item in items:
-        key = merge_key(item.request)
-        if key not in index:
-            index[key] = len(merged)
-            merged.append(item.request)
-            completions.append([])
-        m = index[key]
-        start = len(completions[m])
-        completions[m].extend(item.request.completions)
-        spans.append((m, start, len(completions[m])))
-    merged = [r.model_copy(update={"completions": cs}) for r, cs in zip(merged, completions)]
-    return merged, spans
 
 
 class Batcher:
@@ -190,7 +150,7 @@ class Batcher:
                 return
 
     async def _score_batch(self, items: list[_Item]) -> None:
-        merged, spans = merge(items)
+        merged, spans = merge_groups([i.request for i in items])
         m = self.metrics
         if m is not None:
             m.batch_items.observe(len(items))

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pgenrm_plugins.commands import err, fail
 from pgenrm_plugins.hookspecs import hookimpl
 
 app = typer.Typer(
@@ -24,7 +25,6 @@ app = typer.Typer(
     "pgenrm prototypes show --store protos.sqlite --plot protos.png",
     no_args_is_help=True,
 )
-err = Console(stderr=True, soft_wrap=True)  # paths in messages stay on one line
 
 StoreOption = typer.Option(
     None, "--store", "-s",
@@ -33,18 +33,13 @@ StoreOption = typer.Option(
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML or TOML config (judge, embedder, store); default: $PGENRM_CONFIG, else the embedded defaults.")
 
 
-def _fail(message: str, code: int = 2):
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 def store_choice(store: str | None, config):
     """The StoreConfig for --store (path -> sqlite, postgresql:// -> postgres), else the config's."""
     from pgenrm_plugins.config import StoreConfig
 
     if store is None:
         if config.store is None:
-            _fail("no store given: pass --store PATH.sqlite (or a postgresql:// URL), or set `store:` in the config")
+            fail("no store given: pass --store PATH.sqlite (or a postgresql:// URL), or set `store:` in the config")
         return config.store
     if store.startswith(("postgresql://", "postgres://")):
         name, options = "postgres", {"dsn": store}
@@ -61,7 +56,7 @@ def _load(config_path: Optional[Path]):
     try:
         return load_config(str(config_path) if config_path else None)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _open_store(store: str | None, config):
@@ -72,7 +67,7 @@ def _open_store(store: str | None, config):
     try:
         return choice.build("store")
     except (StoreError, UnknownPluginError, ValueError, ImportError) as exc:
-        _fail(f"store {choice.name}: {exc}")
+        fail(f"store {choice.name}: {exc}")
 
 
 def _embedder(config):
@@ -80,7 +75,7 @@ def _embedder(config):
         try:
             return config.embedder.build("embedder")
         except Exception as exc:  # noqa: BLE001 - any loading failure is reported the same way
-            _fail(f"embedder {config.embedder.name}: {exc}")
+            fail(f"embedder {config.embedder.name}: {exc}")
 
 
 def _judge(config):
@@ -109,7 +104,7 @@ def build(
     """
     from dataclasses import replace
 
-    from pgenrm_plugins.data import BadRowsError
+    from pgenrm_plugins.datasets.bench import BadRowsError
     from pgenrm_plugins.prototypes.base import StoreError
     from pgenrm_plugins.prototypes.builder import build_prototypes
     from pgenrm_plugins.prototypes.sources import SourceSettings
@@ -117,7 +112,7 @@ def build(
 
     cfg = _load(config)
     if not data.is_file():
-        _fail(f"--data: file not found: {data}")
+        fail(f"--data: file not found: {data}")
     the_store = _open_store(store, cfg)
     embedder = _embedder(cfg)
     source = source or ("history" if skip_judge else "synthesis")
@@ -130,9 +125,9 @@ def build(
             updater=replace(UpdaterSettings(), epochs=epochs, seed=seed), console=err,
         )
     except BadRowsError as exc:
-        _fail(f"{exc}\n(--strict refuses a file with bad rows; drop --strict to skip them with a report)")
+        fail(f"{exc}\n(--strict refuses a file with bad rows; drop --strict to skip them with a report)")
     except (StoreError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         the_store.close()
         if backend is not None:
@@ -164,7 +159,7 @@ def _read_history(path: Path):
     from pgenrm_plugins.types import HistoryItem
 
     if not path.is_file():
-        _fail(f"--history: file not found: {path}")
+        fail(f"--history: file not found: {path}")
     text = path.read_text(encoding="utf-8")
     persona = None
     try:
@@ -176,7 +171,7 @@ def _read_history(path: Path):
         elif isinstance(whole, dict):  # a one-line JSONL file: a single history item
             entries = [(1, whole)]
         if entries is None:
-            _fail(f"{path}: expected a JSON list of history items or an object with `history`")
+            fail(f"{path}: expected a JSON list of history items or an object with `history`")
     except json.JSONDecodeError:  # JSONL
         entries = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -184,14 +179,14 @@ def _read_history(path: Path):
                 try:
                     entries.append((number, json.loads(line)))
                 except json.JSONDecodeError as exc:
-                    _fail(f"{path}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+                    fail(f"{path}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
     items = []
     for i, (line, item) in enumerate(entries):
         where = f"line {line}" if line else f"item {i}"
         try:
             items.append(HistoryItem.model_validate(item))
         except ValidationError as exc:
-            _fail(f"{path}: {where}: {describe_validation_error(exc)} "
+            fail(f"{path}: {where}: {describe_validation_error(exc)} "
                   "(each history item is {\"prompt\": ..., \"chosen\": ..., \"rejected\": ...})")
     return items, persona
 
@@ -214,20 +209,20 @@ def add_user_command(
     items, file_persona = _read_history(history) if history else ([], None)
     persona = persona or file_persona
     if not items and not persona:
-        _fail("give --history FILE (or at least --persona) to place the user by")
+        fail("give --history FILE (or at least --persona) to place the user by")
     cfg = _load(config)
     the_store = _open_store(store, cfg)
     backend = None
     try:
         prototypes = the_store.prototypes()
         if prototypes is None:
-            _fail("the store has no published build yet: run `pgenrm prototypes build` first")
+            fail("the store has no published build yet: run `pgenrm prototypes build` first")
         embedder = _embedder(cfg)
         if (prototypes.meta or {}).get("source") == "synthesis":
             backend = _judge(cfg)
         record = add_user(the_store, embedder, user_id, items, persona=persona, backend=backend)
     except (StoreError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         the_store.close()
         if backend is not None:
@@ -293,7 +288,7 @@ def show(
     try:
         stats = the_store.stats()
         if stats.get("build_id") is None:
-            _fail("the store has no published build yet: run `pgenrm prototypes build` first", code=1)
+            fail("the store has no published build yet: run `pgenrm prototypes build` first", code=1)
         meta = stats.get("meta") or {}
         out = Console()
         summary = Table(title="prototype store", show_header=False, title_justify="left")
@@ -321,7 +316,7 @@ def show(
             drawn = plot_prototypes(the_store, plot, seed=cfg.sampling.seed)
             err.print(f"wrote {plot} ({drawn} users)", highlight=False)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         the_store.close()
 

@@ -1,0 +1,332 @@
+"""The benchmark run: load the rows and the truth, pick the settings, then for each setting build
+the two requests of every test row (chosen shown first, then second), score them through the
+shared judge cache, collect one record per judgement and summarize; finally compare every setting
+with no-history and write the report.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pgenrm_plugins.backends.cache import SEED_OFFSET_BACKENDS, CachingBackend
+from pgenrm_plugins.bench.accuracy.predictors import reference_predictors
+from pgenrm_plugins.bench.accuracy.report import METHOD_NOTE, print_summary, write_report
+from pgenrm_plugins.bench.accuracy.settings import (
+    DEFAULT_PROTOTYPE_SETTINGS,
+    DEFAULT_SETTINGS,
+    AccuracyError,
+    Setting,
+    parse_setting,
+    parse_settings,
+    store_config,
+)
+from pgenrm_plugins.bench.accuracy.stats import _groups, _user_counts, bootstrap_ci, summarize
+from pgenrm_plugins.config import load_config
+from pgenrm_plugins.datasets.bench import BenchData, BenchRow, load_bench
+from pgenrm_plugins.types import HistoryItem, ScoreRequest
+
+
+def global_history(data: BenchData, size: int, seed: int = 0) -> list[HistoryItem]:
+    """`size` train pairs pooled across users, round-robin over users so no one user dominates."""
+    by_user = data.histories("train")
+    rng = random.Random(seed)
+    queues = {u: rng.sample(items, len(items)) for u, items in sorted(by_user.items())}
+    out: list[HistoryItem] = []
+    while len(out) < size and any(queues.values()):
+        for u in sorted(queues):
+            if queues[u] and len(out) < size:
+                out.append(queues[u].pop())
+    return out
+
+
+def _requests(setting: Setting, row: BenchRow, history: list[HistoryItem], mode: str) -> list[ScoreRequest]:
+    """Two requests per row: chosen shown first, then second."""
+    # A non-personalized judgement must not depend on who asks: no user id (it seeds the chains).
+    user_id = row.user_id if setting.history == "user" else None
+    out = []
+    for first, second in ((row.chosen.content, row.rejected.content), (row.rejected.content, row.chosen.content)):
+        if mode == "pairwise":
+            out.append(ScoreRequest(user_id=user_id, history=history, prompt=list(row.context),
+                                    completions=[first], reference=second))
+        else:
+            out.append(ScoreRequest(user_id=user_id, history=history, prompt=list(row.context),
+                                    completions=[first, second]))
+    return out
+
+
+def judgement(result, mode: str, chosen_first: bool) -> str:
+    """'correct', 'wrong', 'tie' or 'failed' for one scored order."""
+    c = result.components
+    if c.failed_completions:
+        return "failed"
+    if mode == "pairwise":
+        share = result.rewards[0]  # the first-shown response's share of the two totals
+        if share == 0.5:
+            return "tie"
+        return "correct" if (share > 0.5) == chosen_first else "wrong"
+    a, b = result.rewards
+    if a == b:
+        return "tie"
+    return "correct" if (a > b) == chosen_first else "wrong"
+
+
+def _per_user(records: Sequence[dict], truth: dict | None, warm_users: set[str]) -> dict[str, Any]:
+    out = {}
+    for user, (correct, n) in sorted(_user_counts(records).items()):
+        entry = {"accuracy": round(correct / n, 4), "judgements": n, "cold_start": user not in warm_users}
+        if truth and user in truth.get("users", {}):
+            entry["type"] = truth["users"][user]["type"]
+        out[user] = entry
+    return out
+
+
+@dataclass
+class _Run:
+    """What every setting of one run shares: the rows, the truth, the histories, the base config, the cache."""
+    data: BenchData
+    test_rows: list[tuple[int, BenchRow]]
+    truth: dict | None
+    histories: dict[str, list[HistoryItem]]
+    shared_history: list[HistoryItem]
+    warm_users: set[str]
+    base: Any  # the loaded config, judge defaults applied
+    store_section: dict | None
+    cache: CachingBackend
+    batch_rows: int
+    seed: int
+
+
+@dataclass
+class _Tally:
+    """One setting's judgements as they are scored."""
+    records: list[dict]
+    components: defaultdict
+    placements: Counter
+    readers: Counter  # what read the scores, as each result reports it
+
+
+def _load_rows(data_path, truth_path, max_test_rows: int | None, console: Console):
+    """The rows (bad ones reported and listed), the test rows to judge, and the truth if there is one."""
+    from pgenrm_plugins.datasets.synthetic import truth_path_for
+
+    data = load_bench(data_path)
+    bad_rows = [{"line": e.line, "error": e.message} for e in data.errors]
+    for e in data.errors:
+        console.print(f"[yellow]skipped[/yellow] {data_path}: {e}", highlight=False, soft_wrap=True)
+    test_rows = list(enumerate(data.split("test")))
+    if max_test_rows is not None:
+        test_rows = test_rows[:max_test_rows]
+    if not test_rows:
+        raise AccuracyError(f"{data_path}: no usable test rows (split 'test'); {len(bad_rows)} bad row(s)")
+    truth_file = Path(truth_path) if truth_path else truth_path_for(data_path)
+    truth = json.loads(truth_file.read_text(encoding="utf-8")) if truth_file.is_file() else None
+    if truth_path and truth is None:
+        raise AccuracyError(f"--truth {truth_path}: file not found")
+    return data, bad_rows, test_rows, truth_file, truth
+
+
+def _choose_settings(settings: Sequence[str] | None, store_section: dict | None) -> list[Setting]:
+    """The asked settings, or the default grid (with the prototype settings when there is a store)."""
+    chosen = parse_settings(settings) if settings else [parse_setting(s) for s in DEFAULT_SETTINGS]
+    if not settings and store_section:
+        chosen += [parse_setting(s) for s in DEFAULT_PROTOTYPE_SETTINGS]
+    pro = [s.name for s in chosen if s.top_k]
+    if pro and not store_section:
+        raise AccuracyError(f"settings {', '.join(pro)} use prototypes: "
+                            "pass --store (a prototype store built from the train split)")
+    return chosen
+
+
+def _setting_config(run: _Run, setting: Setting) -> dict:
+    """The base config with the setting's chains, mode, reader and prototype scaling."""
+    cfg = run.base.model_dump(mode="json")
+    cfg["sampling"]["chains"] = setting.chains
+    if setting.mode:
+        cfg["reward"]["mode"] = setting.mode
+    if setting.reader:
+        cfg["reward"]["reader"] = setting.reader
+    if setting.top_k:
+        cfg["prototypes"].update(enabled=True, top_k=setting.top_k)
+        cfg["store"] = run.store_section
+    else:
+        cfg["prototypes"]["enabled"] = False
+    return cfg
+
+
+def _chunk_requests(run: _Run, setting: Setting, chunk, mode: str) -> list[ScoreRequest]:
+    reqs = []
+    for _, row in chunk:
+        history = {"none": [], "global": run.shared_history,
+                   "user": run.histories.get(row.user_id, [])}[setting.history]
+        reqs += _requests(setting, row, history, mode)
+    return reqs
+
+
+def _collect(run: _Run, tally: _Tally, chunk, scored, mode: str) -> None:
+    """One record per scored order, and the chain counts the judge reported."""
+    records, components, placements = tally.records, tally.components, tally.placements
+    for j, (index, row) in enumerate(chunk):
+        for chosen_first, result in zip((True, False), scored[2 * j:2 * j + 2]):
+            c = result.components
+            records.append({
+                "row": index, "user_id": row.user_id, "chosen_first": chosen_first,
+                "outcome": judgement(result, mode, chosen_first),
+                "rewards": [round(x, 5) for x in result.rewards],
+                "cold_start": row.user_id not in run.warm_users,
+                "neighbours": c.neighbours is not None,
+            })
+            tally.readers[c.reader] += 1
+            components["chains_sampled"] += c.chains_sampled
+            components["parse_failures"] += c.parse_failures
+            components["criteria_fallbacks"] += c.criteria_fallbacks
+            components["generated_tokens"] += c.generated_tokens
+            if c.placement:  # prototype settings: how the user was placed
+                placements[c.placement] += 1
+                components["neighbours_used"] += len(c.neighbours_used)
+
+
+def _setting_summary(run: _Run, setting: Setting, tally: _Tally, mode: str, before, t0: float) -> dict:
+    records, components, cache = tally.records, tally.components, run.cache
+    n = len(records)
+    summary = summarize(records, run.seed)
+    summary.update({
+        "setting": asdict(setting),
+        "description": setting.describe(),
+        "mode": mode,
+        "reader": tally.readers.most_common(1)[0][0],
+        "chains_per_judgement": round(components["chains_sampled"] / n, 3),
+        "parse_failures_per_judgement": round(components["parse_failures"] / n, 3),
+        "criteria_fallbacks_per_judgement": round(components["criteria_fallbacks"] / n, 3),
+        "generated_tokens_per_judgement": round(components["generated_tokens"] / n, 1),
+        "with_neighbours": sum(r["neighbours"] for r in records),
+        "placements": dict(tally.placements),
+        "neighbours_per_judgement": round(components["neighbours_used"] / n, 3),
+        "by_group": _groups(records, run.truth, run.data, run.seed),
+        "per_user": _per_user(records, run.truth, run.warm_users),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "new_chains": cache.stats.extra["chain_misses"] - before[0]["chain_misses"],
+        "new_probability_reads": cache.stats.extra["prob_misses"] - before[0]["prob_misses"],
+        "new_generated_tokens": cache.stats.generated_tokens - before[1],
+    })
+    return summary
+
+
+def _run_setting(run: _Run, setting: Setting, progress: Progress) -> tuple[dict, list[dict]]:
+    """Judge every test row in both orders under one setting; its summary and its records."""
+    from pgenrm_plugins.scoring import Scorer
+
+    scorer = Scorer(_setting_config(run, setting), backend=run.cache)
+    mode = scorer.config.reward.mode
+    task = progress.add_task(f"{setting.name:<16}", total=len(run.test_rows))
+    before = dict(run.cache.stats.extra), run.cache.stats.generated_tokens
+    t0 = time.perf_counter()
+    tally = _Tally([], defaultdict(float), Counter(), Counter())
+    for start in range(0, len(run.test_rows), run.batch_rows):
+        chunk = run.test_rows[start:start + run.batch_rows]
+        scored = scorer.score(_chunk_requests(run, setting, chunk, mode))
+        _collect(run, tally, chunk, scored, mode)
+        progress.advance(task, len(chunk))
+    summary = _setting_summary(run, setting, tally, mode, before, t0)
+    if getattr(scorer, "store", None) is not None:
+        scorer.store.close()  # not scorer.close(): that would close the shared judge
+    progress.update(task, description=f"{setting.name:<16} {summary['accuracy']:.3f}")
+    return summary, tally.records
+
+
+def _compare_to_no_history(results: dict[str, Any], all_records: dict[str, list[dict]], seed: int) -> None:
+    """Each setting's accuracy minus no-history's, with a paired bootstrap interval over users."""
+    if "no-history" in all_records:
+        base_counts = _user_counts(all_records["no-history"])
+        for name, records in all_records.items():
+            counts = _user_counts(records)
+            delta = results[name]["accuracy"] - results["no-history"]["accuracy"]
+            results[name]["vs_no_history"] = {"delta": round(delta, 4),
+                                              "ci95": bootstrap_ci(counts, seed, other=base_counts)}
+
+
+def _report(run: _Run, data_path, bad_rows: list[dict], truth_file: Path, results: dict[str, Any],
+            started: float) -> dict[str, Any]:
+    """report.json's content: the data, the config, every setting's summary, the references, the cache."""
+    data, test_rows, truth, cache = run.data, run.test_rows, run.truth, run.cache
+    return {
+        "data": str(data_path),
+        "truth": str(truth_file) if truth else None,
+        "rows": len(data.rows),
+        "bad_rows": bad_rows,
+        "test_rows": len(test_rows),
+        "users": {"total": len(data.users()), "with_test_rows": len({r.user_id for _, r in test_rows}),
+                  "cold_start_with_test_rows": len({r.user_id for _, r in test_rows} - run.warm_users)},
+        "global_history_size": len(run.shared_history),
+        "config": run.base.model_dump(mode="json"),
+        "store": run.store_section,
+        "settings": results,
+        "references": reference_predictors(test_rows, data, truth, run.seed) if truth else {},
+        "cache": {"path": str(cache.path), **cache.stats.extra, "generated_tokens": cache.stats.generated_tokens,
+                  "generate_calls": cache.stats.generate_calls, "prob_calls": cache.stats.prob_calls},
+        "method": METHOD_NOTE,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def run_accuracy(
+    data_path: str | Path,
+    report_dir: str | Path,
+    config: str | Path | dict | None = None,
+    store: str | None = None,
+    settings: Sequence[str] | None = None,
+    truth_path: str | Path | None = None,
+    cache_path: str | Path | None = None,
+    batch_rows: int = 8,
+    max_test_rows: int | None = None,
+    seed: int = 0,
+    backend=None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the grid, write report.json, report.md and the plots into `report_dir`, return the report.
+
+    `backend`: an already built backend to wrap (tests pass the session's judge); by default the
+    config's backend is built on the first cache miss."""
+    console = console or Console(stderr=True, width=max(Console(stderr=True).width, 120))
+    started = time.perf_counter()
+    report_dir = Path(report_dir)
+    data, bad_rows, test_rows, truth_file, truth = _load_rows(data_path, truth_path, max_test_rows, console)
+
+    from pgenrm_plugins.judge import with_judge_defaults
+
+    base = with_judge_defaults(load_config(config))  # a trained judge's own settings, before the grid copies them
+    store_section = store_config(store)
+    chosen = _choose_settings(settings, store_section)
+    cache = CachingBackend(
+        Path(cache_path) if cache_path else report_dir / "judge-cache.sqlite",
+        identity=base.backend.model_dump(mode="json"),
+        factory=(lambda: backend) if backend is not None else (lambda: base.backend.build("backend")),
+        seed_offsets=base.backend.name in SEED_OFFSET_BACKENDS,
+        close_inner=backend is None,
+    )
+    histories = data.histories("train")
+    run = _Run(data, test_rows, truth, histories, global_history(data, base.reward.max_history, seed), set(histories),
+               base, store_section, cache, batch_rows, seed)
+    results: dict[str, Any] = {}
+    all_records: dict[str, list[dict]] = {}
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as progress:
+            for setting in chosen:
+                results[setting.name], all_records[setting.name] = _run_setting(run, setting, progress)
+    finally:
+        cache.close()
+    _compare_to_no_history(results, all_records, seed)
+
+    report = _report(run, data_path, bad_rows, truth_file, results, started)
+    write_report(report, report_dir)
+    print_summary(report, console)
+    return report

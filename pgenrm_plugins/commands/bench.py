@@ -1,0 +1,109 @@
+"""`pgenrm bench ...`: speed, service, accuracy, train cost, lookup; each measured side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pgenrm_plugins import plugins
+from pgenrm_plugins.commands import config_option, fail, wide_console
+from pgenrm_plugins.hookspecs import hookimpl
+
+bench_app = typer.Typer(help="Benchmarks: speed and accuracy, measured side by side.", no_args_is_help=True)
+
+
+@bench_app.command("speed")
+def bench_speed(
+    config: Optional[Path] = config_option(),
+    prompts: int = typer.Option(8, min=1, help="Prompts in the GRPO-shaped batch (one user each)."),
+    completions: int = typer.Option(8, min=2, help="Completions per prompt (GRPO's num_generations)."),
+    chains: int = typer.Option(2, min=1, help="Evaluation chains sampled per judgement (Ind-N)."),
+    max_new_tokens: int = typer.Option(192, min=16, help="Token budget of one evaluation chain."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Rewards/s and generated tokens per reward: the paper's way against group mode, same model, same run."""
+    from pgenrm_plugins.bench.speed import run_speed
+
+    run_speed(config, prompts, completions, chains, max_new_tokens, output, console=wide_console(110))
+
+
+@bench_app.command("service")
+def bench_service(
+    config: Optional[Path] = config_option(),
+    prompts: int = typer.Option(4, min=1, help="(user, prompt) groups in the rollout."),
+    completions: int = typer.Option(8, min=1, help="Completions per group (n_samples_per_prompt), each sent as its own request."),
+    clients: int = typer.Option(32, min=1, help="Concurrent single-sample clients."),
+    chains: int = typer.Option(1, min=1, help="Evaluation chains sampled per judgement (Ind-N)."),
+    max_new_tokens: int = typer.Option(48, min=8, help="Token budget of one evaluation chain."),
+    max_wait_ms: float = typer.Option(20.0, min=0, help="The service's batching window."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Rewards/s of the scoring service: concurrent single-sample /get_reward clients against the same requests one at a time."""
+    from pgenrm_plugins.bench.service import run_service_bench
+
+    run_service_bench(config, prompts, completions, clients, chains, max_new_tokens, max_wait_ms, output,
+                      console=wide_console(110))
+
+
+@bench_app.command("accuracy")
+def bench_accuracy(
+    data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows (.jsonl or .parquet); the test split is judged."),
+    report: Path = typer.Option(..., "--report", help="Folder for report.json, report.md, the plots and the judge cache."),
+    config: Optional[Path] = config_option(),
+    store: Optional[str] = typer.Option(None, help="Prototype store for the ind-N+pro-K settings: a SQLite file, or a YAML file with a store section."),
+    settings: Optional[list[str]] = typer.Option(None, help="Comma-separated settings: no-history, global-history, ind-N, ind-N+pro-K, each optionally :MODE or :READER. Default: no-history,global-history,ind-1,ind-2,ind-4,ind-8 (+ ind-2+pro-2,ind-2+pro-4 with --store)."),
+    truth: Optional[Path] = typer.Option(None, help="Latent truth of synthetic data; default: DATA's NAME.truth.json when present."),
+    cache: Optional[Path] = typer.Option(None, help="Judge-output cache (SQLite); default: REPORT/judge-cache.sqlite. Reruns reuse it."),
+    max_test_rows: Optional[int] = typer.Option(None, min=1, help="Judge only the first this many test rows."),
+):
+    """Personalized pairwise accuracy on the test split: both orders, ties and failures counted, 95% CIs."""
+    from pgenrm_plugins.bench.accuracy import AccuracyError, run_accuracy
+    from pgenrm_plugins.config import ConfigError
+
+    try:
+        run_accuracy(data, report, config=str(config) if config else None, store=store, settings=settings,
+                     truth_path=truth, cache_path=cache, max_test_rows=max_test_rows)
+    except (AccuracyError, ConfigError, FileNotFoundError, plugins.UnknownPluginError) as exc:
+        fail(str(exc))
+
+@bench_app.command("train")
+def bench_train(
+    data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows (train users), e.g. from `pgenrm data synth`."),
+    steps: int = typer.Option(4, min=1, help="Optimizer steps per trainer."),
+    items: int = typer.Option(2, min=1, help="Items (one history view + its candidates) per step."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Cost of the score stage on this machine: the shared-prefix trainer against TRL's SFTTrainer, same items, same run."""
+    from pgenrm_plugins.bench.train_cost import run_train_cost
+
+    run_train_cost(data, steps=steps, items_per_step=items, output=output, console=wide_console(110))
+
+
+@bench_app.command("lookup")
+def bench_lookup(
+    sizes: str = typer.Option("10000,100000,1000000", help="Store sizes (members), comma-separated."),
+    dim: int = typer.Option(384, min=2, help="Embedding dimension."),
+    prototypes: int = typer.Option(100, min=1, help="Prototypes (K)."),
+    top_k: int = typer.Option(8, min=1, help="Members returned per lookup."),
+    stores: str = typer.Option("sqlite,postgres", help="Stores to measure, comma-separated."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Prototype lookup latency (nearest prototype + top-k members) against store size, load time and index memory.
+
+    PostgreSQL: $PGENRM_POSTGRES_DSN, else a private server started from /usr/lib/postgresql/*/bin.
+    """
+    from pgenrm_plugins.bench.lookup import run_lookup
+
+    try:
+        size_list = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--sizes: expected comma-separated integers, got {sizes!r}")
+    run_lookup(size_list, dim, prototypes, top_k, [x.strip() for x in stores.split(",") if x.strip()], output,
+               console=wide_console(120))
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_typer(bench_app, name="bench")

@@ -1,0 +1,52 @@
+"""A scorer built on first use, for objects made long before they score (framework adapters)."""
+
+from __future__ import annotations
+
+import threading
+
+from pgenrm_plugins.backends.base import Backend
+from pgenrm_plugins.config import PGenRMConfig, load_config
+from pgenrm_plugins.scoring.scorer import Scorer
+
+
+class LazyScorer:
+    """A scorer built on first use, for objects made long before they score (framework adapters):
+    nothing heavy happens until `.scorer` is read, and concurrent first reads build it once.
+
+    config: a PGenRMConfig, dict, YAML/TOML path, or None (then `$PGENRM_CONFIG`, else the embedded
+    default); `validate_now` reads a given config at once, so a typo fails before training starts.
+    `backend` or `scorer` reuse a judge already loaded.
+    """
+
+    def __init__(self, config=None, *, backend: Backend | None = None, scorer: Scorer | None = None,
+                 validate_now: bool = False):
+        self._config_source, self._backend, self._scorer = config, backend, scorer
+        self._config = scorer.config if scorer is not None else None
+        if self._config is None and validate_now and config is not None:
+            self._config = load_config(config)
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> PGenRMConfig:
+        if self._config is None:
+            with self._lock:
+                if self._config is None:
+                    self._config = load_config(self._config_source)
+        return self._config
+
+    @property
+    def scorer(self) -> Scorer:
+        if self._scorer is None:
+            config = self.config
+            with self._lock:
+                if self._scorer is None:
+                    self._scorer = Scorer(config, backend=self._backend)
+        return self._scorer
+
+    @property
+    def loaded(self) -> bool:
+        return self._scorer is not None
+
+    def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()

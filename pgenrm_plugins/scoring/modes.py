@@ -1,0 +1,300 @@
+"""The reward modes: requests in, one `Tally` per request out (per-completion values, counts).
+
+    pointwise  one full chain per completion                       -> weighted total
+    pairwise   one full chain per (completion, reference) pair     -> completion's share of the totals
+    group      one criteria chain per (user, prompt), then every   -> weighted total
+               completion scored against those criteria
+    group, `reward.criteria: none`: no chain; one digit per completion right after the history
+               and the conversation (or, with `reward.compare`, per ordered pair of completions)
+
+Every chain is sampled N times (`sampling.chains`, Ind-N); a completion's value is the mean over the
+chains that scored it. Chains that fail to parse are counted, never silently dropped. In group mode
+a criterion's score is parsed from a short JSON reply or, with the `logprob` reader, read as the
+expected value of the judge's next token over the digits 1-9; all questions about one chain share
+its prefix, which the backend computes once. Seeds come from the content judged, so a value never
+depends on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from pgenrm_plugins.backends.base import Backend, GenerationRequest
+from pgenrm_plugins.chain import prompts
+from pgenrm_plugins.chain.parser import Criterion, ParseFailure, parse_chain, parse_criteria
+from pgenrm_plugins.config import PGenRMConfig
+from pgenrm_plugins.types import HistoryItem, ScoreRequest
+
+log = logging.getLogger(__name__)
+
+# Used by the logprob reader when a chain's criteria cannot be parsed: the chain text still sits
+# in the judge's context, so its persona keeps steering the score.
+FALLBACK_CRITERION = Criterion("fit to this user's preferences", 100.0)
+SCORE_STOP = (prompts.CLOSE,)
+
+
+@dataclass
+class Tally:
+    """What happened while scoring one request; becomes its result's components."""
+
+    per_completion: list[list[float]]  # reward-space values, one per chain that scored the completion
+    reader: str | None = None  # what read the scores: logprob or parse (None: nothing was read)
+    chains_sampled: int = 0
+    generated_tokens: int = 0
+    failures: Counter = field(default_factory=Counter)
+    criteria_fallbacks: int = 0
+    ties: int = 0
+    evaluation: str | None = None
+    criteria: list | None = None
+
+    def add_chain(self, generation) -> None:
+        self.chains_sampled += 1
+        self.generated_tokens += generation.tokens
+        self.evaluation = self.evaluation or generation.text
+
+    def add_criteria(self, criteria) -> None:
+        self.criteria = self.criteria or [(c.name, c.weight) for c in criteria]
+
+
+def content_seed(base: int, *parts: Any) -> int:
+    """A seed from the content being judged, so a reward never depends on its batch-mates."""
+    blob = json.dumps([base, *parts], sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=4).digest(), "big") & 0x7FFFFFFF
+
+
+def _to_unit(total: float, low: float, high: float) -> float:
+    return min(1.0, max(0.0, (total - low) / (high - low)))
+
+
+def expected_digit(probs: dict[str, float]) -> float | None:
+    """E[digit] under the judge's next-token probabilities, renormalised over the digits."""
+    mass = sum(probs.values())
+    if not mass > 0 or not math.isfinite(mass):
+        return None
+    return sum(int(d) * q for d, q in probs.items()) / mass
+
+
+def history_view(history: Sequence[HistoryItem], max_items: int, seed: int, k: int) -> list[HistoryItem]:
+    """View k of a history, as shown to a judge that sees at most `max_items` pairs: view 0 is the
+    most recent pairs in order (what a single reading shows); view k > 0 a seeded sample of all
+    pairs in a seeded order, so N views read more of a long history and vary the order."""
+    history = list(history)
+    if k == 0 or not history:
+        return history[-max_items:] if max_items else []
+    rng = random.Random(seed * 1009 + k)
+    return rng.sample(history, min(len(history), max_items))
+
+
+def comparisons(r: ScoreRequest) -> list[tuple[int, int]]:
+    """Ordered pairs (A, B) of `reward.compare`: every completion against every other of its
+    request, in both orders; a lone completion against the reference (index len(completions)),
+    or against nothing when there is none (no rows: the failure policy decides, counted as
+    `nothing_to_compare`)."""
+    n = len(r.completions)
+    if n == 1:
+        return [] if r.reference is None else [(0, 1), (1, 0)]
+    return [(a, b) for a in range(n) for b in range(n) if a != b]
+
+
+class RewardModes:
+    """Runs the configured mode over a list of requests, all in the same backend calls."""
+
+    def __init__(self, config: PGenRMConfig, backend: Backend, criteria: str):
+        self.config, self.backend, self.criteria = config, backend, criteria
+        # Learned once and never unlearned: a backend that gave no token probabilities will not
+        # start to (asking again would cost an OpenAI-compatible server a request per call).
+        self._no_probabilities = False
+
+    def run(self, reqs: list[ScoreRequest]) -> list[Tally]:
+        tallies = [Tally(per_completion=[[] for _ in r.completions]) for r in reqs]
+        if not reqs:
+            return tallies
+        mode = self.config.reward.mode
+        if mode != "group":
+            self._full_chains(reqs, tallies, pairwise=mode == "pairwise")
+        elif self.criteria == "none":
+            self._direct(reqs, tallies)
+        else:
+            self._groups(reqs, tallies)
+        return tallies
+
+    # -- the paper's way: one full chain per completion (pointwise) or pair (pairwise) --------
+    def _full_chains(self, reqs: list[ScoreRequest], tallies: list[Tally], pairwise: bool) -> None:
+        rc = self.config.reward
+        jobs, gen_requests = [], []
+        for ri, r in enumerate(reqs):
+            for ci, completion in enumerate(r.completions):
+                shown = [completion, r.reference] if pairwise else [completion]
+                messages = prompts.full_chain(r.history, r.persona, r.prompt, shown, max_items=rc.max_history,
+                                              max_chars=rc.max_chars, render=rc.history_render)
+                jobs.append((ri, ci))
+                gen_requests.append(self._chain_request(messages, r, shown))
+        labels = ("A", "B") if pairwise else ("A",)
+        for (ri, ci), gens in zip(jobs, self.backend.generate(gen_requests)):
+            t = tallies[ri]
+            t.reader = "parse"
+            for g in gens:
+                t.add_chain(g)
+                parsed = parse_chain(g.text, labels=labels)
+                if isinstance(parsed, ParseFailure):
+                    t.failures[parsed.kind] += 1
+                    continue
+                t.add_criteria(parsed.criteria)
+                mine = parsed.scores["A"].total
+                if pairwise:
+                    theirs = parsed.scores["B"].total
+                    t.ties += mine == theirs
+                    t.per_completion[ci].append(mine / (mine + theirs))
+                else:
+                    t.per_completion[ci].append(_to_unit(mine, 1, 10))
+
+    # -- group mode: criteria once per (user, prompt), every completion against them ----------
+    def _groups(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
+        rc = self.config.reward
+        conversations = [
+            prompts.criteria_chain(r.history, r.persona, r.prompt, max_items=rc.max_history, max_chars=rc.max_chars,
+                                   render=rc.history_render)
+            for r in reqs
+        ]
+        chains = self.backend.generate([self._chain_request(m, r) for m, r in zip(conversations, reqs)])
+        use_probabilities = rc.reader != "parse" and not (rc.reader == "auto" and self._no_probabilities)
+        # (request, conversation, chain text, criteria) for every chain that can be scored against
+        usable = []
+        for ri, (conv, gens) in enumerate(zip(conversations, chains)):
+            t = tallies[ri]
+            for g in gens:
+                t.add_chain(g)
+                parsed = parse_criteria(g.text)
+                if isinstance(parsed, ParseFailure):
+                    t.failures[parsed.kind] += 1
+                    if not use_probabilities:
+                        continue
+                    t.criteria_fallbacks += 1
+                    criteria = (FALLBACK_CRITERION,)
+                else:
+                    criteria = parsed.criteria
+                    t.add_criteria(criteria)
+                usable.append((ri, conv, g.text, criteria))
+        if use_probabilities:
+            try:
+                self._read_probabilities(reqs, tallies, usable)
+                return
+            except NotImplementedError:
+                if rc.reader == "logprob":
+                    raise
+                log.info("backend %s gives no token probabilities: parsing scores instead", self.backend.name)
+                self._no_probabilities = True
+        self._parse_scores(reqs, tallies, usable)
+
+    def _read_probabilities(self, reqs, tallies, usable) -> None:
+        """Each criterion's score = expected digit under the judge's next-token distribution.
+        Raises NotImplementedError (before touching any tally) if the backend has no probabilities."""
+        for ri, conv, text, criteria in usable:
+            r = reqs[ri]
+            rows = [
+                prompts.criterion_question(conv, text, completion, c.name, max_chars=self.config.reward.max_chars)
+                for completion in r.completions
+                for c in criteria
+            ]
+            probs = self.backend.next_token_probs(rows, prompts.DIGITS)
+            t, k = tallies[ri], len(criteria)
+            t.reader = "logprob"
+            for ci in range(len(r.completions)):
+                values = [expected_digit(p) for p in probs[ci * k:(ci + 1) * k]]
+                if any(v is None for v in values):
+                    t.failures["no_digit_probability"] += 1
+                    continue
+                total = sum(c.weight * v for c, v in zip(criteria, values))
+                t.per_completion[ci].append(_to_unit(total / 100.0, 1, 9))
+
+    def _parse_scores(self, reqs, tallies, usable) -> None:
+        s, rc = self.config.sampling, self.config.reward
+        jobs, gen_requests = [], []
+        for ri, conv, text, criteria in usable:
+            for ci, completion in enumerate(reqs[ri].completions):
+                messages = prompts.score_followup(conv, text, completion, max_chars=rc.max_chars)
+                # Greedy: the sampling that scales at test time is in the chains, not here.
+                budget = 24 + 16 * len(criteria)
+                gen_requests.append(GenerationRequest(
+                    messages, n=1, max_new_tokens=budget, temperature=0.0, seed=s.seed, stop=SCORE_STOP,
+                    prefill=prompts.SCORES_PREFILL,
+                ))
+                jobs.append((ri, ci, criteria))
+        outputs = self.backend.generate(gen_requests) if gen_requests else []
+        for (ri, ci, criteria), (g,) in zip(jobs, outputs):
+            t = tallies[ri]
+            t.reader = "parse"
+            t.generated_tokens += g.tokens
+            parsed = parse_chain(g.text, labels=("A",), criteria=criteria)
+            if isinstance(parsed, ParseFailure):
+                t.failures[parsed.kind] += 1
+                continue
+            t.per_completion[ci].append(_to_unit(parsed.scores["A"].total, 1, 10))
+
+    # -- no chain: one digit per completion, read from the judge's probabilities --------------
+    def _direct(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
+        """One digit per (completion, history view); one backend call per view, so the completions
+        of a group share the history and the conversation. With `reward.compare`, one digit per
+        ordered pair of completions instead: a completion's reward is its mean share of its
+        comparisons (the digit read as "A over B" in [0, 1], the other side taking the rest)."""
+        rc, s = self.config.reward, self.config.sampling
+        for r, t in zip(reqs, tallies):
+            seed = content_seed(s.seed, r.user_id, r.persona, r.model_dump(mode="json", include={"history", "prompt"}))
+            texts = [*r.completions, r.reference]
+            order = comparisons(r) if rc.compare else [(ci, None) for ci in range(len(r.completions))]
+            t.reader = "logprob"
+            if not order:
+                t.failures["nothing_to_compare"] += 1
+                continue
+            for k in range(s.chains):
+                history = history_view(r.history, rc.max_history, seed, k)
+                rows = [prompts.direct_question(history, r.persona, r.prompt, texts[a], max_items=rc.max_history,
+                                                max_chars=rc.max_chars, render=rc.history_render,
+                                                versus=None if b is None else texts[b]) for a, b in order]
+                try:
+                    probs = self.backend.next_token_probs(rows, prompts.DIGITS)
+                except NotImplementedError:
+                    raise ValueError(f"reward.criteria: none reads token probabilities, which backend "
+                                     f"{self.backend.name!r} does not give; use a backend with logprobs, or "
+                                     "reward.criteria: generated") from None
+                t.chains_sampled += 1
+                values = [expected_digit(p) for p in probs]
+                t.failures["no_digit_probability"] += sum(v is None for v in values)
+                if rc.compare:
+                    scored = [sum(w) / len(w) if w else None for w in _shares(order, values, len(r.completions))]
+                else:
+                    scored = [None if v is None else _to_unit(v, 1, 9) for v in values]
+                for ci, value in enumerate(scored):
+                    if value is not None:
+                        t.per_completion[ci].append(value)
+
+    # -- shared pieces ------------------------------------------------------------------------
+    def _chain_request(self, messages, request: ScoreRequest, shown: Sequence[str] = ()) -> GenerationRequest:
+        s = self.config.sampling
+        seed = content_seed(s.seed, request.user_id, request.persona,
+                            request.model_dump(mode="json", include={"history", "prompt"}), list(shown))
+        return GenerationRequest(
+            messages, n=s.chains, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+            top_p=s.top_p, seed=seed, stop=(prompts.CLOSE,), prefill=prompts.CHAIN_PREFILL,
+        )
+
+
+def _shares(order: list[tuple[int, int]], values: list[float | None], n: int) -> list[list[float]]:
+    """Each completion's shares of its comparisons: the digit read as "A over B" in [0, 1], B's side
+    taking the rest; index n (the reference) has no reward of its own."""
+    wins: list[list[float]] = [[] for _ in range(n)]
+    for (a, b), value in zip(order, values):
+        if value is None:
+            continue
+        a_over_b = _to_unit(value, 1, 9)
+        for side, share in ((a, a_over_b), (b, 1.0 - a_over_b)):
+            if side < n:
+                wins[side].append(share)
+    return wins
