@@ -109,7 +109,8 @@ def export_merged(adapter: str | Path, target: str | Path, replace: bool = True)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return publish_model_folder(Path(target), model, AutoTokenizer.from_pretrained(base), replace=replace,
-                                write_extra=lambda folder: write_manifest(folder, {**manifest, "merged_from": str(adapter)}))
+                                write_extra=lambda folder: write_manifest(folder,
+                                                                          {**manifest, "merged_from": str(adapter)}))
 
 
 def resolve_model_dir(model: str | None) -> tuple[str, str]:

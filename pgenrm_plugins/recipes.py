@@ -61,7 +61,8 @@ class Recipe(BaseModel):
             try:
                 return string.Template(text).substitute(values)
             except KeyError as exc:
-                raise RecipeError(f"recipe {self.name}: {where} uses ${{{exc.args[0]}}}, which is not in vars") from None
+                raise RecipeError(f"recipe {self.name}: {where} uses ${{{exc.args[0]}}}, "
+                                  "which is not in vars") from None
 
         argv = [fill(a, "command") for a in self.command] + [fill(a, "args") for a in self.args]
         env = {k: fill(v, f"env.{k}") for k, v in self.env.items()}

@@ -31,7 +31,8 @@ def request_row():
              "rejected": "Choosing a name is personal! Many people pick names from food or books."},
         ],
         "prompt": "How can I fall asleep faster?",
-        "completions": ["Keep a fixed bedtime.", "Sleep is complicated and many factors matter.", "Stop screens an hour before bed."],
+        "completions": ["Keep a fixed bedtime.", "Sleep is complicated and many factors matter.",
+                        "Stop screens an hour before bed."],
         "reference": "Try counting sheep.",
     }
 

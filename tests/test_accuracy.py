@@ -112,7 +112,8 @@ def test_cli_reports_bad_rows_by_line_and_never_loads_the_model(rows, first_run,
     shutil.copy(rows.with_name("rows.truth.json"), tmp_path / "rows.truth.json")
     n = len(data.read_text().splitlines())
     with open(data, "a") as f:
-        f.write(json.dumps({"user_id": "u9", "split": "test", "context": "not a list", "chosen": "a", "rejected": "b"}) + "\n")
+        f.write(json.dumps({"user_id": "u9", "split": "test", "context": "not a list", "chosen": "a",
+                            "rejected": "b"}) + "\n")
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
 
@@ -133,7 +134,8 @@ def test_cli_reports_bad_rows_by_line_and_never_loads_the_model(rows, first_run,
 def test_a_larger_n_reuses_the_chains_of_a_smaller_one(judge, tmp_path):
     """Chain k is sampled with seed + k, so asking the cache for N=2 after N=1 generates chain 1 only,
     and the pair is exactly what one N=2 request gives."""
-    req = GenerationRequest([{"role": "user", "content": "Name a fruit."}], n=1, max_new_tokens=8, temperature=0.9, seed=41)
+    req = GenerationRequest([{"role": "user", "content": "Name a fruit."}], n=1, max_new_tokens=8, temperature=0.9,
+                            seed=41)
     cache = CachingBackend(tmp_path / "c.sqlite", {"name": "transformers"}, factory=lambda: judge, seed_offsets=True,
                            close_inner=False)
     [one] = cache.generate([req])

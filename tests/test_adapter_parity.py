@@ -38,20 +38,23 @@ def test_core_and_three_adapters_give_identical_rewards(judge):
 def test_parity_holds_in_pairwise_mode(judge):
     request = ScoreRequest.model_validate({**DEFAULT_REQUESTS[0], "reference": "Try counting sheep."})
     request = request.model_copy(update={"completions": request.completions[:2]})
-    table = adapter_parity([request], Scorer({**FAST, "reward": {"mode": "pairwise"}}, backend=judge), adapters=["trl", "verl"])
+    table = adapter_parity([request], Scorer({**FAST, "reward": {"mode": "pairwise"}}, backend=judge),
+                           adapters=["trl", "verl"])
     assert list(table.columns) == ["core", "trl", "verl"]
     assert table.max_difference() <= 1e-6
 
 
 def test_compare_adapters_command_prints_the_table(tmp_path):
     (tmp_path / "fast.yaml").write_text("sampling: {chains: 1, max_new_tokens: 8, seed: 7}\n")
-    row = {"user_id": "cli-cat", "history": [{"prompt": "Name a cat", "chosen": "Miso.", "rejected": "Names are personal..."}],
+    row = {"user_id": "cli-cat",
+           "history": [{"prompt": "Name a cat", "chosen": "Miso.", "rejected": "Names are personal..."}],
            "prompt": "How can I fall asleep faster?", "completions": ["Keep a fixed bedtime.", "Sleep is complicated."]}
     (tmp_path / "in.jsonl").write_text(json.dumps(row) + "\n")
     app = typer.Typer()
     app.command()(lambda: None)  # typer needs one command of its own to build a group
     plugins.register_commands(app)
-    result = CliRunner().invoke(app, ["compare", "adapters", "-i", str(tmp_path / "in.jsonl"), "-c", str(tmp_path / "fast.yaml")],
+    result = CliRunner().invoke(app, ["compare", "adapters", "-i", str(tmp_path / "in.jsonl"),
+                                      "-c", str(tmp_path / "fast.yaml")],
                                 terminal_width=200)
     assert result.exit_code == 0, result.output
     for column in ("core", "trl", "verl", "openrlhf", "cli-cat", "Keep a fixed bedtime."):

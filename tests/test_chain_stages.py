@@ -38,7 +38,8 @@ TINY = dict(history_pairs=1, max_chars=80, threads=1, progress=False)
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-    path, _ = write_bench(tmp_path_factory.mktemp("chains") / "rows.jsonl", generate(8, 6, seed=3, cold_start_fraction=0.0))
+    path, _ = write_bench(tmp_path_factory.mktemp("chains") / "rows.jsonl",
+                          generate(8, 6, seed=3, cold_start_fraction=0.0))
     return path
 
 
@@ -96,7 +97,8 @@ def test_rewards_read_the_completion_after_the_prefill():
     outcome, fmt = chain_rewards(prefill=True)
     completions = [chain(8, 3)[len(prompts.CHAIN_PREFILL):], chain(2, 9)[len(prompts.CHAIN_PREFILL):], "brief and then"]
     labels = ["A", "A", "A"]
-    assert outcome(prompts=["p"] * 3, completions=completions, chosen_label=labels, trainer_state=None) == [1.0, 0.0, 0.0]
+    assert (outcome(prompts=["p"] * 3, completions=completions, chosen_label=labels, trainer_state=None)
+            == [1.0, 0.0, 0.0])
     assert fmt(prompts=["p"] * 3, completions=completions, chosen_label=labels) == [1.0, 1.0, 0.0]
     outcome, _ = chain_rewards(prefill=False)  # conversational completions, no prefill
     assert outcome(completions=[[{"role": "assistant", "content": chain(1, 9)}]], chosen_label=["B"]) == [1.0]
@@ -121,7 +123,8 @@ def test_psi_with_the_135m_teacher_logs_resumes_and_says_clearly_that_nothing_wa
     with pytest.raises(ValueError, match=r"PSI kept no chain.*wrote 4 chains, of which 0 parsed.*--teacher-config"):
         train_psi(rows, out, **tiny)  # the default teacher: the untrained embedded base
     lines = [json.loads(line) for line in (out / "teacher.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and all(len(r["texts"]) == 2 and r["texts"][0].startswith(prompts.CHAIN_PREFILL) for r in lines)
+    assert len(lines) == 2 and all(len(r["texts"]) == 2 and r["texts"][0].startswith(prompts.CHAIN_PREFILL)
+                                   for r in lines)
     assert {r["chosen"] for r in lines} <= {"A", "B"}
     summary = json.loads((out / "teacher_summary.json").read_text())
     assert summary["chains_sampled"] == 4 and summary["kept"] == 0 and summary["keep_rate"] == 0.0
@@ -130,7 +133,8 @@ def test_psi_with_the_135m_teacher_logs_resumes_and_says_clearly_that_nothing_wa
     teacher = tmp_path / "teacher.yaml"
     teacher.write_text("backend: {name: transformers, options: {model: embedded-base}}\n")
     result = CliRunner().invoke(app, ["train", "psi", "--data", str(rows), "--out", str(out), "--teacher-config",
-                                          str(teacher), "--pairs", "2", "--samples", "3", "--teacher-max-new-tokens", "32",
+                                          str(teacher), "--pairs", "2", "--samples", "3",
+                                          "--teacher-max-new-tokens", "32",
                                           "--history-pairs", "1", "--max-chars", "80", "--threads", "1"],
                                 terminal_width=200)
     said = " ".join(result.output.split())

@@ -103,7 +103,8 @@ def test_a_server_killed_mid_module_fails_its_tests_with_exit_code_and_log(pytes
     result.stdout.fnmatch_lines_random([f"ERROR test_inner.py::test_later_request - Failed: {message}*",
                                         f"ERROR test_inner.py::test_later_backend - Failed: {message}*"])
     assert not list(pytester.path.glob("ran-*"))
-    times = {case.get("name"): float(case.get("time")) for case in ET.parse(pytester.path / "junit.xml").iter("testcase")}
+    times = {case.get("name"): float(case.get("time"))
+             for case in ET.parse(pytester.path / "junit.xml").iter("testcase")}
     assert times["test_later_request"] < 2 and times["test_later_backend"] < 2, times
     # not the client's errors
     for client_error in ("ConnectError", "RemoteProtocolError", "ReadError", "Connection refused", "gave up after"):

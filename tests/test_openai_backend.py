@@ -223,7 +223,8 @@ def test_probabilities_of_tokens_that_strip_alike_add_up():
 
     def handler(request):
         return httpx.Response(200, json={"choices": [{"message": {"content": " 3"},
-                                                      "logprobs": {"content": [{"token": " 3", "top_logprobs": top}]}}]})
+                                                      "logprobs": {"content": [{"token": " 3",
+                                                                                "top_logprobs": top}]}}]})
 
     b = mocked(handler)
     try:
@@ -252,7 +253,8 @@ def test_scorer_over_a_real_server(llama_server):  # noqa: F811
     scorer = Scorer(config)
     try:
         [result] = scorer.score([{"user_id": "u", "prompt": "Name a fruit.", "completions": ["Apple.", "A chair."],
-                                  "history": [{"prompt": "Name a colour.", "chosen": "Red.", "rejected": "Colours are..."}]}])
+                                  "history": [{"prompt": "Name a colour.", "chosen": "Red.",
+                                               "rejected": "Colours are..."}]}])
     finally:
         scorer.close()
     assert result.components.reader == "logprob"

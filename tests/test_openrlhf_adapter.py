@@ -74,7 +74,8 @@ class FakeEngine:
         prompt = self.tokenizer.decode(prompt_token_ids)
         text = next(queue for key, queue in self.answers.items() if key in prompt).pop(0) + "<|im_end|>"
         await asyncio.sleep(0)
-        return types.SimpleNamespace(outputs=[_Output(self.tokenizer(text, add_special_tokens=False)["input_ids"], text)])
+        return types.SimpleNamespace(outputs=[_Output(self.tokenizer(text, add_special_tokens=False)["input_ids"],
+                                                      text)])
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
@@ -129,7 +130,8 @@ def templated(tokenizer, messages) -> str:
 def test_path_command_prints_the_file_openrlhf_loads():
     from pgenrm_openrlhf.plugin import reward_file
 
-    out = subprocess.run([sys.executable, "-c", "from pgenrm_plugins.cli import main; main()", "adapters", "path", "openrlhf"],
+    out = subprocess.run([sys.executable, "-c", "from pgenrm_plugins.cli import main; main()",
+                          "adapters", "path", "openrlhf"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     path = out.stdout.strip()
@@ -138,7 +140,8 @@ def test_path_command_prints_the_file_openrlhf_loads():
     assert "from pgenrm_openrlhf.reward import reward_func" in text  # a thin shim over the package
 
 
-def test_executor_calls_our_reward_func_and_samples_are_coalesced(judge, module_judge, executor, tokenizer, monkeypatch):
+def test_executor_calls_our_reward_func_and_samples_are_coalesced(judge, module_judge, executor, tokenizer,
+                                                                  monkeypatch):
     vllm = install_vllm_stub(monkeypatch)
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
@@ -163,7 +166,8 @@ def test_executor_calls_our_reward_func_and_samples_are_coalesced(judge, module_
         assert all(math.isfinite(float(v)) for v in out["extra_logs"].values())
         assert float(out["extra_logs"]["pgenrm_merged_completions"]) == 2.0  # both rollouts of a prompt, one request
         # What OpenRLHF makes of it: the experience's reward and train/<key> logs.
-        experience = SamplesGenerator._process_response_into_experience(object.__new__(SamplesGenerator), out, max_len=512)
+        experience = SamplesGenerator._process_response_into_experience(object.__new__(SamplesGenerator), out,
+                                                                        max_len=512)
         assert float(experience.rewards[0]) == pytest.approx(float(reward))
         assert float(experience.info["pgenrm_invalid"][0]) == 0.0
 
@@ -184,7 +188,8 @@ BAD_LABELS = [
     ('{"history": []}', "column 'label.user_id': missing"),
     ('{"user": "bea"}', "column 'label': unknown keys ['user']"),
     ("not json", "column 'label': not valid JSON"),
-    (json.dumps({"user_id": "bea", "history": "[{\"prompt\": \"x\"}]"}), "column 'label.history': item 0: field 'chosen'"),
+    (json.dumps({"user_id": "bea", "history": "[{\"prompt\": \"x\"}]"}),
+     "column 'label.history': item 0: field 'chosen'"),
 ]
 
 

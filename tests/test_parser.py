@@ -158,7 +158,8 @@ def test_weights_as_strings_and_percentages():
 
 
 def test_duplicate_criteria_are_merged():
-    criteria = [{"name": "Brevity", "weight": 30}, {"name": "Warmth", "weight": 40}, {"name": " brevity ", "weight": 30}]
+    criteria = [{"name": "Brevity", "weight": 30}, {"name": "Warmth", "weight": 40},
+                {"name": " brevity ", "weight": 30}]
     parsed = ok(parse_criteria(chain({"criteria": criteria})))
     assert parsed.criteria == (Criterion("Brevity", 60.0), Criterion("Warmth", 40.0))
     assert has_repair(parsed, "duplicate criterion")
@@ -242,7 +243,8 @@ def test_criteria_given_from_outside():
     assert parsed.criteria == given
     assert parsed.scores["A"].total == pytest.approx(6.8)
     # The text's own criteria are ignored when criteria are given.
-    parsed = ok(parse_chain(chain(full(SCORES_A, criteria=[{"name": "X", "weight": 100}])), labels=("A",), criteria=given))
+    parsed = ok(parse_chain(chain(full(SCORES_A, criteria=[{"name": "X", "weight": 100}])), labels=("A",),
+                            criteria=given))
     assert parsed.criteria == given
 
 
@@ -269,15 +271,23 @@ def test_criteria_given_but_score_missing():
         (chain({"criteria": "Brevity"}), "bad_value", "criteria: expected a list, got str"),
         (chain({"criteria": ["Brevity"]}), "bad_value", "criteria[0]: expected an object, got str"),
         (chain({"criteria": [{"weight": 100}]}), "missing_field", "criteria[0].name: missing"),
-        (chain({"criteria": [{"name": " ", "weight": 100}]}), "bad_value", "criteria[0].name: expected a non-empty string, got ' '"),
+        (chain({"criteria": [{"name": " ", "weight": 100}]}), "bad_value",
+         "criteria[0].name: expected a non-empty string, got ' '"),
         (chain({"criteria": [{"name": "Brevity"}]}), "missing_field", "criteria[0].weight: missing"),
-        (chain({"criteria": [CRITERIA[0], {"name": "W", "weight": 0}]}), "bad_value", "criteria[1].weight: expected a positive number, got 0"),
-        (chain({"criteria": [{"name": "W", "weight": -5}]}), "bad_value", "criteria[0].weight: expected a positive number, got -5"),
-        (chain({"criteria": [{"name": "W", "weight": "lots"}]}), "bad_value", "criteria[0].weight: expected a positive number, got 'lots'"),
-        (chain({"criteria": [{"name": "W", "weight": True}]}), "bad_value", "criteria[0].weight: expected a positive number, got True"),
-        ('<evaluation>{"criteria": [{"name": "W", "weight": NaN}]}</evaluation>', "bad_value", "criteria[0].weight: expected a positive number, got nan"),
-        ('<evaluation>{"criteria": [{"name": "W", "weight": Infinity}]}</evaluation>', "bad_value", "criteria[0].weight: expected a positive number, got inf"),
-        ('<evaluation>{"criteria": [{"name": "W", "weight": 1e999}]}</evaluation>', "bad_value", "criteria[0].weight: expected a positive number, got inf"),
+        (chain({"criteria": [CRITERIA[0], {"name": "W", "weight": 0}]}), "bad_value",
+         "criteria[1].weight: expected a positive number, got 0"),
+        (chain({"criteria": [{"name": "W", "weight": -5}]}), "bad_value",
+         "criteria[0].weight: expected a positive number, got -5"),
+        (chain({"criteria": [{"name": "W", "weight": "lots"}]}), "bad_value",
+         "criteria[0].weight: expected a positive number, got 'lots'"),
+        (chain({"criteria": [{"name": "W", "weight": True}]}), "bad_value",
+         "criteria[0].weight: expected a positive number, got True"),
+        ('<evaluation>{"criteria": [{"name": "W", "weight": NaN}]}</evaluation>', "bad_value",
+         "criteria[0].weight: expected a positive number, got nan"),
+        ('<evaluation>{"criteria": [{"name": "W", "weight": Infinity}]}</evaluation>', "bad_value",
+         "criteria[0].weight: expected a positive number, got inf"),
+        ('<evaluation>{"criteria": [{"name": "W", "weight": 1e999}]}</evaluation>', "bad_value",
+         "criteria[0].weight: expected a positive number, got inf"),
     ],
 )
 def test_criteria_failures(text, kind, detail):
@@ -301,12 +311,18 @@ def test_top_level_not_an_object():
         ({**SCORES_A, "B": 7}, "missing_field", "scores.B.per_criterion: missing (only a total was given)"),
         ({**SCORES_A, "B": "good"}, "bad_value", "scores.B: expected an object, got str"),
         ({**SCORES_A, "B": {"total": 7}}, "missing_field", "scores.B.per_criterion: missing"),
-        ({**SCORES_A, "B": {"per_criterion": [8, 5]}}, "bad_value", "scores.B.per_criterion: expected an object, got list"),
-        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8}}}, "missing_field", "scores.B.per_criterion.Warmth: missing"),
-        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8, "Warmth": True}}}, "bad_value", "scores.B.per_criterion.Warmth: expected a number from 1 to 10, got True"),
-        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8, "Warmth": "high"}}}, "bad_value", "scores.B.per_criterion.Warmth: expected a number from 1 to 10, got 'high'"),
-        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8, "Warmth": "7/5"}}}, "bad_value", "scores.B.per_criterion.Warmth: expected a number from 1 to 10, got '7/5'"),
-        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8, "Warmth": None}}}, "bad_value", "scores.B.per_criterion.Warmth: expected a number from 1 to 10, got None"),
+        ({**SCORES_A, "B": {"per_criterion": [8, 5]}}, "bad_value",
+         "scores.B.per_criterion: expected an object, got list"),
+        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8}}}, "missing_field",
+         "scores.B.per_criterion.Warmth: missing"),
+        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8, "Warmth": True}}}, "bad_value",
+         "scores.B.per_criterion.Warmth: expected a number from 1 to 10, got True"),
+        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8, "Warmth": "high"}}}, "bad_value",
+         "scores.B.per_criterion.Warmth: expected a number from 1 to 10, got 'high'"),
+        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8, "Warmth": "7/5"}}}, "bad_value",
+         "scores.B.per_criterion.Warmth: expected a number from 1 to 10, got '7/5'"),
+        ({**SCORES_A, "B": {"per_criterion": {"Brevity": 8, "Warmth": None}}}, "bad_value",
+         "scores.B.per_criterion.Warmth: expected a number from 1 to 10, got None"),
     ],
 )
 def test_score_failures(scores, kind, detail):
@@ -316,16 +332,19 @@ def test_score_failures(scores, kind, detail):
 
 
 def test_nan_score_is_bad_value():
-    text = '<evaluation>{"criteria": [{"name": "W", "weight": 100}], "scores": {"A": {"per_criterion": {"W": NaN}}}}</evaluation>'
+    text = ('<evaluation>{"criteria": [{"name": "W", "weight": 100}], '
+            '"scores": {"A": {"per_criterion": {"W": NaN}}}}</evaluation>')
     result = fail(parse_chain(text, labels=("A",)))
-    assert (result.kind, result.detail) == ("bad_value", "scores.A.per_criterion.W: expected a number from 1 to 10, got nan")
+    assert (result.kind, result.detail) == ("bad_value",
+                                            "scores.A.per_criterion.W: expected a number from 1 to 10, got nan")
 
 
 def test_huge_numbers_never_raise():
     big = "9" * 5000  # beyond both float range and Python's int-to-str digit limit
     text = f'<evaluation>{{"criteria": [{{"name": "W", "weight": {big}}}]}}</evaluation>'
     assert isinstance(parse_criteria(text), ParseFailure)
-    text = f'<evaluation>{{"criteria": [{{"name": "W", "weight": 1}}], "scores": {{"A": {{"per_criterion": {{"W": {big}}}}}}}}}</evaluation>'
+    text = (f'<evaluation>{{"criteria": [{{"name": "W", "weight": 1}}], '
+            f'"scores": {{"A": {{"per_criterion": {{"W": {big}}}}}}}}}</evaluation>')
     assert isinstance(parse_chain(text, labels=("A",)), ParseFailure)
     huge_weights = [{"name": "A", "weight": 1e308}, {"name": "B", "weight": 1e308}]
     parsed = ok(parse_criteria(chain({"criteria": huge_weights})))
@@ -360,11 +379,13 @@ def check_invariants(result) -> None:
         assert all(1.0 <= s <= 10.0 for s in scores.per_criterion.values())
 
 
-MARKUP = st.sampled_from(["<evaluation>", "</evaluation>", "{", "}", "[", "]", '"', ":", ",", "```", "criteria", "scores", "A"])
+MARKUP = st.sampled_from(["<evaluation>", "</evaluation>", "{", "}", "[", "]", '"', ":", ",", "```", "criteria",
+                          "scores", "A"])
 
 
 @FAST
-@given(st.lists(st.one_of(st.text(max_size=20), MARKUP), max_size=30).map("".join), st.sampled_from([(), ("A",), ("A", "B")]))
+@given(st.lists(st.one_of(st.text(max_size=20), MARKUP), max_size=30).map("".join),
+       st.sampled_from([(), ("A",), ("A", "B")]))
 def test_arbitrary_text_never_raises(text, labels):
     check_invariants(parse_chain(text, labels=labels))
 
@@ -408,9 +429,11 @@ def chains(draw):
     """Structurally valid chains with arbitrary (often out-of-range) numbers, as JSON text."""
     numbers = st.one_of(st.integers(-1000, 1000), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6))
     names = draw(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=4))
-    criteria = [{"name": n, "weight": draw(st.one_of(st.integers(1, 500), st.floats(0.001, 1e300), numbers))} for n in names]
+    criteria = [{"name": n, "weight": draw(st.one_of(st.integers(1, 500), st.floats(0.001, 1e300), numbers))}
+                for n in names]
     scores = {
-        label: {"per_criterion": {n: draw(st.one_of(st.integers(-20, 20), numbers)) for n in names}, "total": draw(numbers)}
+        label: {"per_criterion": {n: draw(st.one_of(st.integers(-20, 20), numbers)) for n in names},
+                "total": draw(numbers)}
         for label in "AB"
     }
     return json.dumps({"criteria": criteria, "scores": scores})

@@ -55,7 +55,8 @@ def test_updater_lowers_the_loss_and_is_deterministic(tmp_path, embedder):
 
 def test_render_synthesis_reads_the_json_or_keeps_the_text():
     ok = render_synthesis('<evaluation>\n{"preferences": {"style": "short", "content": "facts", "values": "time"},'
-                          ' "criteria": [{"name": "Brevity", "weight": 70}, {"name": "Accuracy", "weight": 30}]}\n</evaluation>')
+                          ' "criteria": [{"name": "Brevity", "weight": 70}, {"name": "Accuracy", "weight": 30}]}'
+                          '\n</evaluation>')
     assert ok.parsed and ok.text == "Style: short\nContent: facts\nValues: time\nCriteria: Brevity (70), Accuracy (30)"
     raw = render_synthesis('<evaluation>\n{"preferences": {"style": "likes short answers and')
     assert raw.text.startswith('{"preferences"') and "short answers" in raw.text and not raw.parsed
@@ -100,7 +101,8 @@ def test_bad_rows_are_reported_by_line_or_refused(tmp_path, embedder):
     del missing_user["user_id"]
     empty_chosen = {**rows[0], "chosen": {"role": "assistant", "content": "  "}}
     bad_split = {**rows[0], "split": "dev"}
-    lines = good[:1] + [json.dumps(missing_user)] + good[1:3] + [json.dumps(empty_chosen), json.dumps(bad_split)] + good[3:]
+    lines = (good[:1] + [json.dumps(missing_user)] + good[1:3] + [json.dumps(empty_chosen), json.dumps(bad_split)]
+             + good[3:])
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(lines) + "\n")
 

@@ -22,7 +22,8 @@ from pgenrm_plugins.scoring import load_scorer
 
 SMALL = SourceSettings(max_items=3, max_chars=200, max_new_tokens=24, seed=3)
 PROMPT = "How do I make tea?"
-COMPLETIONS = ["Steep a bag 3 minutes.", "Heat water to 90 C, warm the pot, steep loose leaves for three minutes, then strain."]
+COMPLETIONS = ["Steep a bag 3 minutes.",
+               "Heat water to 90 C, warm the pot, steep loose leaves for three minutes, then strain."]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def store_path(tmp_path_factory, embedder):
     folder = tmp_path_factory.mktemp("protos")
     rows = write_jsonl(folder / "rows.jsonl", make_rows(3, 3))
     store = SQLiteStore(path=str(folder / "protos.sqlite"))
-    build_prototypes(rows, store, embedder, skip_judge=True, k=2, source_settings=SMALL, updater=UpdaterSettings(epochs=2))
+    build_prototypes(rows, store, embedder, skip_judge=True, k=2, source_settings=SMALL,
+                     updater=UpdaterSettings(epochs=2))
     store.close()
     return str(folder / "protos.sqlite")
 
@@ -124,7 +126,8 @@ def test_prototype_scaling_through_the_batcher_with_merged_requests(store_path, 
     for ci, part in enumerate(parts):
         c = part.components
         assert c.merged_completions == 2 and len(part.rewards) == 1
-        assert (c.own, c.neighbours, c.chains_scored) == ([whole.own[ci]], [whole.neighbours[ci]], [whole.chains_scored[ci]])
+        assert (c.own, c.neighbours, c.chains_scored) == ([whole.own[ci]], [whole.neighbours[ci]],
+                                                          [whole.chains_scored[ci]])
         assert [nb.rewards for nb in c.neighbours_used] == [[nb.rewards[ci]] for nb in whole.neighbours_used]
         assert [nb.user_id for nb in c.neighbours_used] == [nb.user_id for nb in whole.neighbours_used]
 
@@ -174,7 +177,8 @@ def test_cli_build_add_user_show(tmp_path, embedder, monkeypatch):
     assert result.exit_code == 2 and "line 1" in result.output and "chosen" in result.output
 
     picture = tmp_path / "pics" / "protos.png"
-    result = runner.invoke(cli.app, ["prototypes", "show", "--store", store, "--plot", str(picture)], terminal_width=200)
+    result = runner.invoke(cli.app, ["prototypes", "show", "--store", store, "--plot", str(picture)],
+                           terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "prototype populations" in result.output and "users" in result.output
     assert "wrote" in result.output and "(7 users)" in result.output

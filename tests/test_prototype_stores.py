@@ -174,7 +174,8 @@ def test_nearest_matches_brute_force(store):
     me = users[0]
     found = store.nearest(me.embedding, top_k=3, exclude=[me.user_id])
     assert me.user_id not in [n.user_id for n in found.neighbours]
-    assert [n.user_id for n in found.neighbours] == brute_force(users, protos, assignments, me.embedding, 3, [me.user_id])[1]
+    assert [n.user_id for n in found.neighbours] == brute_force(users, protos, assignments, me.embedding, 3,
+                                                                [me.user_id])[1]
     assert store.nearest(me.embedding, top_k=3).neighbours[0].user_id == me.user_id
     with pytest.raises(StoreError, match="dimension 8"):
         store.nearest(np.ones(8, np.float32), 3)
@@ -386,7 +387,8 @@ def test_newer_schema_is_refused(spec, store):
         with psycopg.connect(spec["options"]["dsn"], autocommit=True) as conn:
             conn.execute(f"UPDATE {spec['options']['schema']}.meta SET schema_version = 99")
         where = spec["options"]["schema"]
-    with pytest.raises(StoreError, match=f"{where}.* has schema version 99, but this pgenrm-plugins understands up to 1"):
+    with pytest.raises(StoreError, match=f"{where}.* has schema version 99, "
+                                         "but this pgenrm-plugins understands up to 1"):
         open_store(spec)
 
 

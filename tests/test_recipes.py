@@ -56,7 +56,8 @@ def test_trl_recipe_parses_with_trl_parser(prepared):
     argv, env = recipe.render(overrides(recipe, prepared))
     assert argv[:2] == ["trl", "grpo"]
     # --use_cpu: the one CPU override, since TrainingArguments refuses bf16 without a GPU.
-    script_args, training_args, model_args, _ = make_parser().parse_args_and_config(args=[*argv[2:], "--use_cpu", "true"])
+    script_args, training_args, model_args, _ = make_parser().parse_args_and_config(
+        args=[*argv[2:], "--use_cpu", "true"])
     assert script_args.reward_funcs == ["pgenrm_trl.reward"]
     assert training_args.num_generations == 8 and training_args.remove_unused_columns is False
     assert model_args.model_name_or_path == "Qwen/Qwen3-1.7B"
@@ -165,7 +166,8 @@ def test_missing_column_is_named(tmp_path):
 
 def test_missing_store_is_named(prepared, tmp_path):
     config = tmp_path / "pgenrm.yaml"
-    config.write_text(f"prototypes: {{enabled: true}}\nstore: {{name: sqlite, options: {{path: {tmp_path / 'no.sqlite'}}}}}\n")
+    config.write_text("prototypes: {enabled: true}\n"
+                      f"store: {{name: sqlite, options: {{path: {tmp_path / 'no.sqlite'}}}}}\n")
     recipe = load_recipe("openrlhf-grpo")
     problems = preflight(recipe, {**overrides(recipe, prepared), "pgenrm_config": str(config)})
     assert any("pgenrm prototypes build" in p for p in problems)

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from pgenrm_plugins import cli
-from pgenrm_plugins.datasets.bench import load_bench, read_bench_rows
 from pgenrm_plugins.commands import prototypes as commands
+from pgenrm_plugins.datasets.bench import load_bench, read_bench_rows
 from pgenrm_plugins.prototypes.sqlite_store import SQLiteStore
 from pgenrm_plugins.requests_io import LineError, read_requests
 from pgenrm_plugins.types import HistoryItem, Message, ScoreRequest, as_messages

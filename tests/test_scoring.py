@@ -33,7 +33,8 @@ def test_group_mode_reads_scores_by_probability(judge, request_row):
 
 
 def test_group_mode_with_parsed_scores(judge, request_row):
-    scorer = Scorer(make_config(reward={"mode": "group", "reader": "parse"}, sampling={"max_new_tokens": 96}), backend=judge)
+    scorer = Scorer(make_config(reward={"mode": "group", "reader": "parse"}, sampling={"max_new_tokens": 96}),
+                    backend=judge)
     [result] = scorer.score([request_row])
     check_rewards(result, 3)
     c = result.components
@@ -178,7 +179,8 @@ def test_a_lone_compared_completion_is_compared_with_its_reference(judge, reques
     # with nothing to compare it with, the failure policy decides, and says why
     [alone] = scorer.score([dict(lone, reference=None)])
     assert alone.rewards == [0.5] and alone.components.failure_kinds == {"nothing_to_compare": 1}
-    strict = Scorer({"sampling": {"chains": 1}, "reward": {"criteria": "none", "compare": True, "failure_policy": "raise"}},
+    strict = Scorer({"sampling": {"chains": 1},
+                     "reward": {"criteria": "none", "compare": True, "failure_policy": "raise"}},
                     backend=judge)
     with pytest.raises(ScoringError, match="nothing_to_compare"):
         strict.score([dict(lone, reference=None)])

@@ -161,7 +161,8 @@ def test_openrlhf_client_gets_rewards_and_requests_are_coalesced(judge_scorer):
             calls = [executor._fetch_rewards_via_http([prompt + resp + "<|im_end|>"], [prompt], [label("bea")])
                      for resp in responses]
             # one sample from another user joins the same window but not the same merged request
-            calls.append(executor._fetch_rewards_via_http([prompt + "Count sheep.<|im_end|>"], [prompt], [label("cal")]))
+            calls.append(executor._fetch_rewards_via_http([prompt + "Count sheep.<|im_end|>"], [prompt],
+                                                          [label("cal")]))
             return await asyncio.gather(*calls)
 
         replies = asyncio.run(rollout())
@@ -234,7 +235,8 @@ def test_load_32_clients_nothing_lost_duplicated_or_swapped():
             r = await http.post(url, json={"query": [prompt + completion + "<|im_end|>"], "prompts": [prompt],
                                            "labels": [label(f"user{c % 4}")]})
             assert r.status_code == 200, r.text
-            req = ScoreRequest(user_id=f"user{c % 4}", history=HISTORY, prompt=prompt_of(prompt), completions=[completion])
+            req = ScoreRequest(user_id=f"user{c % 4}", history=HISTORY, prompt=prompt_of(prompt),
+                               completions=[completion])
             got.append((r.json()["rewards"][0], content_reward(req, completion)))
         return got
 
@@ -266,8 +268,8 @@ def test_load_32_clients_with_the_judge(judge_scorer):
         async def go():
             async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=32)) as http:
                 return await asyncio.gather(*(
-                    http.post(f"{srv.url}/get_reward", json={"query": [prompt + text + "<|im_end|>"], "prompts": [prompt],
-                                                            "labels": [label(user)]})
+                    http.post(f"{srv.url}/get_reward", json={"query": [prompt + text + "<|im_end|>"],
+                                                            "prompts": [prompt], "labels": [label(user)]})
                     for user, prompt, text in samples))
         replies = asyncio.run(go())
     assert [r.status_code for r in replies] == [200] * 32, [r.text for r in replies if r.status_code != 200]
@@ -283,7 +285,8 @@ def test_load_32_clients_with_the_judge(judge_scorer):
     # and the batch-mates did not change a reward: two completions of one group judged on their own
     user, prompt = groups[0]
     texts = [t for u, _, t in samples if u == user][:2]
-    [alone] = judge_scorer.score([{"user_id": user, "history": HISTORY, "prompt": prompt_of(prompt), "completions": texts}])
+    [alone] = judge_scorer.score([{"user_id": user, "history": HISTORY, "prompt": prompt_of(prompt),
+                                   "completions": texts}])
     assert alone.rewards == pytest.approx([judged[(user, t)] for t in texts], abs=1e-4)
 
 
@@ -294,7 +297,8 @@ ROW = {"user_id": "u", "history": [], "prompt": "Hi", "completions": ["Hello."]}
 def test_bad_input_is_refused_with_the_reason():
     with LiveServer(create_app(ContentScorer(), {"max_body_bytes": 2048, "max_completions_per_request": 3,
                                                  "max_requests_per_call": 2})) as srv:
-        r = httpx.post(f"{srv.url}/v1/score", content=b'{"user_id": "u", ', headers={"content-type": "application/json"})
+        r = httpx.post(f"{srv.url}/v1/score", content=b'{"user_id": "u", ',
+                       headers={"content-type": "application/json"})
         assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
         r = httpx.post(f"{srv.url}/v1/score", json=dict(ROW, completions=[]))
         assert r.status_code == 422 and "completions" in r.json()["detail"]
@@ -320,7 +324,8 @@ def test_bad_input_is_refused_with_the_reason():
         assert r.status_code == 422 and "same length" in r.json()["detail"]
         r = httpx.post(f"{srv.url}/get_reward", content=b'{"query": [', headers={"content-type": "application/json"})
         assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
-        r = httpx.post(f"{srv.url}/get_reward", content=b'{"query": ["\xc3\x28"]}', headers={"content-type": "application/json"})
+        r = httpx.post(f"{srv.url}/get_reward", content=b'{"query": ["\xc3\x28"]}',
+                       headers={"content-type": "application/json"})
         assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
         r = httpx.post(f"{srv.url}/get_reward", json={"query": ["x" * 3000], "prompts": ["p"], "labels": ["{}"]})
         assert r.status_code == 413 and "2048" in r.json()["detail"]
@@ -328,7 +333,8 @@ def test_bad_input_is_refused_with_the_reason():
         # a list body gets a list back, in order
         two = [dict(ROW, user_id="x", completions=["a", "b"]), dict(ROW, user_id="y")]
         got = httpx.post(f"{srv.url}/v1/score", json=two).json()
-        assert [g["rewards"] for g in got] == [[content_reward(ScoreRequest.model_validate(r), c) for c in r["completions"]]
+        assert [g["rewards"] for g in got] == [[content_reward(ScoreRequest.model_validate(r), c)
+                                                for c in r["completions"]]
                                                for r in two]
         assert 'pgenrm_failures_total{kind="invalid"}' in httpx.get(f"{srv.url}/metrics").text
 
@@ -415,7 +421,8 @@ def test_judge_raising_mid_batch_is_503_and_openrlhf_retry_gets_the_right_reward
         executor = SingleTurnAgentExecutor(remote_rm_url=f"{srv.url}/get_reward")
 
         async def rollout():
-            return await asyncio.gather(*(executor._fetch_rewards_via_http([prompt + t + "<|im_end|>"], [prompt], [label(u)])
+            return await asyncio.gather(*(executor._fetch_rewards_via_http([prompt + t + "<|im_end|>"], [prompt],
+                                                                           [label(u)])
                                           for u, t in samples))
         replies = asyncio.run(rollout())
         assert srv.app.state.batcher.running

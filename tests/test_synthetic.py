@@ -137,7 +137,8 @@ def test_cli_writes_rows_and_truth(tmp_path):
 
     plugins.register_commands(app)
     out = tmp_path / "sub" / "rows.jsonl"
-    result = CliRunner().invoke(app, ["data", "synth", "--users", "5", "--out", str(out), "--seed", "9", "--rows-per-user", "6"])
+    result = CliRunner().invoke(app, ["data", "synth", "--users", "5", "--out", str(out), "--seed", "9",
+                                      "--rows-per-user", "6"])
     assert result.exit_code == 0, result.output
     lines = out.read_text().splitlines()
     assert [json.loads(line) for line in lines] == generate_rows(n_users=5, rows_per_user=6, seed=9)

@@ -16,7 +16,8 @@ from pgenrm_plugins.training.items import HIGH, LOW, ItemSettings, ItemSource, d
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-    path, _ = write_bench(tmp_path_factory.mktemp("train") / "rows.jsonl", generate(8, 6, seed=3, cold_start_fraction=0.0))
+    path, _ = write_bench(tmp_path_factory.mktemp("train") / "rows.jsonl",
+                          generate(8, 6, seed=3, cold_start_fraction=0.0))
     return path
 
 
@@ -44,10 +45,10 @@ def test_compared_items_put_each_pair_both_ways(rows):
     for i in range(10):
         one, two = singles.item(i), compared.item(i)
         assert one.history == two.history and len(two.candidates) == 2 * len(one.pairs)
-        for (a, b), (w, l) in zip(two.pairs, one.pairs):
+        for (a, b), (w, loser) in zip(two.pairs, one.pairs):
             first, second = two.candidates[a], two.candidates[b]
-            assert (first.response, first.versus) == (one.candidates[w].response, one.candidates[l].response)
-            assert (second.response, second.versus) == (one.candidates[l].response, one.candidates[w].response)
+            assert (first.response, first.versus) == (one.candidates[w].response, one.candidates[loser].response)
+            assert (second.response, second.versus) == (one.candidates[loser].response, one.candidates[w].response)
             assert (first.target, second.target) == (HIGH, LOW)
 
 
@@ -94,7 +95,8 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
                      "sampling": {"chains": 2}, "reward": {"max_history": 2, "max_chars": 160}}, backend=backend)
     assert scorer.criteria == "none"  # `auto` follows the judge's manifest, and so does the rest
     assert scorer.config.reward.compare and scorer.config.reward.history_render == "contrast"
-    [result] = scorer.score([{"user_id": "u", "history": [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}],
+    [result] = scorer.score([{"user_id": "u",
+                              "history": [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}],
                               "prompt": "How do I boil an egg?", "completions": ["Boil it 9 minutes.", "Eggs."]}])
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
     assert result.components.criteria_mode == "none" and result.components.chains_sampled == 2

@@ -31,7 +31,8 @@ HISTORY = [
      "rejected": "Choosing a name is personal! Many people pick names from food or books."},
 ]
 OTHER_HISTORY = [
-    {"prompt": "How do I boil an egg?", "chosen": "Put the egg in boiling water for nine minutes, then cool it in cold water.",
+    {"prompt": "How do I boil an egg?",
+     "chosen": "Put the egg in boiling water for nine minutes, then cool it in cold water.",
      "rejected": "Boil it."},
 ]
 SLEEP = "How can I fall asleep faster?"

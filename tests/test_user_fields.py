@@ -33,7 +33,8 @@ def test_history_shapes_a_dataset_may_hold():
     assert read_history(np.array(HISTORY, dtype=object)) == HISTORY  # verl's non_tensor_batch
     # PersonalRewardBench style: `context` messages, {role, content} answers, extra fields
     bench = [{"context": [{"role": "user", "content": "Hi"}], "chosen": {"role": "assistant", "content": "Hey."},
-              "rejected": {"role": "assistant", "content": "Greetings, dear user."}, "chosen_score": 5, "split": "train"}]
+              "rejected": {"role": "assistant", "content": "Greetings, dear user."}, "chosen_score": 5,
+              "split": "train"}]
     assert read_history(bench) == [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hey.",
                                     "rejected": "Greetings, dear user."}]
     for bad in ("{not json", 42, [1, 2], {"prompt": ["a"], "chosen": []}):
@@ -59,11 +60,13 @@ def test_prompts_and_completions_in_every_shape():
     # model/human roles become assistant/user; a tool turn becomes a labelled user turn
     assert read_prompt([{"role": "human", "content": "Hi"}, {"role": "tool", "content": "42"}]) == [
         {"role": "user", "content": "Hi"}, {"role": "user", "content": "[tool] 42"}]
-    blocks = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]}]
+    blocks = [{"role": "user",
+               "content": [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]}]
     assert read_prompt(blocks) == [{"role": "user", "content": "ab"}]
     with pytest.raises(ValueError, match="expected a string or a list of messages"):
         read_prompt(3)
-    assert completion_text([{"role": "assistant", "content": "one"}, {"role": "assistant", "content": "two"}]) == "one\ntwo"
+    assert completion_text([{"role": "assistant", "content": "one"},
+                            {"role": "assistant", "content": "two"}]) == "one\ntwo"
     assert completion_text({"role": "assistant", "content": "x"}) == "x" and completion_text(None) == ""
 
 

@@ -30,7 +30,8 @@ from pgenrm_plugins.frameworks.user_fields import UserFieldError
 SAMPLE_COMPONENT_KEYS = tuple("pgenrm_" + k for k in LOG_KEYS)  # what every sample logs
 
 FAST = {"sampling": {"chains": 1, "max_new_tokens": 32, "seed": 7}}
-ONE_LINE = ["reward.custom_reward_function.path=pkg://pgenrm_verl.reward", "reward.custom_reward_function.name=compute_score"]
+ONE_LINE = ["reward.custom_reward_function.path=pkg://pgenrm_verl.reward",
+            "reward.custom_reward_function.name=compute_score"]
 HISTORY = [{"prompt": "What is a good name for a cat?", "chosen": "Miso.",
             "rejected": "Choosing a name is personal! Many people pick names from food or books."}]
 OTHER_HISTORY = [{"prompt": "How do I boil an egg?", "chosen": "Boil it for nine minutes, then cool it in cold water.",
@@ -78,7 +79,8 @@ def compose(model_dir, *overrides):
 
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return hydra_compose(config_name="ppo_trainer", overrides=[f"actor_rollout_ref.model.path={model_dir}", *overrides])
+        return hydra_compose(config_name="ppo_trainer",
+                             overrides=[f"actor_rollout_ref.model.path={model_dir}", *overrides])
 
 
 def objects(values):
@@ -100,7 +102,8 @@ def make_batch(tokenizer, samples, prompt_in_extra_info: bool):
     response_ids = torch.tensor([r + [pad] * (rlen - len(r)) for r in responses])
     mask = torch.tensor([[0] * (plen - len(p)) + [1] * len(p) + [1] * len(r) + [0] * (rlen - len(r))
                          for p, r in zip(prompts, responses)])
-    batch = TensorDict({"prompts": prompt_ids, "responses": response_ids, "input_ids": torch.cat([prompt_ids, response_ids], 1),
+    batch = TensorDict({"prompts": prompt_ids, "responses": response_ids,
+                        "input_ids": torch.cat([prompt_ids, response_ids], 1),
                         "attention_mask": mask, "position_ids": torch.clamp(mask.cumsum(1) - 1, min=0)},
                        batch_size=len(samples))
     extra = [dict(e, prompt=p) if prompt_in_extra_info else dict(e) for p, _, e in samples]
@@ -118,9 +121,10 @@ def core_rewards(judge):
     """The same samples through the core API, one request per (user, prompt)."""
     from pgenrm_plugins.scoring import Scorer
 
-    requests = [{"user_id": "brief-bea", "history": HISTORY, "prompt": SLEEP, "completions": [s[1] for s in SAMPLES[:2]]},
-                {"user_id": "thorough-tom", "history": OTHER_HISTORY, "persona": "Likes precise numbers.", "prompt": TEA,
-                 "completions": [s[1] for s in SAMPLES[2:]]}]
+    requests = [{"user_id": "brief-bea", "history": HISTORY, "prompt": SLEEP,
+                 "completions": [s[1] for s in SAMPLES[:2]]},
+                {"user_id": "thorough-tom", "history": OTHER_HISTORY, "persona": "Likes precise numbers.",
+                 "prompt": TEA, "completions": [s[1] for s in SAMPLES[2:]]}]
     return [x for r in Scorer(FAST, backend=judge).score(requests) for x in r.rewards]
 
 
@@ -140,7 +144,8 @@ def check_outputs(outputs):
 
 
 # -- the one-line switch through verl's naive manager --------------------------------------------
-def test_compute_score_through_verl_naive_manager_and_reward_loop_worker(judge, judge_sample_scorer, model_dir, tokenizer):
+def test_compute_score_through_verl_naive_manager_and_reward_loop_worker(judge, judge_sample_scorer, model_dir,
+                                                                         tokenizer):
     from verl.experimental.reward_loop.reward_manager import NaiveRewardManager
 
     config = compose(model_dir, *ONE_LINE)
@@ -227,7 +232,8 @@ def test_direct_calls_name_each_bad_field(judge):
         ]
         for extra_info, expected in cases:
             with pytest.raises(UserFieldError, match="data.train_files") as exc:
-                asyncio.run(verl_reward.compute_score(data_source="d", solution_str="Hello.", ground_truth="", extra_info=extra_info))
+                asyncio.run(verl_reward.compute_score(data_source="d", solution_str="Hello.", ground_truth="",
+                                                      extra_info=extra_info))
             assert expected in str(exc.value)
         assert not judge_.loaded  # every check came before the judge
     finally:

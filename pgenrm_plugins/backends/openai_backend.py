@@ -163,7 +163,8 @@ class OpenAIBackend:
         return self._run(_gather(self._probs_one(m, candidates) for m in conversations))
 
     async def _probs_one(self, messages: Conversation, candidates: Sequence[str]) -> dict[str, float]:
-        payload = {"messages": messages, "n": 1, "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 20}
+        payload = {"messages": messages, "n": 1, "max_tokens": 1, "temperature": 0, "logprobs": True,
+                   "top_logprobs": 20}
         base, body = await self._post(payload)
         self._usage(body)  # prompt tokens; the one scored token is not a generation
         choices = body.get("choices") or [{}]
@@ -197,7 +198,8 @@ def _server_message(resp: httpx.Response) -> str:
         return resp.text[:500]
     if isinstance(body, dict):
         err = body.get("error")
-        body = (err.get("message") if isinstance(err, dict) else err) or body.get("detail") or body.get("message") or body
+        body = ((err.get("message") if isinstance(err, dict) else err) or body.get("detail") or body.get("message")
+                or body)
     return str(body)[:500]
 
 

@@ -29,8 +29,8 @@ MIN_SHARED_PREFIX = 16
 class TransformersOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="HF model id, local folder, or a judge folder from `pgenrm train` (LoRA "
-                              "adapter); empty = the embedded trained judge (SmolLM2-135M + shipped adapter); "
+    model: str | None = Field(None, description="HF model id, local folder, or a judge folder from `pgenrm train` "
+                              "(LoRA adapter); empty = the embedded trained judge (SmolLM2-135M + shipped adapter); "
                               "'embedded-base' = the untrained SmolLM2-135M-Instruct")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -122,7 +122,8 @@ class TransformersBackend:
     def _run(self, requests: Sequence[GenerationRequest], rows: list[tuple[int, int]]) -> list[Generation]:
         torch = self.torch
         first = requests[rows[0][0]]
-        encoded = [self._encode(requests[i].messages) + self.tokenizer.encode(requests[i].prefill, add_special_tokens=False) for i, _ in rows]
+        encoded = [self._encode(requests[i].messages)
+                   + self.tokenizer.encode(requests[i].prefill, add_special_tokens=False) for i, _ in rows]
         ids, mask = self._left_pad(encoded)
         kwargs = dict(do_sample=False, max_new_tokens=first.max_new_tokens,
                       eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
@@ -141,13 +142,15 @@ class TransformersBackend:
         self.stats.generated_tokens += sum(g.tokens for g in gens)
         return gens
 
-    def next_token_probs(self, conversations: Sequence[Conversation], candidates: Sequence[str]) -> list[dict[str, float]]:
+    def next_token_probs(self, conversations: Sequence[Conversation],
+                         candidates: Sequence[str]) -> list[dict[str, float]]:
         torch = self.torch
         cand_ids = []
         for c in candidates:
             ids = self.tokenizer.encode(c, add_special_tokens=False)
             if len(ids) != 1:
-                raise ValueError(f"candidate {c!r} is {len(ids)} tokens in this tokenizer; candidates must be single tokens")
+                raise ValueError(f"candidate {c!r} is {len(ids)} tokens in this tokenizer; "
+                                 "candidates must be single tokens")
             cand_ids.append(ids[0])
         rows = [self._encode(m) for m in conversations]
         self.stats.prob_calls += 1
@@ -193,7 +196,8 @@ class TransformersBackend:
         ids, mask = self._left_pad(pieces)
         width = ids.shape[1]
         pads = width - mask.sum(dim=1, keepdim=True)
-        positions = (past_mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)[None, :] - pads).clamp(min=0)
+        positions = (past_mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)[None, :]
+                     - pads).clamp(min=0)
         full_mask = torch.cat([past_mask, mask], dim=1)
         kwargs = {self._cache_arg: cache} if cache is not None else {}
         with torch.inference_mode():

@@ -41,7 +41,8 @@ def openrlhf_samples(prompts: int, completions: int) -> list[dict]:
     bodies = []
     for request in grpo_batch(prompts, completions):
         prompt = chatml([{"role": "user", "content": request.prompt}])
-        label = json.dumps({"user_id": request.user_id, "history": [h.model_dump(mode="json") for h in request.history]})
+        label = json.dumps({"user_id": request.user_id,
+                            "history": [h.model_dump(mode="json") for h in request.history]})
         for completion in request.completions:
             bodies.append({"query": [prompt + completion + "<|im_end|>"], "prompts": [prompt], "labels": [label]})
     return bodies
@@ -141,7 +142,8 @@ def run_service_bench(config_path, prompts: int, completions: int, clients: int,
     for col in ("clients", "seconds", "rewards/s", "speed-up"):
         table.add_column(col, justify="left" if col == "clients" else "right")
     for name, r in rows.items():
-        table.add_row(name, f"{r['seconds']:.1f}", f"{r['rewards_per_s']:.2f}", f"{r['seconds'] and seq_s / r['seconds']:.1f}x")
+        table.add_row(name, f"{r['seconds']:.1f}", f"{r['rewards_per_s']:.2f}",
+                      f"{r['seconds'] and seq_s / r['seconds']:.1f}x")
     console.print(table)
     console.print(f"speed-up {ratio:.1f}x; largest reward difference between the two runs {max_diff:.2g}; "
                   f"backend batches in all {batches}", highlight=False)

@@ -22,21 +22,35 @@ from pgenrm_plugins.types import ScoreRequest
 # (prompt, a brief answer, a detailed answer)
 _TOPICS = [
     ("How can I fall asleep faster?", "Keep a fixed bedtime and stop screens an hour before bed.",
-     "1. Go to bed at the same time every night.\n2. Stop screens an hour before.\n3. Keep the room cool and dark.\n4. If awake after 20 minutes, get up and read."),
+     "1. Go to bed at the same time every night.\n2. Stop screens an hour before.\n3. Keep the room cool and dark.\n"
+     "4. If awake after 20 minutes, get up and read."),
     ("How do I keep basil alive indoors?", "Give it a sunny window and water when the soil feels dry.",
-     "Basil wants 6 hours of sun, so use a south-facing window. Water when the top centimetre is dry, never leave it standing in water, and pinch off flower buds so it keeps growing leaves."),
+     "Basil wants 6 hours of sun, so use a south-facing window. Water when the top centimetre is dry, "
+     "never leave it standing in water, and pinch off flower buds so it keeps growing leaves."),
     ("What should I pack for a weekend hike?", "Water, snacks, a rain jacket, a map and a charged phone.",
-     "Pack the ten essentials: navigation (map and compass), a headlamp, sun protection, first aid, a knife, fire starter, an emergency shelter, extra food, extra water and extra clothes. Check the forecast the night before."),
+     "Pack the ten essentials: navigation (map and compass), a headlamp, sun protection, first aid, a knife, "
+     "fire starter, an emergency shelter, extra food, extra water and extra clothes. "
+     "Check the forecast the night before."),
     ("How do I start running?", "Run-walk three times a week: one minute running, two walking, for 20 minutes.",
-     "Begin with a run-walk plan. Week 1: alternate 1 minute of running with 2 of walking for 20 minutes, three times a week. Add a minute of running each week, buy shoes fitted at a running store, and rest when something hurts."),
+     "Begin with a run-walk plan. Week 1: alternate 1 minute of running with 2 of walking for 20 minutes, "
+     "three times a week. Add a minute of running each week, buy shoes fitted at a running store, "
+     "and rest when something hurts."),
     ("How can I save money on groceries?", "Plan meals for the week and shop with a list.",
-     "Plan a week of meals around what is on sale, write a list and stick to it, buy staples like rice and beans in bulk, cook double portions to freeze, and compare the unit price on the shelf label rather than the package price."),
+     "Plan a week of meals around what is on sale, write a list and stick to it, "
+     "buy staples like rice and beans in bulk, cook double portions to freeze, "
+     "and compare the unit price on the shelf label rather than the package price."),
     ("How do I learn to cook rice?", "One cup of rice, one and a half cups of water, simmer covered 15 minutes.",
-     "Rinse one cup of rice until the water runs clear. Add 1.5 cups of water and a pinch of salt, bring to a boil, cover, and simmer on low for 15 minutes. Let it rest covered for 10 minutes, then fluff with a fork."),
+     "Rinse one cup of rice until the water runs clear. Add 1.5 cups of water and a pinch of salt, "
+     "bring to a boil, cover, and simmer on low for 15 minutes. Let it rest covered for 10 minutes, "
+     "then fluff with a fork."),
     ("What is a good first programming language?", "Python: readable and useful everywhere.",
-     "Python is a strong first choice: its syntax reads almost like English, it has a huge community, and it is used for web apps, data analysis and automation. JavaScript is a good alternative if you want to build websites."),
+     "Python is a strong first choice: its syntax reads almost like English, it has a huge community, "
+     "and it is used for web apps, data analysis and automation. "
+     "JavaScript is a good alternative if you want to build websites."),
     ("How do I prepare for a job interview?", "Research the company and practise answers out loud.",
-     "Research the company's products and recent news, reread the job description and match each requirement to an example from your experience, practise answers out loud with the STAR method, and prepare two questions to ask at the end."),
+     "Research the company's products and recent news, reread the job description and match each requirement "
+     "to an example from your experience, practise answers out loud with the STAR method, "
+     "and prepare two questions to ask at the end."),
 ]
 _OPENERS = ["", "Good question! ", "", "Sure. "]
 _CLOSERS = ["", " Hope this helps!", " Results vary from person to person.", ""]
@@ -108,8 +122,9 @@ def run_speed(config_path, prompts: int, completions: int, chains: int, max_new_
         table.add_column(col, justify="left" if col == "setup" else "right")
     for name, r in rows.items():
         r["speedup_vs_paper"] = r["rewards_per_s"] / paper["rewards_per_s"]
-        table.add_row(name, f"{r['seconds']:.1f}", f"{r['rewards_per_s']:.2f}", f"{r['generated_tokens_per_reward']:.1f}",
-                      f"{r['prompt_tokens_per_reward']:.0f}", str(r["parse_failures"]), str(r["neutral_rewards"]),
+        table.add_row(name, f"{r['seconds']:.1f}", f"{r['rewards_per_s']:.2f}",
+                      f"{r['generated_tokens_per_reward']:.1f}", f"{r['prompt_tokens_per_reward']:.0f}",
+                      str(r["parse_failures"]), str(r["neutral_rewards"]),
                       f"{r['speedup_vs_paper']:.1f}x")
     console.print(table)
     report = {"prompts": prompts, "completions": completions, "chains": chains, "max_new_tokens": max_new_tokens,

@@ -35,20 +35,23 @@ def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, hi
     from pgenrm_plugins.training.score_stage import ScoreStageSettings, build_trainer
 
     console = console or Console()
-    source = ItemSource(load_bench(data, strict=True), ItemSettings(history_pairs=history_pairs, targets=targets, seed=0))
+    source = ItemSource(load_bench(data, strict=True),
+                        ItemSettings(history_pairs=history_pairs, targets=targets, seed=0))
     base = base_model_dir("embedded")
     n_items = steps * items_per_step
     pairs = sum(len(source.item(i).pairs) for i in range(n_items))
     rows: dict[str, dict[str, Any]] = {}
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = ScoreStageSettings(steps=steps, grad_accum=items_per_step, lora_layers=lora_layers, max_chars=max_chars)
+        settings = ScoreStageSettings(steps=steps, grad_accum=items_per_step, lora_layers=lora_layers,
+                                      max_chars=max_chars)
         trainer, _, tokenizer = build_trainer(source, settings, Path(tmp) / "shared", base, progress=False)
         trainer.args.save_strategy = "no"
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
-        tokens = sum(len(it["prefix"]) + sum(len(t) for t in it["tails"]) for it in (trainer.train_dataset[i] for i in range(n_items)))
+        tokens = sum(len(it["prefix"]) + sum(len(t) for t in it["tails"])
+                     for it in (trainer.train_dataset[i] for i in range(n_items)))
         rows["score stage (shared prefix)"] = {"seconds": seconds, "tokens": tokens, "peak_rss_mib": peak_rss_mib()}
         del trainer
 
@@ -71,10 +74,12 @@ def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, hi
         sft.train()
         seconds = time.perf_counter() - t0
         sft_tokens = sum(len(x["input_ids"]) for x in sft.train_dataset)
-        rows["TRL SFTTrainer (whole sequences)"] = {"seconds": seconds, "tokens": sft_tokens, "peak_rss_mib": peak_rss_mib()}
+        rows["TRL SFTTrainer (whole sequences)"] = {"seconds": seconds, "tokens": sft_tokens,
+                                                    "peak_rss_mib": peak_rss_mib()}
 
     table = Table("trainer", "seconds", "compared pairs/s", "tokens run", "peak RSS MiB", "speed-up",
-                  title=f"score stage: {n_items} items, {pairs} compared pairs, {steps} optimizer steps, LoRA top {lora_layers} layers")
+                  title=f"score stage: {n_items} items, {pairs} compared pairs, {steps} optimizer steps, "
+                        f"LoRA top {lora_layers} layers")
     slow = rows["TRL SFTTrainer (whole sequences)"]["seconds"]
     for name, r in rows.items():
         r["pairs_per_second"] = pairs / r["seconds"]

@@ -254,12 +254,14 @@ def _given_criteria(given: tuple[Criterion, ...]) -> tuple[Criterion, ...]:
     if not given:
         raise _Fail("bad_value", "criteria: none given")
     for c in given:
-        if isinstance(c.weight, bool) or not isinstance(c.weight, (int, float)) or not math.isfinite(c.weight) or c.weight <= 0:
+        if (isinstance(c.weight, bool) or not isinstance(c.weight, (int, float)) or not math.isfinite(c.weight)
+                or c.weight <= 0):
             raise _Fail("bad_value", f"criteria: given weight of {c.name!r} is not positive")
     return given
 
 
-def _scores(obj: dict, labels: tuple[str, ...], criteria: tuple[Criterion, ...], repairs: list[str]) -> dict[str, ResponseScores]:
+def _scores(obj: dict, labels: tuple[str, ...], criteria: tuple[Criterion, ...],
+            repairs: list[str]) -> dict[str, ResponseScores]:
     value = _field(obj, "scores", repairs)
     if value is _MISSING:
         raise _Fail("missing_field", "scores: missing")
@@ -308,7 +310,8 @@ def _response_scores(label: str, entry: Any, criteria: tuple[Criterion, ...], re
             raise _Fail("missing_field", f"{where}.per_criterion.{c.name}: missing")
         s = _number(hit[1], _OUT_OF_TEN)
         if s is None:
-            raise _Fail("bad_value", f"{where}.per_criterion.{c.name}: expected a number from 1 to 10, got {_show(hit[1])}")
+            raise _Fail("bad_value",
+                        f"{where}.per_criterion.{c.name}: expected a number from 1 to 10, got {_show(hit[1])}")
         if not 1.0 <= s <= 10.0:
             clamped = min(10.0, max(1.0, s))
             repairs.append(f"score of {label}/{c.name} clamped from {_fmt(s)} to {_fmt(clamped)}")

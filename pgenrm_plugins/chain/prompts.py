@@ -202,7 +202,8 @@ def _context(history, persona, prompt, max_items: int, max_chars: int, render: H
     )
 
 
-def full_chain(history, persona, prompt, responses: Sequence[str], *, max_items=8, max_chars=1500, render: HistoryRender = "full") -> list[dict]:
+def full_chain(history, persona, prompt, responses: Sequence[str], *, max_items=8, max_chars=1500,
+               render: HistoryRender = "full") -> list[dict]:
     """Preferences, criteria and scores for `responses` (labelled A, B, ...) in one chain."""
     labels = LABELS[: len(responses)]
     user = (
@@ -215,7 +216,8 @@ def full_chain(history, persona, prompt, responses: Sequence[str], *, max_items=
     return _conversation(user)
 
 
-def criteria_chain(history, persona, prompt, *, max_items=8, max_chars=1500, render: HistoryRender = "full") -> list[dict]:
+def criteria_chain(history, persona, prompt, *, max_items=8, max_chars=1500,
+                   render: HistoryRender = "full") -> list[dict]:
     """Preferences and weighted criteria for this (user, prompt): shared by every completion."""
     user = (
         f"{_context(history, persona, prompt, max_items, max_chars, render)}\n\n"
@@ -254,7 +256,8 @@ def score_followup(chain_conversation: list[dict], chain_text: str, response: st
     return _after(chain_conversation, chain_text, user)
 
 
-def criterion_question(chain_conversation: list[dict], chain_text: str, response: str, criterion: str, *, max_chars=1500) -> list[dict]:
+def criterion_question(chain_conversation: list[dict], chain_text: str, response: str, criterion: str, *,
+                       max_chars=1500) -> list[dict]:
     """After a criteria chain: how well does `response` meet `criterion`? Answered by one digit,
     whose probabilities the scorer reads. Every question of a group shares the chain's prefix."""
     user = (
@@ -294,7 +297,8 @@ def direct_question(history, persona, prompt, response: str, *, max_items=8, max
     if versus is None:
         user = f"{context}\n\n## A reply to judge\n{_clip(response, max_chars)}\n\n{DIRECT_QUESTION}"
     else:
-        user = f"{context}\n\n## Two replies to judge\n{_two_replies(response, versus, max_chars, render)}\n\n{DIRECT_COMPARISON}"
+        user = (f"{context}\n\n## Two replies to judge\n{_two_replies(response, versus, max_chars, render)}"
+                f"\n\n{DIRECT_COMPARISON}")
     return _conversation(user)
 
 

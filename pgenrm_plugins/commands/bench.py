@@ -33,14 +33,16 @@ def bench_speed(
 def bench_service(
     config: Optional[Path] = config_option(),
     prompts: int = typer.Option(4, min=1, help="(user, prompt) groups in the rollout."),
-    completions: int = typer.Option(8, min=1, help="Completions per group (n_samples_per_prompt), each sent as its own request."),
+    completions: int = typer.Option(8, min=1, help="Completions per group (n_samples_per_prompt), each sent as "
+                                                   "its own request."),
     clients: int = typer.Option(32, min=1, help="Concurrent single-sample clients."),
     chains: int = typer.Option(1, min=1, help="Evaluation chains sampled per judgement (Ind-N)."),
     max_new_tokens: int = typer.Option(48, min=8, help="Token budget of one evaluation chain."),
     max_wait_ms: float = typer.Option(20.0, min=0, help="The service's batching window."),
     output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
 ):
-    """Rewards/s of the scoring service: concurrent single-sample /get_reward clients against the same requests one at a time."""
+    """Rewards/s of the scoring service: concurrent single-sample /get_reward clients against the same requests
+    one at a time."""
     from pgenrm_plugins.bench.service import run_service_bench
 
     run_service_bench(config, prompts, completions, clients, chains, max_new_tokens, max_wait_ms, output,
@@ -49,13 +51,21 @@ def bench_service(
 
 @bench_app.command("accuracy")
 def bench_accuracy(
-    data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows (.jsonl or .parquet); the test split is judged."),
-    report: Path = typer.Option(..., "--report", help="Folder for report.json, report.md, the plots and the judge cache."),
+    data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows (.jsonl or .parquet); "
+                                                  "the test split is judged."),
+    report: Path = typer.Option(..., "--report", help="Folder for report.json, report.md, the plots and "
+                                                      "the judge cache."),
     config: Optional[Path] = config_option(),
-    store: Optional[str] = typer.Option(None, help="Prototype store for the ind-N+pro-K settings: a SQLite file, or a YAML file with a store section."),
-    settings: Optional[list[str]] = typer.Option(None, help="Comma-separated settings: no-history, global-history, ind-N, ind-N+pro-K, each optionally :MODE or :READER. Default: no-history,global-history,ind-1,ind-2,ind-4,ind-8 (+ ind-2+pro-2,ind-2+pro-4 with --store)."),
-    truth: Optional[Path] = typer.Option(None, help="Latent truth of synthetic data; default: DATA's NAME.truth.json when present."),
-    cache: Optional[Path] = typer.Option(None, help="Judge-output cache (SQLite); default: REPORT/judge-cache.sqlite. Reruns reuse it."),
+    store: Optional[str] = typer.Option(None, help="Prototype store for the ind-N+pro-K settings: a SQLite file, "
+                                                   "or a YAML file with a store section."),
+    settings: Optional[list[str]] = typer.Option(None, help="Comma-separated settings: no-history, global-history, "
+                                                            "ind-N, ind-N+pro-K, each optionally :MODE or :READER. "
+                                                            "Default: no-history,global-history,ind-1,ind-2,ind-4,"
+                                                            "ind-8 (+ ind-2+pro-2,ind-2+pro-4 with --store)."),
+    truth: Optional[Path] = typer.Option(None, help="Latent truth of synthetic data; default: DATA's NAME.truth.json "
+                                                    "when present."),
+    cache: Optional[Path] = typer.Option(None, help="Judge-output cache (SQLite); default: REPORT/judge-cache.sqlite. "
+                                                    "Reruns reuse it."),
     max_test_rows: Optional[int] = typer.Option(None, min=1, help="Judge only the first this many test rows."),
 ):
     """Personalized pairwise accuracy on the test split: both orders, ties and failures counted, 95% CIs."""
@@ -70,12 +80,14 @@ def bench_accuracy(
 
 @bench_app.command("train")
 def bench_train(
-    data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows (train users), e.g. from `pgenrm data synth`."),
+    data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows (train users), "
+                                                  "e.g. from `pgenrm data synth`."),
     steps: int = typer.Option(4, min=1, help="Optimizer steps per trainer."),
     items: int = typer.Option(2, min=1, help="Items (one history view + its candidates) per step."),
     output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
 ):
-    """Cost of the score stage on this machine: the shared-prefix trainer against TRL's SFTTrainer, same items, same run."""
+    """Cost of the score stage on this machine: the shared-prefix trainer against TRL's SFTTrainer, same items,
+    same run."""
     from pgenrm_plugins.bench.train_cost import run_train_cost
 
     run_train_cost(data, steps=steps, items_per_step=items, output=output, console=wide_console(110))

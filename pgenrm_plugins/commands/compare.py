@@ -16,7 +16,8 @@ compare_app = typer.Typer(help="Side-by-side comparisons.", no_args_is_help=True
 
 @compare_app.command("adapters")
 def compare_adapters(
-    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Requests (.jsonl/.parquet, the `pgenrm score` format); default: a built-in pair of users."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Requests (.jsonl/.parquet, the `pgenrm score` "
+                                                                     "format); default: a built-in pair of users."),
     config: Optional[Path] = config_option(),
     tolerance: float = typer.Option(1e-6, min=0.0, help="Largest difference from the core API still called identical."),
 ):
@@ -50,7 +51,8 @@ def compare_adapters(
     diff = table.max_difference()
     adapters = [n for n in table.columns if n != "core"]
     if diff <= tolerance:
-        console.print(f"identical: {', '.join(adapters) or 'no adapter'} match the core API (largest difference {diff:.2e})")
+        console.print(f"identical: {', '.join(adapters) or 'no adapter'} match the core API "
+                      f"(largest difference {diff:.2e})")
     else:
         console.print(f"[red]different:[/red] largest difference from the core API {diff:.2e} > {tolerance:.0e}")
         raise typer.Exit(1)

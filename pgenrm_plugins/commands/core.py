@@ -17,7 +17,8 @@ from pgenrm_plugins.hookspecs import hookimpl
 
 
 def score(
-    input: Path = typer.Option(..., "--input", "-i", help="Requests, one JSON object per line (.jsonl) or row (.parquet)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Requests, one JSON object per line (.jsonl) "
+                                                          "or row (.parquet)."),
     config: Optional[Path] = config_option(),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here (JSONL); default: stdout."),
     batch_size: int = typer.Option(8, min=1, help="Requests scored together in one backend call."),
@@ -76,7 +77,8 @@ def _show(items, results) -> None:
         if "error" in result:
             continue
         c = result["components"]
-        table = Table(title=f"user {item.user_id or '(anonymous)'}: {c['mode']} mode, {c['reader']} reader", title_justify="left")
+        table = Table(title=f"user {item.user_id or '(anonymous)'}: {c['mode']} mode, {c['reader']} reader",
+                      title_justify="left")
         table.add_column("reward", justify="right")
         table.add_column("completion")
         for reward, completion in zip(result["rewards"], item.completions):
@@ -97,10 +99,12 @@ def serve(
     config: Optional[Path] = config_option(),
     host: str = typer.Option("127.0.0.1", help="Interface to bind. Anything but loopback: set $PGENRM_API_KEY too."),
     port: int = typer.Option(8017, min=1, max=65535, help="TCP port."),
-    max_wait_ms: float = typer.Option(20.0, min=0, help="Batching window: how long a waiting request waits for batch-mates."),
+    max_wait_ms: float = typer.Option(20.0, min=0, help="Batching window: how long a waiting request waits "
+                                                        "for batch-mates."),
     max_batch_requests: int = typer.Option(64, min=1, help="Most caller requests in one backend batch."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug, info, warning, error)."),
-    ray: bool = typer.Option(False, "--ray", help="Serve as a Ray Serve deployment (joins $RAY_ADDRESS or a local `ray start` cluster, else starts one)."),
+    ray: bool = typer.Option(False, "--ray", help="Serve as a Ray Serve deployment (joins $RAY_ADDRESS or a local "
+                                                  "`ray start` cluster, else starts one)."),
     replicas: int = typer.Option(2, min=1, help="With --ray: scoring replicas, each with its own judge."),
     replica_cpus: float = typer.Option(1.0, min=0, help="With --ray: CPUs reserved per replica."),
     replica_gpus: float = typer.Option(0.0, min=0, help="With --ray: GPUs per replica (fractions share one GPU)."),
@@ -124,7 +128,8 @@ def serve(
                 from pgenrm_plugins.server import ray_serve
             except ImportError as exc:
                 fail(f"--ray needs the ray extra: pip install 'pgenrm-plugins[ray]' ({exc})")
-            err.print(f"deploying {replicas} replicas on Ray; serving at http://{host}:{port} once they are up (Ctrl-C stops)")
+            err.print(f"deploying {replicas} replicas on Ray; serving at http://{host}:{port} once they are up "
+                      "(Ctrl-C stops)")
             ray_serve.run(str(config) if config else None, host=host, port=port, settings=settings, replicas=replicas,
                           replica_cpus=replica_cpus, replica_gpus=replica_gpus)
         else:

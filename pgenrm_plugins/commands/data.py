@@ -14,23 +14,28 @@ from pgenrm_plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli):
-    data_app = typer.Typer(help="PersonalRewardBench data: synthetic users with known preferences.", no_args_is_help=True)
+    data_app = typer.Typer(help="PersonalRewardBench data: synthetic users with known preferences.",
+                           no_args_is_help=True)
     cli.add_typer(data_app, name="data")
 
     @data_app.command("synth")
     def synth(
         users: int = typer.Option(..., "--users", min=1, help="How many synthetic users."),
-        out: Path = typer.Option(..., "--out", "-o", help="Rows file to write (.jsonl or .parquet); the truth goes next to it as NAME.truth.json."),
+        out: Path = typer.Option(..., "--out", "-o", help="Rows file to write (.jsonl or .parquet); "
+                                                          "the truth goes next to it as NAME.truth.json."),
         seed: int = typer.Option(0, help="Same seed, same rows."),
         rows_per_user: int = typer.Option(10, min=2, help="Rows of each warm user (train + val + test)."),
-        test_per_user: Optional[int] = typer.Option(None, help="Test rows per user (default: a quarter of rows_per_user)."),
+        test_per_user: Optional[int] = typer.Option(None, help="Test rows per user "
+                                                               "(default: a quarter of rows_per_user)."),
         val_per_user: int = typer.Option(0, min=0, help="Val rows per user."),
         cold_start: float = typer.Option(0.2, min=0.0, max=0.99, help="Fraction of users with no train rows."),
         types: int = typer.Option(len(TYPES), min=1, max=len(TYPES), help="How many latent types to use."),
         noise: float = typer.Option(0.25, min=0.0, help="Per-user noise around the type's weights (std)."),
-        sharpness: float = typer.Option(3.0, min=0.0, help="How strictly choices follow the weights (Bradley-Terry scale)."),
-        vary: str = typer.Option(",".join(ATTRIBUTES), help="Comma-separated attributes the two answers of a row may differ "
-                                                              "on; train without one and test with only it to hold it out."),
+        sharpness: float = typer.Option(3.0, min=0.0, help="How strictly choices follow the weights "
+                                                           "(Bradley-Terry scale)."),
+        vary: str = typer.Option(",".join(ATTRIBUTES), help="Comma-separated attributes the two answers of a row "
+                                                            "may differ on; train without one and test with only it "
+                                                            "to hold it out."),
         rendering: str = typer.Option("default", help=f"How attributes are written: {', '.join(RENDERINGS)} (alt: "
                                                        "bullets, other openers, sign-offs and caveat leads)."),
     ):

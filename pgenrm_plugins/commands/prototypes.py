@@ -30,7 +30,10 @@ StoreOption = typer.Option(
     None, "--store", "-s",
     help="A SQLite file path (created when missing), or a postgresql:// URL. Default: the config's `store:` section.",
 )
-ConfigOption = typer.Option(None, "--config", "-c", help="YAML or TOML config (judge, embedder, store); default: $PGENRM_CONFIG, else the embedded defaults.")
+ConfigOption = typer.Option(
+    None, "--config", "-c",
+    help="YAML or TOML config (judge, embedder, store); default: $PGENRM_CONFIG, else the embedded defaults.",
+)
 
 
 def store_choice(store: str | None, config):
@@ -85,22 +88,36 @@ def _judge(config):
 
 @app.command("build")
 def build(
-    data: Path = typer.Option(..., "--data", "-d", help="PersonalRewardBench rows (.jsonl or .parquet). Each user's train rows are their history."),
+    data: Path = typer.Option(..., "--data", "-d", help="PersonalRewardBench rows (.jsonl or .parquet). "
+                                                        "Each user's train rows are their history."),
     store: Optional[str] = StoreOption,
     config: Optional[Path] = ConfigOption,
-    k: Optional[int] = typer.Option(None, "--k", min=1, help="Number of prototypes (capped by the number of users). Default: about one per 8 users, at most 100."),
-    skip_judge: bool = typer.Option(False, "--skip-judge", help="Embed each user's history itself instead of a preference synthesis written by the judge (much faster, no judge needed); the same as --source history."),
-    source: Optional[str] = typer.Option(None, "--source", help="What places a user: synthesis (the judge's, the default), history (prompt + preferred reply), or contrast (what only the preferred reply says, minus what only the rejected one says; no judge)."),
-    strict: bool = typer.Option(False, "--strict", help="Refuse the whole file if any row is bad, instead of reporting bad rows by line and skipping them."),
-    batch_size: int = typer.Option(16, min=1, help="Users per judge call and per committed batch: an interrupted build resumes after the last committed batch."),
+    k: Optional[int] = typer.Option(None, "--k", min=1, help="Number of prototypes (capped by the number of users). "
+                                                             "Default: about one per 8 users, at most 100."),
+    skip_judge: bool = typer.Option(False, "--skip-judge", help="Embed each user's history itself instead of a "
+                                                                "preference synthesis written by the judge "
+                                                                "(much faster, no judge needed); "
+                                                                "the same as --source history."),
+    source: Optional[str] = typer.Option(None, "--source", help="What places a user: synthesis (the judge's, "
+                                                                "the default), history (prompt + preferred reply), or "
+                                                                "contrast (what only the preferred reply says, "
+                                                                "minus what only the rejected one says; no judge)."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse the whole file if any row is bad, instead of "
+                                                        "reporting bad rows by line and skipping them."),
+    batch_size: int = typer.Option(16, min=1, help="Users per judge call and per committed batch: an interrupted "
+                                                   "build resumes after the last committed batch."),
     epochs: int = typer.Option(8, min=0, help="Epochs of the prototype updater (0: plain k-means prototypes)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of k-means and the updater; default: the config's sampling.seed."),
+    seed: Optional[int] = typer.Option(None, help="Seed of k-means and the updater; "
+                                                  "default: the config's sampling.seed."),
 ):
     """Build user prototypes from PersonalRewardBench rows and publish them into STORE.
 
-    For each user with train rows, the judge writes a preference synthesis (with --skip-judge the history itself is embedded instead); users are embedded, clustered with k-means and the prototypes refined with the paper's updater.
+    For each user with train rows, the judge writes a preference synthesis (with --skip-judge the history itself
+    is embedded instead); users are embedded, clustered with k-means and the prototypes refined with the paper's
+    updater.
 
-    Readers of STORE see the previous build until the new one is published in one transaction. After an interruption, run the same command again: it resumes with the users not yet committed.
+    Readers of STORE see the previous build until the new one is published in one transaction. After an
+    interruption, run the same command again: it resumes with the users not yet committed.
     """
     from dataclasses import replace
 
@@ -194,14 +211,18 @@ def _read_history(path: Path):
 @app.command("add-user")
 def add_user_command(
     user_id: str = typer.Argument(..., help="The user's id (an existing id is updated)."),
-    history: Optional[Path] = typer.Option(None, "--history", help="The user's past choices: JSON list or JSONL of {\"prompt\", \"chosen\", \"rejected\"}, or a JSON object {\"history\": [...], \"persona\": \"...\"}."),
+    history: Optional[Path] = typer.Option(None, "--history", help="The user's past choices: JSON list or JSONL of "
+                                                                   "{\"prompt\", \"chosen\", \"rejected\"}, "
+                                                                   "or a JSON object "
+                                                                   "{\"history\": [...], \"persona\": \"...\"}."),
     persona: Optional[str] = typer.Option(None, help="A persona text for the user (overrides the file's)."),
     store: Optional[str] = StoreOption,
     config: Optional[Path] = ConfigOption,
 ):
     """Add or update one user in the current build without rebuilding.
 
-    The user is embedded the way the build embedded its members (the judge's synthesis, or the history itself for a --skip-judge build) and placed in the nearest prototype.
+    The user is embedded the way the build embedded its members (the judge's synthesis, or the history itself for a
+    --skip-judge build) and placed in the nearest prototype.
     """
     from pgenrm_plugins.prototypes.base import StoreError
     from pgenrm_plugins.prototypes.builder import add_user
@@ -280,7 +301,8 @@ def plot_prototypes(store, path: Path, max_points: int = 20000, seed: int = 0) -
 def show(
     store: Optional[str] = StoreOption,
     config: Optional[Path] = ConfigOption,
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a picture (PNG): members projected to 2-D by PCA, coloured by prototype."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a picture (PNG): members projected to 2-D "
+                                                             "by PCA, coloured by prototype."),
 ):
     """Print the store's sizes and each prototype's population; optionally draw the prototypes."""
     cfg = _load(config)
@@ -304,7 +326,8 @@ def show(
             summary.add_row(key, str(value))
         updater = meta.get("updater") or {}
         if updater.get("examples"):
-            summary.add_row("updater agreement", f"{updater['agreement_before']:.3f} -> {updater['agreement_after']:.3f}")
+            summary.add_row("updater agreement",
+                            f"{updater['agreement_before']:.3f} -> {updater['agreement_after']:.3f}")
         out.print(summary)
         population = {int(p): int(n) for p, n in (stats.get("population") or {}).items()}
         total = sum(population.values()) or 1

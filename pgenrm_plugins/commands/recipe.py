@@ -33,7 +33,8 @@ def register_commands(cli):
         console.print(table)
 
     @app.command("show")
-    def show_cmd(name: str = typer.Argument(..., help="A recipe name (pgenrm recipe list)."), sets: list[str] = SetOption):
+    def show_cmd(name: str = typer.Argument(..., help="A recipe name (pgenrm recipe list)."),
+                 sets: list[str] = SetOption):
         """Print the exact command and environment a recipe runs, with its vars filled."""
         try:
             recipe = load_recipe(name)
@@ -47,7 +48,8 @@ def register_commands(cli):
     @app.command("prepare")
     def prepare_cmd(
         name: str = typer.Argument(..., help="A recipe name: its framework decides the file layout."),
-        data: Path = typer.Option(..., help="PersonalRewardBench rows (.jsonl or .parquet); train rows become prompts."),
+        data: Path = typer.Option(..., help="PersonalRewardBench rows (.jsonl or .parquet); "
+                                            "train rows become prompts."),
         sets: list[str] = SetOption,
         strict: bool = typer.Option(False, help="Refuse the data if any row is bad (default: report and skip)."),
     ):

@@ -36,9 +36,12 @@ def register_commands(cli):
 
     @train_app.command("score")
     def score(
-        data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows; the train split of each user is used."),
-        out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); checkpoints in OUT/checkpoints."),
-        base: str = typer.Option("embedded", help="Base causal LM: 'embedded' (SmolLM2-135M-Instruct), an HF folder or id."),
+        data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows; "
+                                                      "the train split of each user is used."),
+        out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); "
+                                                          "checkpoints in OUT/checkpoints."),
+        base: str = typer.Option("embedded", help="Base causal LM: 'embedded' (SmolLM2-135M-Instruct), "
+                                                  "an HF folder or id."),
         steps: int = typer.Option(600, min=1, help="Optimizer steps."),
         grad_accum: int = typer.Option(4, min=1, help="Items (one history view + its candidates) per optimizer step."),
         learning_rate: float = typer.Option(3e-4, help="LoRA learning rate (cosine schedule)."),
@@ -48,7 +51,8 @@ def register_commands(cli):
         targets: int = typer.Option(2, min=1, help="Pairs scored after one view."),
         max_chars: int = typer.Option(600, min=64, help="Each text cut to this (set reward.max_chars to this)."),
         history_render: str = typer.Option("full", help="History pairs 'full' or 'contrast' (only where chosen and "
-                                                         "rejected differ); becomes the judge's reward.history_render."),
+                                                         "rejected differ); becomes the judge's "
+                                                         "reward.history_render."),
         compare: bool = typer.Option(False, help="Train comparisons (reply A against reply B, both orders) instead of "
                                                  "single replies; becomes the judge's reward.compare."),
         seed: int = typer.Option(0),
@@ -61,43 +65,55 @@ def register_commands(cli):
         from pgenrm_plugins.training.run import command_line, train_score
 
         with exit_on_bad_input():
-            manifest = train_score(data, out, base=base, steps=steps, grad_accum=grad_accum, learning_rate=learning_rate,
-                                   lora_rank=lora_rank, lora_layers=lora_layers, history_pairs=history_pairs,
-                                   targets=targets, max_chars=max_chars, history_render=history_render,
-                                   compare=compare, seed=seed, threads=threads,
+            manifest = train_score(data, out, base=base, steps=steps, grad_accum=grad_accum,
+                                   learning_rate=learning_rate, lora_rank=lora_rank, lora_layers=lora_layers,
+                                   history_pairs=history_pairs, targets=targets, max_chars=max_chars,
+                                   history_render=history_render, compare=compare, seed=seed, threads=threads,
                                    eval_data=eval_data, eval_rows=eval_rows, fresh=fresh, command=command_line())
         m = manifest["metrics"]
         err.print(f"wrote {out}: {m['steps']} steps, loss {m['first_loss']} -> {m['final_loss']}"
-                  + (f", held-out accuracy {m['eval']['accuracy']:.3f} on {m['eval']['pairs']} pairs" if "eval" in m else ""),
+                  + (f", held-out accuracy {m['eval']['accuracy']:.3f} on {m['eval']['pairs']} pairs"
+                     if "eval" in m else ""),
                   highlight=False)
 
     @train_app.command("psi")
     def psi(
-        data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows; each user's train rows are their history."),
+        data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows; "
+                                                      "each user's train rows are their history."),
         out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); "
-                                                          "teacher outputs in OUT/teacher.jsonl, checkpoints in OUT/checkpoints."),
-        teacher_config: Optional[Path] = typer.Option(None, "--teacher-config", help="pgenrm config (YAML/TOML) whose `backend` is the "
-                                                      "teacher, e.g. an OpenAI-compatible server with a larger model. Default: the "
-                                                      "untrained embedded SmolLM2-135M (rejection sampling from the judge itself)."),
-        base: str = typer.Option("embedded", help="Student base causal LM: 'embedded' (SmolLM2-135M-Instruct), an HF folder or id."),
+                                                          "teacher outputs in OUT/teacher.jsonl, "
+                                                          "checkpoints in OUT/checkpoints."),
+        teacher_config: Optional[Path] = typer.Option(None, "--teacher-config",
+                                                      help="pgenrm config (YAML/TOML) whose `backend` is the teacher, "
+                                                           "e.g. an OpenAI-compatible server with a larger model. "
+                                                           "Default: the untrained embedded SmolLM2-135M "
+                                                           "(rejection sampling from the judge itself)."),
+        base: str = typer.Option("embedded", help="Student base causal LM: 'embedded' (SmolLM2-135M-Instruct), "
+                                                  "an HF folder or id."),
         pairs: int = typer.Option(32, min=1, help="(history view, A/B pair) prompts the teacher is asked about."),
         samples: int = typer.Option(8, min=1, help="Chains sampled per pair (temperature --teacher-temperature)."),
-        teacher_max_new_tokens: int = typer.Option(384, min=16, help="Token budget of one chain; a chain cut off before its "
-                                                                      "closing brace does not parse."),
-        teacher_temperature: float = typer.Option(0.9, min=0.0, help="Teacher sampling temperature (the paper: 0.9-1.0)."),
-        teacher_batch: int = typer.Option(4, min=1, help="Pairs per teacher call; each call is saved to OUT/teacher.jsonl."),
-        chain_text: str = typer.Option("parsed", help="What the student learns: 'parsed' (the kept chain as the parser read "
-                                                      "it, in the prompt's exact JSON) or 'raw' (the teacher's text)."),
+        teacher_max_new_tokens: int = typer.Option(384, min=16, help="Token budget of one chain; a chain cut off "
+                                                                      "before its closing brace does not parse."),
+        teacher_temperature: float = typer.Option(0.9, min=0.0, help="Teacher sampling temperature "
+                                                                     "(the paper: 0.9-1.0)."),
+        teacher_batch: int = typer.Option(4, min=1, help="Pairs per teacher call; "
+                                                         "each call is saved to OUT/teacher.jsonl."),
+        chain_text: str = typer.Option("parsed", help="What the student learns: 'parsed' (the kept chain "
+                                                      "as the parser read it, in the prompt's exact JSON) "
+                                                      "or 'raw' (the teacher's text)."),
         steps: int = typer.Option(60, min=1, help="SFT optimizer steps."),
         grad_accum: int = typer.Option(4, min=1, help="Kept chains per optimizer step."),
         learning_rate: float = typer.Option(2e-4, help="LoRA learning rate (cosine schedule)."),
         lora_rank: int = typer.Option(16, min=1),
         lora_layers: int = typer.Option(12, min=1, help="LoRA on the top N decoder layers."),
-        history_pairs: int = typer.Option(3, min=1, help="History pairs in a view (becomes the judge's reward.max_history)."),
-        max_chars: int = typer.Option(600, min=64, help="Each text cut to this (becomes the judge's reward.max_chars)."),
+        history_pairs: int = typer.Option(3, min=1, help="History pairs in a view "
+                                                         "(becomes the judge's reward.max_history)."),
+        max_chars: int = typer.Option(600, min=64, help="Each text cut to this "
+                                                        "(becomes the judge's reward.max_chars)."),
         save_steps: int = typer.Option(10, min=1, help="Checkpoint every N steps."),
         seed: int = typer.Option(0),
-        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (on a busy machine, 1 is often fastest)."),
+        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads "
+                                                                "(on a busy machine, 1 is often fastest)."),
         fresh: bool = typer.Option(False, help="Delete OUT/checkpoints first (teacher outputs are always reused)."),
     ):
         """PSI: a teacher writes evaluation chains, those that parse and favour the user's choice are kept, SFT on them.
@@ -132,16 +148,20 @@ def register_commands(cli):
 
     @train_app.command("cre")
     def cre(
-        data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows; each user's train rows are their history."),
-        out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); checkpoints in OUT/checkpoints."),
+        data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows; "
+                                                      "each user's train rows are their history."),
+        out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); "
+                                                          "checkpoints in OUT/checkpoints."),
         init: Optional[Path] = typer.Option(None, "--init", help="Continue the adapter of this judge folder (e.g. from "
-                                                                 "`pgenrm train psi`), on its base and at its rank (--base, "
-                                                                 "--lora-rank, --lora-layers are then ignored); default: a "
-                                                                 "fresh LoRA on --base."),
-        base: str = typer.Option("embedded", help="Base causal LM when no --init: 'embedded' (SmolLM2-135M-Instruct), an HF folder or id."),
-        process_config: Optional[Path] = typer.Option(None, "--process-config", help="pgenrm config whose `backend` rates each "
-                                                      "chain's preferences and criteria against the history (the process "
-                                                      "reward). Default: no process reward."),
+                                                                 "`pgenrm train psi`), on its base and at its rank "
+                                                                 "(--base, --lora-rank, --lora-layers are then "
+                                                                 "ignored); default: a fresh LoRA on --base."),
+        base: str = typer.Option("embedded", help="Base causal LM when no --init: 'embedded' "
+                                                  "(SmolLM2-135M-Instruct), an HF folder or id."),
+        process_config: Optional[Path] = typer.Option(None, "--process-config",
+                                                      help="pgenrm config whose `backend` rates each chain's "
+                                                           "preferences and criteria against the history "
+                                                           "(the process reward). Default: no process reward."),
         pairs: int = typer.Option(64, min=1, help="Distinct (history view, A/B pair) prompts."),
         steps: int = typer.Option(50, min=1, help="GRPO steps."),
         num_generations: int = typer.Option(4, min=2, help="Chains sampled per prompt (the GRPO group)."),
@@ -149,18 +169,23 @@ def register_commands(cli):
         max_completion_length: int = typer.Option(384, min=8, help="Token budget of one chain."),
         temperature: float = typer.Option(0.9, min=0.0),
         learning_rate: float = typer.Option(5e-5),
-        beta: float = typer.Option(1.0, help="Outcome reward weight: 1 when the chosen response gets the strictly higher total."),
+        beta: float = typer.Option(1.0, help="Outcome reward weight: 1 when the chosen response gets the strictly "
+                                             "higher total."),
         format_weight: float = typer.Option(0.25, help="Format reward weight: 1 when the chain parses."),
         alpha: float = typer.Option(0.5, help="Process reward weight (only with --process-config)."),
         kl_beta: float = typer.Option(0.0, help="GRPO KL coefficient (0: no reference model)."),
-        prefill: bool = typer.Option(True, help="Start every chain with the scoring prefill, as the judge does at scoring time."),
+        prefill: bool = typer.Option(True, help="Start every chain with the scoring prefill, as the judge does at "
+                                                "scoring time."),
         lora_rank: int = typer.Option(16, min=1),
         lora_layers: int = typer.Option(12, min=1, help="LoRA on the top N decoder layers."),
-        history_pairs: int = typer.Option(3, min=1, help="History pairs in a view (becomes the judge's reward.max_history)."),
-        max_chars: int = typer.Option(600, min=64, help="Each text cut to this (becomes the judge's reward.max_chars)."),
+        history_pairs: int = typer.Option(3, min=1, help="History pairs in a view "
+                                                         "(becomes the judge's reward.max_history)."),
+        max_chars: int = typer.Option(600, min=64, help="Each text cut to this "
+                                                        "(becomes the judge's reward.max_chars)."),
         save_steps: int = typer.Option(10, min=1, help="Checkpoint every N steps."),
         seed: int = typer.Option(0),
-        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (on a busy machine, 1 is often fastest)."),
+        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads "
+                                                                "(on a busy machine, 1 is often fastest)."),
         fresh: bool = typer.Option(False, help="Delete OUT/checkpoints first instead of resuming."),
     ):
         """CRE: GRPO on evaluation chains, rewarded for agreeing with the user's choice and for parsing.
@@ -179,13 +204,13 @@ def register_commands(cli):
         from pgenrm_plugins.training.run import command_line
 
         with exit_on_bad_input():
-            manifest = train_cre(data, out, base=base, init=init, process_config=process_config, pairs=pairs, steps=steps,
-                                 num_generations=num_generations, prompts_per_step=prompts_per_step,
+            manifest = train_cre(data, out, base=base, init=init, process_config=process_config, pairs=pairs,
+                                 steps=steps, num_generations=num_generations, prompts_per_step=prompts_per_step,
                                  max_completion_length=max_completion_length, temperature=temperature,
                                  learning_rate=learning_rate, kl_beta=kl_beta, alpha=alpha, beta=beta,
-                                 format_weight=format_weight, prefill=prefill, lora_rank=lora_rank, lora_layers=lora_layers,
-                                 history_pairs=history_pairs, max_chars=max_chars, save_steps=save_steps, seed=seed,
-                                 threads=threads, fresh=fresh, command=command_line())
+                                 format_weight=format_weight, prefill=prefill, lora_rank=lora_rank,
+                                 lora_layers=lora_layers, history_pairs=history_pairs, max_chars=max_chars,
+                                 save_steps=save_steps, seed=seed, threads=threads, fresh=fresh, command=command_line())
         m = manifest["metrics"]
         err.print(f"wrote {out}: {m['steps']} GRPO steps, {m['seconds_per_step']} s/step, chains parsed "
                   f"{m['format_rate_this_run']}, right {m['outcome_rate_this_run']}", highlight=False)
@@ -193,7 +218,8 @@ def register_commands(cli):
     @train_app.command("eval")
     def evaluate_cmd(
         judge: Path = typer.Option(..., "--judge", help="A judge folder from `pgenrm train`."),
-        data: Path = typer.Option(..., "--data", help="Rows of held-out users (train rows = history, test rows scored)."),
+        data: Path = typer.Option(..., "--data", help="Rows of held-out users "
+                                                      "(train rows = history, test rows scored)."),
         rows: int = typer.Option(64, min=1, help="Test rows to score."),
         chains: int = typer.Option(1, min=1, help="History views per judgement (Ind-N)."),
     ):
@@ -201,7 +227,8 @@ def register_commands(cli):
         from pgenrm_plugins.training.run import evaluate
 
         result = evaluate(judge, data, max_rows=rows, chains=chains)
-        err.print(f"accuracy {result['accuracy']:.3f} on {result['pairs']} pairs (mean margin {result['mean_margin']:+.4f})",
+        err.print(f"accuracy {result['accuracy']:.3f} on {result['pairs']} pairs "
+                  f"(mean margin {result['mean_margin']:+.4f})",
                   highlight=False)
 
     @train_app.command("export")

@@ -48,8 +48,10 @@ BANK: tuple[Topic, ...] = (
          "Pack a warm layer and a waterproof jacket, because mountain weather changes quickly.",
          "Take a small first-aid kit with blister plasters and any medication you need.",
          "Download an offline map, since phone signal often disappears on trails."),
-        "For example, for a five-hour summer hike you would want roughly two and a half litres of water and a couple of sandwiches.",
-        "Longer or remote routes call for more gear, such as a headlamp and an emergency blanket, so adjust the list to the trail.",
+        "For example, for a five-hour summer hike you would want roughly two and a half litres of water and a couple "
+        "of sandwiches.",
+        "Longer or remote routes call for more gear, such as a headlamp and an emergency blanket, so adjust the list "
+        "to the trail.",
     ),
     Topic(
         "fitness", "How do I start running if I have never run before?",
@@ -58,7 +60,8 @@ BANK: tuple[Topic, ...] = (
          "Add about a minute of running to each interval per week rather than jumping ahead.",
          "Run at a pace where you could still hold a conversation.",
          "Get shoes that fit well, ideally tried on at a running shop."),
-        "For example, many beginner plans take people from zero to running thirty minutes without stopping in about nine weeks.",
+        "For example, many beginner plans take people from zero to running thirty minutes without stopping in about "
+        "nine weeks.",
         "If you have joint problems or a heart condition, check with a doctor before you start.",
     ),
     Topic(
@@ -73,7 +76,8 @@ BANK: tuple[Topic, ...] = (
     ),
     Topic(
         "cooking", "How do I cook rice on the stove so it is not mushy?",
-        "Rinse the rice, use about one and a half cups of water per cup of rice, and simmer it covered without stirring.",
+        "Rinse the rice, use about one and a half cups of water per cup of rice, and simmer it covered without "
+        "stirring.",
         ("Rinse until the water runs mostly clear, which removes loose starch.",
          "Bring the water to a boil, add the rice and a pinch of salt, then turn the heat to low.",
          "Keep the lid on for about fifteen minutes and resist the urge to stir.",
@@ -98,7 +102,8 @@ BANK: tuple[Topic, ...] = (
          "For each requirement in the posting, prepare a short story from your own experience.",
          "Use the situation, task, action, result structure to keep your answers focused.",
          "Prepare two or three thoughtful questions to ask at the end."),
-        "For example, if the posting asks for teamwork, describe a project where you resolved a disagreement and what came of it.",
+        "For example, if the posting asks for teamwork, describe a project where you resolved a disagreement and what "
+        "came of it.",
         "Interview formats vary a lot between industries, so ask the recruiter what to expect if you are unsure.",
     ),
     Topic(
@@ -109,7 +114,8 @@ BANK: tuple[Topic, ...] = (
          "Food also provides water, especially fruit, vegetables and soup.",
          "Keeping a bottle on your desk makes it easier to drink regularly."),
         "For example, after an hour of running on a warm day you might need an extra half litre to a litre.",
-        "People with kidney or heart conditions may be told to limit fluids, so follow your doctor's advice if that applies.",
+        "People with kidney or heart conditions may be told to limit fluids, so follow your doctor's advice if that "
+        "applies.",
     ),
     Topic(
         "travel", "How do I deal with jet lag?",
@@ -118,8 +124,10 @@ BANK: tuple[Topic, ...] = (
          "Drink water on the flight and go easy on alcohol.",
          "Spend time outside in natural light at your destination, especially in the morning.",
          "Keep naps short, no more than twenty or thirty minutes."),
-        "For example, after flying from New York to London, staying awake until about 10 pm local time helps you adjust much faster.",
-        "Flying east is usually harder than flying west, so expect eastward trips to take a few days longer to recover from.",
+        "For example, after flying from New York to London, staying awake until about 10 pm local time helps you "
+        "adjust much faster.",
+        "Flying east is usually harder than flying west, so expect eastward trips to take a few days longer to recover "
+        "from.",
     ),
     Topic(
         "home", "How do I get rid of mould in my bathroom?",
@@ -138,12 +146,14 @@ BANK: tuple[Topic, ...] = (
          "Use a spaced-repetition app to review words just before you would forget them.",
          "Listen to podcasts or shows in the language, even when you understand only part of them.",
          "Find a conversation partner or tutor early, because speaking is what most learners avoid."),
-        "For example, an online tutor for thirty minutes twice a week gives you regular speaking practice for a modest cost.",
+        "For example, an online tutor for thirty minutes twice a week gives you regular speaking practice for a modest "
+        "cost.",
         "Progress slows after the beginner stage, which is normal and not a sign that you are doing it wrong.",
     ),
     Topic(
         "technology", "How do I make my laptop battery last longer?",
-        "Lower the screen brightness, close apps you are not using, and avoid keeping the battery at one hundred percent all day.",
+        "Lower the screen brightness, close apps you are not using, and avoid keeping the battery at one hundred "
+        "percent all day.",
         ("Turn on the battery saver mode that your operating system provides.",
          "Check which apps use the most power and quit the worst ones.",
          "Many laptops have a setting that stops charging at about eighty percent, which slows battery wear.",
@@ -159,7 +169,8 @@ BANK: tuple[Topic, ...] = (
          "Praise calm behaviour during play.",
          "Make sure it gets enough sleep, because overtired puppies bite more."),
         "For example, if the puppy grabs your sleeve, freeze, wait until it lets go, then hand it a rope toy.",
-        "If the biting gets worse or comes with growling and stiffness, a qualified trainer can check whether it is more than play.",
+        "If the biting gets worse or comes with growling and stiffness, a qualified trainer can check whether it is "
+        "more than play.",
     ),
     Topic(
         "productivity", "How can I stop procrastinating?",
@@ -169,7 +180,8 @@ BANK: tuple[Topic, ...] = (
          "Put your phone in another room while you work.",
          "Decide the night before what the first task of the day will be."),
         "For example, instead of writing the report, commit only to opening the document and writing the title.",
-        "Procrastination that comes with low mood or exhaustion may point to burnout, which needs rest rather than more discipline.",
+        "Procrastination that comes with low mood or exhaustion may point to burnout, which needs rest rather than "
+        "more discipline.",
     ),
     Topic(
         "money", "Should I pay off debt or save first?",
@@ -178,8 +190,10 @@ BANK: tuple[Topic, ...] = (
          "Pay off credit cards and other high-interest debt before investing.",
          "Always make at least the minimum payment on every debt.",
          "Once high-interest debt is gone, grow the emergency fund to three to six months of expenses."),
-        "For example, a credit card charging twenty percent interest costs far more than a savings account could ever earn.",
-        "Low-interest debt such as some student loans may not need to be paid off early, so compare the interest rates.",
+        "For example, a credit card charging twenty percent interest costs far more than a savings account could ever "
+        "earn.",
+        "Low-interest debt such as some student loans may not need to be paid off early, so compare the interest "
+        "rates.",
     ),
     Topic(
         "cooking", "How do I make a simple tomato pasta sauce?",
@@ -188,27 +202,33 @@ BANK: tuple[Topic, ...] = (
          "Add a pinch of sugar if the tomatoes taste sharp.",
          "Simmer uncovered so the sauce thickens.",
          "Finish with fresh basil and a little pasta water to help it cling to the pasta."),
-        "For example, one tin of tomatoes with two cloves of garlic makes enough sauce for about two hundred grams of pasta.",
+        "For example, one tin of tomatoes with two cloves of garlic makes enough sauce for about two hundred grams of "
+        "pasta.",
         "Fresh tomatoes can be watery out of season, so tinned ones often give a better sauce.",
     ),
     Topic(
         "science", "Why is the sky blue?",
         "Sunlight is scattered by the gases in the air, and blue light is scattered much more than red light.",
         ("Sunlight contains all colours, which together look white.",
-         "Shorter wavelengths such as blue bounce off air molecules far more strongly; this is called Rayleigh scattering.",
+         "Shorter wavelengths such as blue bounce off air molecules far more strongly; this is called Rayleigh "
+         "scattering.",
          "That scattered blue light reaches your eyes from every direction in the sky.",
          "At sunset the light travels through more air, so the blue is scattered away and reds and oranges remain."),
-        "For example, astronauts on the Moon see a black sky in daylight, because there is no air to scatter the light.",
-        "Violet is scattered even more than blue, but our eyes are less sensitive to it, so the sky looks blue rather than violet.",
+        "For example, astronauts on the Moon see a black sky in daylight, because there is no air to scatter the "
+        "light.",
+        "Violet is scattered even more than blue, but our eyes are less sensitive to it, so the sky looks blue rather "
+        "than violet.",
     ),
     Topic(
         "health", "What can I do about a tension headache?",
-        "Rest, drink some water, and take an over-the-counter painkiller such as ibuprofen or paracetamol if you need one.",
+        "Rest, drink some water, and take an over-the-counter painkiller such as ibuprofen or paracetamol if you need "
+        "one.",
         ("Step away from the screen and relax your shoulders and jaw.",
          "A warm compress on the neck or a cool one on the forehead can ease the pain.",
          "Regular meals and enough sleep make headaches less frequent.",
          "Keep a note of when headaches happen to spot triggers such as skipped meals."),
-        "For example, many people notice their headaches come on late in the afternoon after hours at a laptop without a break.",
+        "For example, many people notice their headaches come on late in the afternoon after hours at a laptop without "
+        "a break.",
         "A sudden, severe headache, or one with fever, confusion or a stiff neck, needs urgent medical attention.",
     ),
     Topic(
@@ -218,8 +238,10 @@ BANK: tuple[Topic, ...] = (
          "Say yes to invitations, even when you feel tired.",
          "Suggest a specific plan, such as coffee on Saturday, rather than a vague someday.",
          "Be patient: it often takes several months of regular contact to become close."),
-        "For example, joining a weekly running club gives you the same faces every Tuesday and an easy topic to talk about.",
-        "If you are feeling very lonely or low, talking to someone, including a professional, can help while you build a network.",
+        "For example, joining a weekly running club gives you the same faces every Tuesday and an easy topic to talk "
+        "about.",
+        "If you are feeling very lonely or low, talking to someone, including a professional, can help while you build "
+        "a network.",
     ),
     Topic(
         "technology", "How do I choose a strong password?",
@@ -228,7 +250,8 @@ BANK: tuple[Topic, ...] = (
          "A password manager can create and remember unique passwords for you.",
          "Turn on two-factor authentication for email and banking.",
          "Never reuse your email password anywhere else."),
-        "For example, a phrase like 'copper lantern misty orbit' is easier to remember and harder to crack than 'P@ssw0rd1'.",
+        "For example, a phrase like 'copper lantern misty orbit' is easier to remember and harder to crack than "
+        "'P@ssw0rd1'.",
         "Some sites still have odd password rules, so you may need to add a number or symbol to your passphrase.",
     ),
     Topic(
@@ -248,22 +271,26 @@ BANK: tuple[Topic, ...] = (
          "Look up salary surveys for your role and region.",
          "Time the conversation before budgets are set, often a few months before the review cycle.",
          "If the answer is no, ask what you would need to achieve to get there and when to revisit it."),
-        "For example, saying that you led the migration that cut hosting costs by fifteen percent is stronger than saying you work hard.",
+        "For example, saying that you led the migration that cut hosting costs by fifteen percent is stronger than "
+        "saying you work hard.",
         "Some companies only change pay at fixed review dates, so the timing may matter as much as the case you make.",
     ),
     Topic(
         "cooking", "How do I cook a steak in a pan?",
-        "Dry the steak, season it with salt, and sear it in a very hot pan for a few minutes on each side, then let it rest.",
+        "Dry the steak, season it with salt, and sear it in a very hot pan for a few minutes on each side, then let it "
+        "rest.",
         ("Take the steak out of the fridge about thirty minutes before cooking.",
          "Heat a heavy pan until it is smoking lightly, with a little oil.",
          "Turn the steak every minute or so for an even crust.",
          "Rest it for five minutes before slicing so the juices stay inside."),
-        "For example, a steak about two and a half centimetres thick takes roughly three to four minutes per side for medium-rare.",
+        "For example, a steak about two and a half centimetres thick takes roughly three to four minutes per side for "
+        "medium-rare.",
         "A meat thermometer is the only reliable way to know the doneness, since cuts and stoves vary.",
     ),
     Topic(
         "finance", "What is an index fund?",
-        "An index fund is an investment fund that buys all the companies in a market index, so you own a small slice of the whole market.",
+        "An index fund is an investment fund that buys all the companies in a market index, so you own a small slice "
+        "of the whole market.",
         ("It follows an index such as the S&P 500 instead of paying managers to pick stocks.",
          "Fees are usually very low, which matters a lot over decades.",
          "Spreading money across hundreds of companies reduces the risk of any one failing.",
@@ -278,7 +305,8 @@ BANK: tuple[Topic, ...] = (
          "Serve a small portion next to familiar food on the same plate.",
          "Let your child help wash or stir the vegetables.",
          "Avoid bribes such as dessert for eating greens, which makes vegetables seem like a chore."),
-        "For example, roasted carrot sticks served with a dip your child already likes are often accepted faster than boiled ones.",
+        "For example, roasted carrot sticks served with a dip your child already likes are often accepted faster than "
+        "boiled ones.",
         "If your child eats a very limited range of foods or is not growing well, mention it to your doctor.",
     ),
     Topic(
@@ -288,12 +316,15 @@ BANK: tuple[Topic, ...] = (
          "Open with the role and one strong reason you are a good match.",
          "Pick two achievements that match the job's main requirements.",
          "End by saying you would welcome an interview, and thank the reader."),
-        "For example, for a customer service role you might describe how you cut response times in half at your last job.",
-        "Some employers skip cover letters entirely, so put most of your effort into the CV if the posting does not ask for one.",
+        "For example, for a customer service role you might describe how you cut response times in half at your last "
+        "job.",
+        "Some employers skip cover letters entirely, so put most of your effort into the CV if the posting does not "
+        "ask for one.",
     ),
     Topic(
         "technology", "Why is my Wi-Fi so slow?",
-        "Slow Wi-Fi is usually caused by distance from the router, interference, or too many devices, and restarting the router is a good first step.",
+        "Slow Wi-Fi is usually caused by distance from the router, interference, or too many devices, and restarting "
+        "the router is a good first step.",
         ("Move the router to a central, raised spot away from walls and metal objects.",
          "Use the 5 GHz band for devices near the router; it is faster over short distances.",
          "Check whether one device is downloading large updates or streaming in high definition.",
@@ -308,8 +339,10 @@ BANK: tuple[Topic, ...] = (
          "Keep your elbows at roughly ninety degrees with the keyboard close.",
          "Sit back in the chair so the backrest supports your lower back.",
          "Stand up, stretch or walk for a couple of minutes every thirty minutes."),
-        "For example, putting a laptop on a stack of books and using a separate keyboard fixes the most common neck strain.",
-        "Persistent back or neck pain deserves a check with a physiotherapist, because posture is only one possible cause.",
+        "For example, putting a laptop on a stack of books and using a separate keyboard fixes the most common neck "
+        "strain.",
+        "Persistent back or neck pain deserves a check with a physiotherapist, because posture is only one possible "
+        "cause.",
     ),
     Topic(
         "travel", "How do I pack light for a week-long trip?",
@@ -319,11 +352,13 @@ BANK: tuple[Topic, ...] = (
          "Use packing cubes or roll clothes to save space.",
          "Buy toiletries at your destination instead of carrying full-size bottles."),
         "For example, five tops, two trousers and one warm layer cover a week if you wash a few things midway.",
-        "Trips with formal events or very different climates may need more, so check your plans before cutting too much.",
+        "Trips with formal events or very different climates may need more, so check your plans before cutting too "
+        "much.",
     ),
     Topic(
         "science", "How do vaccines work?",
-        "Vaccines show your immune system a harmless version or piece of a germ, so it learns to recognise and fight the real one.",
+        "Vaccines show your immune system a harmless version or piece of a germ, so it learns to recognise and fight "
+        "the real one.",
         ("The vaccine contains a weakened or inactivated germ, or instructions for making one of its proteins.",
          "Your immune system responds by making antibodies and memory cells.",
          "If you later meet the real germ, those memory cells react quickly, before you get seriously ill.",
@@ -338,8 +373,10 @@ BANK: tuple[Topic, ...] = (
          "Use a cup plunger with a few centimetres of water in the sink to get a good seal.",
          "Place a bucket under the U-shaped trap, unscrew it by hand and clear it out.",
          "Afterwards, wipe greasy pans with paper before washing them to stop it happening again."),
-        "For example, most kitchen clogs are a plug of cooled fat and food scraps sitting in the trap, which comes out in a minute once it is open.",
-        "Do not use boiling water on plastic pipes that are already damaged, and call a plumber if several drains are slow at once.",
+        "For example, most kitchen clogs are a plug of cooled fat and food scraps sitting in the trap, which comes out "
+        "in a minute once it is open.",
+        "Do not use boiling water on plastic pipes that are already damaged, and call a plumber if several drains are "
+        "slow at once.",
     ),
     Topic(
         "learning", "How can I remember what I read?",
@@ -348,7 +385,8 @@ BANK: tuple[Topic, ...] = (
          "Review those notes a day later, then a week later.",
          "Connect new ideas to things you already know or have experienced.",
          "Teach the idea to someone else, which quickly shows what you have not understood."),
-        "For example, writing three sentences summarising a chapter right after reading it helps more than highlighting half the page.",
+        "For example, writing three sentences summarising a chapter right after reading it helps more than "
+        "highlighting half the page.",
         "Some material is simply not worth remembering in detail, so decide what matters before making the effort.",
     ),
     Topic(
@@ -369,11 +407,13 @@ BANK: tuple[Topic, ...] = (
          "Check the best-before date on the box as well.",
          "If an egg smells bad when you crack it, throw it away."),
         "For example, slightly older eggs are actually easier to peel when you hard-boil them.",
-        "The float test shows age, not safety, so eggs from a cracked shell or a warm storage place may be risky either way.",
+        "The float test shows age, not safety, so eggs from a cracked shell or a warm storage place may be risky "
+        "either way.",
     ),
     Topic(
         "money", "How do I start a budget?",
-        "Write down your monthly income, list your fixed costs, and decide in advance where the rest of the money goes.",
+        "Write down your monthly income, list your fixed costs, and decide in advance where the rest of the money "
+        "goes.",
         ("Look at the last two or three months of bank statements to see where money actually goes.",
          "Split spending into needs, wants and savings.",
          "Set up an automatic transfer to savings on payday.",

@@ -57,7 +57,8 @@ TYPES: dict[str, dict[str, Any]] = {
 }
 
 _OPENERS = {
-    "formal": ("Certainly.", "Here is an overview.", "A reliable approach is as follows.", "This is a common question."),
+    "formal": ("Certainly.", "Here is an overview.", "A reliable approach is as follows.",
+               "This is a common question."),
     "casual": ("Oh, good question!", "Sure thing!", "Ah, I get this one a lot.", "Okay, so here's the deal."),
 }
 _CLOSERS = {
@@ -187,7 +188,8 @@ def generate(
         raise ValueError(f"rendering {rendering!r}: expected one of {', '.join(RENDERINGS)}")
     test_n = test_per_user if test_per_user is not None else max(1, rows_per_user // 4)
     if test_n < 1 or test_n + val_per_user >= rows_per_user:
-        raise ValueError(f"rows_per_user={rows_per_user} leaves no train rows after {test_n} test and {val_per_user} val rows")
+        raise ValueError(f"rows_per_user={rows_per_user} leaves no train rows after {test_n} test "
+                         f"and {val_per_user} val rows")
     rng = random.Random(seed)
     type_names = list(TYPES)[:n_types]
     order = list(range(n_users))

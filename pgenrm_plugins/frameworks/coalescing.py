@@ -26,7 +26,7 @@ from typing import Any
 from pgenrm_plugins.frameworks.batching import Batcher
 from pgenrm_plugins.frameworks.logs import sample_logs
 from pgenrm_plugins.frameworks.user_fields import UserFields
-from pgenrm_plugins.scoring import LazyScorer
+from pgenrm_plugins.scoring import LazyScorer, WithLazyScorer
 from pgenrm_plugins.types import ScoreResult
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class SharedBatcher:
         self._loop.close()
 
 
-class SampleScorer:
+class SampleScorer(WithLazyScorer):
     """One judge for per-sample callers: config and judge built on first use, calls coalesced.
 
     config: a PGenRMConfig, dict, YAML/TOML path, or None (then `$PGENRM_CONFIG`, else the embedded
@@ -101,18 +101,6 @@ class SampleScorer:
         self._lock = threading.Lock()
         self.max_wait_ms = max_wait_ms if max_wait_ms is not None else float(os.environ.get(WAIT_ENV, 20.0))
         self.invalid_samples = 0  # unreadable user fields that got the neutral reward
-
-    @property
-    def config(self):
-        return self._judge.config
-
-    @property
-    def scorer(self):
-        return self._judge.scorer
-
-    @property
-    def loaded(self) -> bool:
-        return self._judge.loaded
 
     @property
     def batcher(self) -> SharedBatcher:

@@ -95,7 +95,8 @@ def to_requests(body: Any, tokens: tuple[str, ...] = END_OF_TURN) -> list[ScoreR
             raise ProtocolError(f"field '{name}': required, a list (one entry per sample)")
     if not (len(queries) == len(prompts_) == len(labels)):
         raise ProtocolError(
-            f"fields 'query', 'prompts', 'labels' must have the same length, got {len(queries)}, {len(prompts_)}, {len(labels)}")
+            "fields 'query', 'prompts', 'labels' must have the same length, "
+            f"got {len(queries)}, {len(prompts_)}, {len(labels)}")
     out = []
     for i, (q, p, lab) in enumerate(zip(queries, prompts_, labels)):
         if not isinstance(q, str) or not isinstance(p, str):

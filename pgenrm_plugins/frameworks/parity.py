@@ -36,7 +36,8 @@ DEFAULT_REQUESTS = [
     {"user_id": "thorough-tom", "persona": "Likes precise numbers.",
      "history": [{"prompt": "How do I boil an egg?", "chosen": "Boil it for nine minutes, then cool it in cold water.",
                   "rejected": "Boil it."}],
-     "prompt": [{"role": "system", "content": "You are concise."}, {"role": "user", "content": "How should I brew green tea?"}],
+     "prompt": [{"role": "system", "content": "You are concise."},
+                {"role": "user", "content": "How should I brew green tea?"}],
      "completions": ["Use water at 80 C for two minutes.", "Just pour boiling water on it and wait."]},
 ]
 

@@ -191,7 +191,8 @@ def build_prototypes(
         "data_sha256": _file_digest(rows_path), "k": k, "source": source, "embedder": embedder.name,
         "source_settings": source_settings.as_meta(),
         "judge": getattr(backend, "name", None) if source == "synthesis" else None,
-        "judge_model": str(getattr(getattr(backend, "options", None), "model", None)) if source == "synthesis" else None,
+        "judge_model": (str(getattr(getattr(backend, "options", None), "model", None)) if source == "synthesis"
+                        else None),
     }
     build_id = store.begin_build(params)
     staged = {u.user_id for u in store.staged_users(build_id)}

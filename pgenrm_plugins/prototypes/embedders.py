@@ -63,7 +63,8 @@ class SentenceTransformerEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
-            raise EmbedderError(f"embedders need sentence-transformers: pip install 'pgenrm-plugins[embedder]' ({exc})") from None
+            raise EmbedderError("embedders need sentence-transformers: pip install 'pgenrm-plugins[embedder]' "
+                                f"({exc})") from None
         self.options = options
         local = Path(options.model).exists()
         if local or options.local_files_only:

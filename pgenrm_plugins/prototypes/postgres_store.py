@@ -84,11 +84,14 @@ class PostgresOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     dsn: str | None = Field(None, description=f"libpq connection string or URL; default: env {DSN_ENV}")
-    db_schema: str = Field("pgenrm", alias="schema", description="PostgreSQL schema holding the tables (created when missing)")
+    db_schema: str = Field("pgenrm", alias="schema",
+                           description="PostgreSQL schema holding the tables (created when missing)")
     search: Literal["auto", "memory", "pgvector"] = Field(
-        "auto", description="member search: in memory, or pgvector's operators (auto: pgvector when the extension is installed)"
+        "auto",
+        description="member search: in memory, or pgvector's operators (auto: pgvector when the extension is installed)"
     )
-    keep_old_builds: bool = Field(False, description="keep replaced builds' rows instead of deleting them after publish")
+    keep_old_builds: bool = Field(False,
+                                  description="keep replaced builds' rows instead of deleting them after publish")
 
     @field_validator("db_schema")
     @classmethod
@@ -105,12 +108,14 @@ class PostgresStore(common.ThreadConnections):
         try:
             import psycopg
         except ImportError as exc:
-            raise StoreError(f"the postgres store needs psycopg: pip install 'pgenrm-plugins[postgres]' ({exc})") from None
+            raise StoreError("the postgres store needs psycopg: pip install 'pgenrm-plugins[postgres]' "
+                             f"({exc})") from None
         self._psycopg = psycopg
         self.options = options or PostgresOptions(**kwargs)
         self.dsn = self.options.dsn or os.environ.get(DSN_ENV)
         if not self.dsn:
-            raise StoreError(f"store.options.dsn: no PostgreSQL DSN given; set it (e.g. postgresql://user@host/db) or ${DSN_ENV}")
+            raise StoreError("store.options.dsn: no PostgreSQL DSN given; "
+                             f"set it (e.g. postgresql://user@host/db) or ${DSN_ENV}")
         self.s = self.options.db_schema
         self._init_connections()
         self._centroids_cache: dict[str, np.ndarray] = {}
@@ -235,18 +240,22 @@ class PostgresStore(common.ThreadConnections):
             if bad:
                 raise StoreError(f"build {build_id}: user {bad[0]!r} has no embedding of dimension {dim} "
                                  "(the prototypes' dimension); stage it again with one")
-            with conn.cursor().copy(f"COPY {s}.memberships (build_id, user_id, prototype_id) FROM STDIN (FORMAT BINARY)") as copy:
+            with conn.cursor().copy(f"COPY {s}.memberships (build_id, user_id, prototype_id) "
+                                    "FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "text", "int4"])
                 for uid, p in assignments.items():
                     copy.write_row((bid, uid, common.check_assignment(uid, p, k)))
-            stray = conn.execute(f"SELECT m.user_id FROM {s}.memberships m LEFT JOIN {s}.users u USING (build_id, user_id) "
+            stray = conn.execute(f"SELECT m.user_id FROM {s}.memberships m "
+                                 f"LEFT JOIN {s}.users u USING (build_id, user_id) "
                                  "WHERE m.build_id = %s AND u.user_id IS NULL LIMIT 1", (bid,)).fetchone()
             if stray:
                 raise StoreError(f"assignments names user {stray[0]!r}, who was not staged in build {build_id}")
-            missing = conn.execute(f"SELECT u.user_id FROM {s}.users u LEFT JOIN {s}.memberships m USING (build_id, user_id) "
+            missing = conn.execute(f"SELECT u.user_id FROM {s}.users u "
+                                   f"LEFT JOIN {s}.memberships m USING (build_id, user_id) "
                                    "WHERE u.build_id = %s AND m.user_id IS NULL LIMIT 1", (bid,)).fetchone()
             if missing:
-                raise StoreError(f"assignments has no prototype for staged user {missing[0]!r}; assign every staged user")
+                raise StoreError(f"assignments has no prototype for staged user {missing[0]!r}; "
+                                 "assign every staged user")
             with conn.cursor().copy(f"COPY {s}.prototypes FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "int4", "bytea"])
                 for i, row in enumerate(centroids):
@@ -281,8 +290,10 @@ class PostgresStore(common.ThreadConnections):
                 with conn.cursor(name="pgenrm_users") as cur:
                     cur.itersize = 2000
                     cur.execute(
-                        f"SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id FROM {self.s}.users u "
-                        f"LEFT JOIN {self.s}.memberships m USING (build_id, user_id) {where} ORDER BY u.user_id", params)
+                        "SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id "
+                        f"FROM {self.s}.users u "
+                        f"LEFT JOIN {self.s}.memberships m USING (build_id, user_id) {where} ORDER BY u.user_id",
+                        params)
                     for row in cur:
                         yield common.to_record(*row)
         finally:
@@ -354,7 +365,8 @@ class PostgresStore(common.ThreadConnections):
                 version, bid = conn.execute(f"SELECT version, current_build FROM {self.s}.meta WHERE id = 1").fetchone()
                 if bid is None:
                     return None
-                count = conn.execute(f"SELECT count(*) FROM {self.s}.memberships WHERE build_id = %s", (bid,)).fetchone()[0]
+                count = conn.execute(f"SELECT count(*) FROM {self.s}.memberships WHERE build_id = %s",
+                                     (bid,)).fetchone()[0]
                 centroids = self._centroids(conn, bid)
                 with conn.cursor(name="pgenrm_members", binary=True) as cur:
                     cur.itersize = 20000
@@ -383,9 +395,11 @@ class PostgresStore(common.ThreadConnections):
         s, conn = self.s, self._conn
         with conn.transaction():
             # The meta row lock orders concurrent add_users and publishes: versions never repeat.
-            version, bid = conn.execute(f"SELECT version, current_build FROM {s}.meta WHERE id = 1 FOR UPDATE").fetchone()
+            version, bid = conn.execute(f"SELECT version, current_build FROM {s}.meta WHERE id = 1 "
+                                        "FOR UPDATE").fetchone()
             if bid is None:
-                raise StoreError(f"PostgreSQL schema {s!r} has no published build yet: run `pgenrm prototypes build` first")
+                raise StoreError(f"PostgreSQL schema {s!r} has no published build yet: "
+                                 "run `pgenrm prototypes build` first")
             p = common.nearest_prototype(self._centroids(conn, bid), user.embedding)
             version += 1
             vec = ", embedding_v" if self._pgvector else ""
@@ -393,7 +407,8 @@ class PostgresStore(common.ThreadConnections):
                 f"INSERT INTO {s}.users (build_id, {_USER_COLUMNS}, changed_version{vec}) "
                 f"VALUES (%s, %s, %s, %s, %s, %s, %s{', %s::vector' if self._pgvector else ''}) "
                 "ON CONFLICT (build_id, user_id) DO UPDATE SET history = excluded.history, persona = excluded.persona, "
-                "synthesis = excluded.synthesis, embedding = excluded.embedding, changed_version = excluded.changed_version"
+                "synthesis = excluded.synthesis, embedding = excluded.embedding, "
+                "changed_version = excluded.changed_version"
                 + (", embedding_v = excluded.embedding_v" if self._pgvector else ""),
                 (bid, r.user_id, r.history, r.persona, r.synthesis, r.embedding, version)
                 + ((self._vector_text(r.embedding),) if self._pgvector else ()))
@@ -416,8 +431,8 @@ class PostgresStore(common.ThreadConnections):
             if bid is not None:
                 embedder, meta, published_at = conn.execute(
                     f"SELECT embedder, meta, published_at FROM {s}.builds WHERE build_id = %s", (bid,)).fetchone()
-                population = dict(conn.execute(f"SELECT prototype_id, count(*) FROM {s}.memberships WHERE build_id = %s "
-                                               "GROUP BY prototype_id", (bid,)).fetchall())
+                population = dict(conn.execute(f"SELECT prototype_id, count(*) FROM {s}.memberships "
+                                               "WHERE build_id = %s GROUP BY prototype_id", (bid,)).fetchall())
                 k = len(self._centroids(conn, bid))
                 out.update(
                     build_id=str(bid), embedder=embedder, meta=meta or {}, published_at=published_at.timestamp(),

@@ -74,7 +74,8 @@ def render_synthesis(raw: str) -> Synthesis:
     return Synthesis("\n".join(lines), True)
 
 
-def synthesize(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]], settings: SourceSettings) -> list[Synthesis]:
+def synthesize(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
+               settings: SourceSettings) -> list[Synthesis]:
     """One preference synthesis per (history, persona), all in one backend call. Greedy, so a
     rebuild writes the same text."""
     requests = [
@@ -87,7 +88,8 @@ def synthesize(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]
     ]
     out = []
     for start in range(0, len(requests), max(1, settings.judge_batch)):
-        out += [render_synthesis(gens[0].text) for gens in backend.generate(requests[start:start + settings.judge_batch])]
+        out += [render_synthesis(gens[0].text)
+                for gens in backend.generate(requests[start:start + settings.judge_batch])]
     return out
 
 
@@ -104,7 +106,8 @@ def history_texts(history: Sequence[HistoryItem], persona: str | None, settings:
     return texts
 
 
-def embed_history_users(embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]], settings: SourceSettings) -> np.ndarray:
+def embed_history_users(embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
+                        settings: SourceSettings) -> np.ndarray:
     """[len(users), dim]: each user's normalised mean over their history texts (one embed call)."""
     per_user = [history_texts(h, p, settings) for h, p in users]
     for i, texts in enumerate(per_user):

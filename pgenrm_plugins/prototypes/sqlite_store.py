@@ -79,7 +79,8 @@ class SQLiteOptions(BaseModel):
 
     path: str = Field("pgenrm-prototypes.sqlite", min_length=1, description="the store file (created when missing)")
     busy_timeout_s: float = Field(60, gt=0, description="how long a writer waits for another writer's transaction")
-    keep_old_builds: bool = Field(False, description="keep replaced builds' rows instead of deleting them after publish")
+    keep_old_builds: bool = Field(False,
+                                  description="keep replaced builds' rows instead of deleting them after publish")
 
 
 class SQLiteStore(common.ThreadConnections):
@@ -101,7 +102,8 @@ class SQLiteStore(common.ThreadConnections):
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot open as a SQLite store ({exc}); point store.options.path at another file") from None
+            raise StoreError(f"{self.path}: cannot open as a SQLite store ({exc}); "
+                             "point store.options.path at another file") from None
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
@@ -140,7 +142,8 @@ class SQLiteStore(common.ThreadConnections):
                             "ORDER BY build_id DESC LIMIT 1", (key,)).fetchone()
             if row:
                 return str(row[0])
-            cur = c.execute("INSERT INTO builds (params_key, state, created_at) VALUES (?, 'staging', ?)", (key, time.time()))
+            cur = c.execute("INSERT INTO builds (params_key, state, created_at) VALUES (?, 'staging', ?)",
+                            (key, time.time()))
             return str(cur.lastrowid)
 
     def _staging(self, c: sqlite3.Connection, build_id: str) -> int:
@@ -174,7 +177,8 @@ class SQLiteStore(common.ThreadConnections):
         k, dim = centroids.shape
         with self._transaction() as c:
             bid = self._staging(c, build_id)
-            bad = c.execute("SELECT user_id FROM users WHERE build_id = ? AND (embedding IS NULL OR length(embedding) != ?) "
+            bad = c.execute("SELECT user_id FROM users WHERE build_id = ? "
+                            "AND (embedding IS NULL OR length(embedding) != ?) "
                             "LIMIT 1", (bid, dim * 4)).fetchone()
             if bad:
                 raise StoreError(f"build {build_id}: user {bad[0]!r} has no embedding of dimension {dim} "
@@ -188,11 +192,13 @@ class SQLiteStore(common.ThreadConnections):
             missing = c.execute("SELECT u.user_id FROM users u LEFT JOIN memberships m USING (build_id, user_id) "
                                 "WHERE u.build_id = ? AND m.user_id IS NULL LIMIT 1", (bid,)).fetchone()
             if missing:
-                raise StoreError(f"assignments has no prototype for staged user {missing[0]!r}; assign every staged user")
+                raise StoreError(f"assignments has no prototype for staged user {missing[0]!r}; "
+                                 "assign every staged user")
             c.executemany("INSERT INTO prototypes VALUES (?, ?, ?)",
                           ((bid, i, common.encode_vector(row)) for i, row in enumerate(centroids)))
             c.execute("UPDATE builds SET state = 'retired' WHERE state = 'published'")
-            c.execute("UPDATE builds SET state = 'published', published_at = ?, embedder = ?, meta = ? WHERE build_id = ?",
+            c.execute("UPDATE builds SET state = 'published', published_at = ?, embedder = ?, meta = ? "
+                      "WHERE build_id = ?",
                       (time.time(), prototypes.embedder, json.dumps(prototypes.meta, default=str), bid))
             c.execute("UPDATE meta SET value = ? WHERE key = 'current_build'", (bid,))
             c.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
@@ -234,7 +240,8 @@ class SQLiteStore(common.ThreadConnections):
     def _centroids(self, c: sqlite3.Connection, bid) -> np.ndarray:
         key = str(bid)
         if key not in self._centroids_cache:  # a build's prototypes never change once published
-            blobs = [r[0] for r in c.execute("SELECT centroid FROM prototypes WHERE build_id = ? ORDER BY prototype_id", (bid,))]
+            blobs = [r[0] for r in c.execute("SELECT centroid FROM prototypes WHERE build_id = ? ORDER BY prototype_id",
+                                             (bid,))]
             self._centroids_cache[key] = np.stack([common.decode_vector(b) for b in blobs])
         return self._centroids_cache[key]
 
@@ -260,7 +267,8 @@ class SQLiteStore(common.ThreadConnections):
                 return None
             count = c.execute("SELECT count(*) FROM memberships WHERE build_id = ?", (bid,)).fetchone()[0]
             rows = c.execute("SELECT m.prototype_id, m.user_id, u.embedding FROM memberships m "
-                             "JOIN users u USING (build_id, user_id) WHERE m.build_id = ? ORDER BY m.prototype_id", (bid,))
+                             "JOIN users u USING (build_id, user_id) WHERE m.build_id = ? ORDER BY m.prototype_id",
+                             (bid,))
             return assemble(str(bid), version, self._centroids(c, bid), count, rows)
 
     def member_changes(self, build_id: str, since_version: int) -> Members | None:
@@ -283,7 +291,8 @@ class SQLiteStore(common.ThreadConnections):
             if bid is None:
                 raise StoreError(f"{self.path} has no published build yet: run `pgenrm prototypes build` first")
             p = common.nearest_prototype(self._centroids(c, bid), user.embedding)
-            version = int(c.execute("UPDATE meta SET value = value + 1 WHERE key = 'version' RETURNING value").fetchone()[0])
+            version = int(c.execute("UPDATE meta SET value = value + 1 WHERE key = 'version' "
+                                    "RETURNING value").fetchone()[0])
             c.execute(_UPSERT_USER, (bid, r.user_id, r.history, r.persona, r.synthesis, r.embedding, version))
             c.execute("INSERT INTO memberships VALUES (?, ?, ?) ON CONFLICT (build_id, user_id) "
                       "DO UPDATE SET prototype_id = excluded.prototype_id", (bid, r.user_id, p))
@@ -293,7 +302,8 @@ class SQLiteStore(common.ThreadConnections):
     def stats(self) -> dict[str, Any]:
         with self._transaction("DEFERRED") as c:
             version = int(c.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
-            build = c.execute(f"SELECT build_id, embedder, meta, published_at FROM builds WHERE build_id = {_CURRENT}").fetchone()
+            build = c.execute("SELECT build_id, embedder, meta, published_at FROM builds "
+                              f"WHERE build_id = {_CURRENT}").fetchone()
             staging = c.execute("SELECT count(*) FROM builds WHERE state = 'staging'").fetchone()[0]
             out: dict[str, Any] = {
                 "store": self.name, "path": str(self.path), "schema_version": common.SCHEMA_VERSION,

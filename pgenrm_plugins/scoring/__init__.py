@@ -6,9 +6,9 @@
     lazy.py     `LazyScorer`: built on first use, for framework adapters
 """
 
-from pgenrm_plugins.scoring.lazy import LazyScorer
+from pgenrm_plugins.scoring.lazy import LazyScorer, WithLazyScorer
 from pgenrm_plugins.scoring.modes import history_view
 from pgenrm_plugins.scoring.scorer import Scorer, ScoringError, check_references, load_scorer, resolve_criteria
 
 __all__ = ["LazyScorer", "Scorer", "ScoringError", "check_references", "history_view", "load_scorer",
-           "resolve_criteria"]
+           "resolve_criteria", "WithLazyScorer"]

@@ -50,3 +50,23 @@ class LazyScorer:
     def close(self) -> None:
         if self._scorer is not None:
             self._scorer.close()
+
+
+class WithLazyScorer:
+    """`config`, `scorer` and `loaded` of an object that keeps its judge in `self._judge`, a
+    `LazyScorer` (the adapters' reward objects: nothing loads before the first reward call)."""
+
+    _judge: LazyScorer
+
+    @property
+    def config(self) -> PGenRMConfig:
+        return self._judge.config  # None given -> $PGENRM_CONFIG or defaults
+
+    @property
+    def scorer(self) -> Scorer:
+        """The core `Scorer`, built (and the judge loaded) on first use."""
+        return self._judge.scorer
+
+    @property
+    def loaded(self) -> bool:
+        return self._judge.loaded

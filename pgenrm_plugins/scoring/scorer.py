@@ -46,8 +46,8 @@ class Scorer:
         self.backend = backend if backend is not None else self.config.backend.build("backend")
         self.criteria = resolve_criteria(self.config)
         if self.criteria == "none" and self.config.reward.reader == "parse":
-            raise ValueError("reward.criteria: none reads one digit's probabilities, so it needs reward.reader: logprob "
-                             "or auto (or set reward.criteria: generated to parse generated scores)")
+            raise ValueError("reward.criteria: none reads one digit's probabilities, so it needs reward.reader: "
+                             "logprob or auto (or set reward.criteria: generated to parse generated scores)")
         self.modes = RewardModes(self.config, self.backend, self.criteria)
         # Prototype-level scaling: `store` and `embedder` may be handed in (already open, shared).
         self.store = self.embedder = self.scaling = None

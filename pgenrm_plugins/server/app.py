@@ -63,7 +63,8 @@ def _check_auth(request: Request, key: str | None) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
-        raise HTTPProblem(401, f"missing bearer token: send 'Authorization: Bearer <key>' (the server's ${API_KEY_ENV})", "auth")
+        raise HTTPProblem(401, "missing bearer token: send 'Authorization: Bearer <key>' "
+                               f"(the server's ${API_KEY_ENV})", "auth")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
         raise HTTPProblem(401, "wrong bearer token", "auth")
 
@@ -97,7 +98,8 @@ def _parse_score_body(body: Any, s: ServerSettings) -> tuple[list[ScoreRequest],
     if not rows:
         raise HTTPProblem(422, "body is an empty list: send at least one request", "invalid")
     if len(rows) > s.max_requests_per_call:
-        raise HTTPProblem(422, f"field 'requests': at most {s.max_requests_per_call} requests per call, got {len(rows)}", "invalid")
+        raise HTTPProblem(422, f"field 'requests': at most {s.max_requests_per_call} requests per call, "
+                               f"got {len(rows)}", "invalid")
     reqs = []
     for i, row in enumerate(rows):
         where = "" if single else f"{i}."
@@ -109,7 +111,8 @@ def _parse_score_body(body: Any, s: ServerSettings) -> tuple[list[ScoreRequest],
             reqs.append(ScoreRequest.model_validate(row))
         except ValidationError as exc:
             detail = describe_validation_error(exc)
-            raise HTTPProblem(422, detail.replace("field '", f"field '{where}") if where else detail, "invalid") from None
+            raise HTTPProblem(422, detail.replace("field '", f"field '{where}") if where else detail,
+                              "invalid") from None
     return reqs, single
 
 
@@ -188,7 +191,8 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
         except openrlhf.ProtocolError as exc:
             raise HTTPProblem(422, str(exc), "invalid") from None
         if len(reqs) > s.max_requests_per_call:
-            raise HTTPProblem(422, f"field 'query': at most {s.max_requests_per_call} samples per call, got {len(reqs)}", "invalid")
+            raise HTTPProblem(422, f"field 'query': at most {s.max_requests_per_call} samples per call, "
+                                   f"got {len(reqs)}", "invalid")
         _check_mode(scorer, reqs)
         return JSONResponse(openrlhf.to_reply(await _score(reqs)))
 
@@ -196,8 +200,8 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
     async def healthz():
         ok = batcher.running
         # pid: which process answered (one of several uvicorn workers or Ray Serve replicas)
-        return JSONResponse({"status": "ok" if ok else "stopping", "queue_depth": batcher.depth, "batches": batcher.batches,
-                             "pid": os.getpid()}, status_code=200 if ok else 503)
+        return JSONResponse({"status": "ok" if ok else "stopping", "queue_depth": batcher.depth,
+                             "batches": batcher.batches, "pid": os.getpid()}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def prometheus(request: Request):

@@ -26,4 +26,6 @@ class Metrics:
             "pgenrm_request_latency_seconds", "HTTP request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.requests = Counter("pgenrm_http_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
         self.failures = Counter(
-            "pgenrm_failures", "Failures by kind: scorer (a request failed by the scorer), scorer_batch (a batch the scorer failed), auth, too_large, invalid, unavailable", ["kind"], registry=r)
+            "pgenrm_failures",
+            "Failures by kind: scorer (a request failed by the scorer), scorer_batch (a batch the scorer failed), "
+            "auth, too_large, invalid, unavailable", ["kind"], registry=r)

@@ -332,7 +332,8 @@ def ask_teacher(pairs: list[ChainPair], log: TeacherLog, teacher, teacher_id: di
     started = time.perf_counter()
     for start in range(0, len(todo), s.teacher_batch):
         chunk = todo[start:start + s.teacher_batch]
-        requests = [GenerationRequest(pair.messages(s.max_chars), n=s.samples - have, max_new_tokens=s.teacher_max_new_tokens,
+        requests = [GenerationRequest(pair.messages(s.max_chars), n=s.samples - have,
+                                      max_new_tokens=s.teacher_max_new_tokens,
                                       temperature=s.teacher_temperature, seed=request_seed + have,
                                       stop=(prompts.CLOSE,), prefill=prompts.CHAIN_PREFILL)
                     for pair, _, request_seed, have in chunk]
@@ -464,7 +465,8 @@ def train_psi(
                    f"{tally['wrong']} wrong")
     if not examples:
         raise ValueError(
-            f"PSI kept no chain: the teacher ({json.dumps(teacher_id, sort_keys=True)}) was asked about {tally['pairs_with_chains']} pairs and wrote {sampled} chains, of which {parsed} parsed "
+            f"PSI kept no chain: the teacher ({json.dumps(teacher_id, sort_keys=True)}) was asked about "
+            f"{tally['pairs_with_chains']} pairs and wrote {sampled} chains, of which {parsed} parsed "
             f"and {kept} gave the response the user chose the strictly higher total ({tally['tie']} ties, "
             f"{tally['wrong']} wrong). There is nothing honest to fine-tune on. Use a stronger teacher "
             "(--teacher-config FILE naming e.g. an OpenAI-compatible server with a larger model), or ask for more: "
@@ -473,7 +475,8 @@ def train_psi(
     return _fit_psi(examples, out, s, base, data, teacher_id, teacher_metrics, progress, command, fresh)
 
 
-def _fit_psi(examples, out: Path, s: PSISettings, base: str, data, teacher_id, teacher_metrics, progress, command, fresh):
+def _fit_psi(examples, out: Path, s: PSISettings, base: str, data, teacher_id, teacher_metrics, progress, command,
+             fresh):
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -489,8 +492,8 @@ def _fit_psi(examples, out: Path, s: PSISettings, base: str, data, teacher_id, t
             save_total_limit=2, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False, report_to=[],
             seed=s.seed, data_seed=s.seed, max_length=None, dataloader_num_workers=0, disable_tqdm=not progress,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-                             peft_config=_lora_config(model, s.lora_rank, s.lora_layers))
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                             processing_class=tokenizer, peft_config=_lora_config(model, s.lora_rank, s.lora_layers))
         run = _train(trainer, resume, out)
         del trainer, model
     losses = run.losses
@@ -545,7 +548,8 @@ PROCESS_QUESTION = (
 )
 
 
-def process_question(history: Sequence[HistoryItem], parsed: ParsedChain, *, max_items: int, max_chars: int) -> list[dict]:
+def process_question(history: Sequence[HistoryItem], parsed: ParsedChain, *, max_items: int,
+                     max_chars: int) -> list[dict]:
     """The conversation the process judge answers with one digit about one chain."""
     said = {"preferences": parsed.preferences,
             "criteria": [{"name": c.name, "weight": _num(c.weight, 1)} for c in parsed.criteria]}
@@ -653,7 +657,8 @@ def cre_dataset(pairs: list[ChainPair], tokenizer, s: CRESettings):
         messages = pair.messages(s.max_chars)
         prompt: Any = messages
         if s.prefill:  # the judge's reply starts with the prefill at scoring time: so does the policy's
-            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prompts.CHAIN_PREFILL
+            prompt = (tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                      + prompts.CHAIN_PREFILL)
         rows.append({"prompt": prompt, "chosen_label": pair.chosen, "user_id": pair.user_id, "pair": pair.index,
                      "history": json.dumps([h.model_dump(mode="json") for h in pair.history])})
     return Dataset.from_list(rows)
@@ -746,7 +751,8 @@ def train_cre(
         funcs = chain_rewards(prefill=prefill, process=process, max_history=history_pairs, tally=tally)
         weights = [beta, format_weight] + ([alpha] if process is not None else [])
         args = GRPOConfig(
-            output_dir=str(checkpoints), max_steps=steps, per_device_train_batch_size=num_generations * prompts_per_step,
+            output_dir=str(checkpoints), max_steps=steps,
+            per_device_train_batch_size=num_generations * prompts_per_step,
             gradient_accumulation_steps=1, num_generations=num_generations, max_completion_length=max_completion_length,
             temperature=temperature, learning_rate=learning_rate, beta=kl_beta, reward_weights=weights,
             lr_scheduler_type="constant", logging_steps=1, save_steps=save_steps, save_total_limit=2,

@@ -109,8 +109,8 @@ def _as_comparisons(singles: list[Candidate], pairs: list[tuple[int, int]]):
     """Each compared pair (winner, loser) as two candidates, winner as A (HIGH) and loser as A
     (LOW): the order of the two replies never carries the answer."""
     out: list[Candidate] = []
-    for w, l in pairs:
-        win, lose = singles[w], singles[l]
+    for w, loser in pairs:
+        win, lose = singles[w], singles[loser]
         out += [Candidate(win.prompt, win.response, HIGH, win.kind, versus=lose.response),
                 Candidate(win.prompt, lose.response, LOW, lose.kind, versus=win.response)]
     return out, [(2 * i, 2 * i + 1) for i in range(len(pairs))]

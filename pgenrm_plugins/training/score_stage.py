@@ -146,14 +146,16 @@ def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints:
         layers_to_transform=list(range(layers - top, layers)),
     )
     model = get_peft_model(model, lora)
-    dataset = ItemDataset(source, tokenizer, settings.steps * settings.grad_accum, settings.max_chars, settings.history_render)
+    dataset = ItemDataset(source, tokenizer, settings.steps * settings.grad_accum, settings.max_chars,
+                          settings.history_render)
     params = inspect.signature(model.get_base_model().forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"
 
     class ScoreSlotTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             items = inputs["items"]
-            loss = sum(item_loss(model, it, dataset.digit_ids, settings.bt_weight, cache_arg) for it in items) / len(items)
+            loss = (sum(item_loss(model, it, dataset.digit_ids, settings.bt_weight, cache_arg) for it in items)
+                    / len(items))
             return (loss, None) if return_outputs else loss
 
     args = TrainingArguments(
@@ -170,7 +172,8 @@ def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints:
 
 
 def latest_checkpoint(checkpoints: Path) -> str | None:
-    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    found = sorted(checkpoints.glob("checkpoint-*"),
+                   key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
     return str(found[-1]) if found else None
 
 

@@ -28,7 +28,8 @@ console = Console()
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for data, store and report")
     p.add_argument("--users", type=int, default=12, help="synthetic users (a few are cold-start)")
     p.add_argument("--steps", type=int, default=4, help="GRPO steps")
@@ -232,7 +233,8 @@ def main(argv=None):
         t = truth["users"][user]
         top = sorted(t["weights"], key=lambda k: -abs(t["weights"][k]))[:2]
         lines.append(f"- **{user}** (latent type `{t['type']}`, cares most about {', '.join(top)}; "
-                     f"prototype {user_prototype.get(user)}): before {judged[user][0]:.3f}, after {judged[user][1]:.3f}")
+                     f"prototype {user_prototype.get(user)}): before {judged[user][0]:.3f}, "
+                     f"after {judged[user][1]:.3f}")
     lines += ["", "**Before training:**", "", "> " + (before or "(empty)").replace("\n", "\n> "), "",
               "**After training:**", "", "> " + (after or "(empty)").replace("\n", "\n> "), "",
               "A few CPU steps do not make a personalized policy; the judge's side is checked below.", ""]
@@ -274,8 +276,8 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
     seen = {r.context[-1].content for r in bench.rows}
     topic = next((t for t in BANK if t.question not in seen), BANK[0])
     rng = random.Random(seed)
-    combos = [{"length": l, "structure": s, "tone": t, "examples": -1, "caveats": 1 if l > 0 else -1}
-              for l in (1, -1) for s in (1, -1) for t in (1, -1)]
+    combos = [{"length": length, "structure": s, "tone": t, "examples": -1, "caveats": 1 if length > 0 else -1}
+              for length in (1, -1) for s in (1, -1) for t in (1, -1)]
     answers = [render_answer(topic, attrs, rng) for attrs in combos]
     table = Table("answer", *[f"{u} reward" for u in users], *[f"{u} truth" for u in users],
                   title=f"the same answers judged for two users: {topic.question}")
@@ -299,19 +301,23 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
     md = ["## The reward judging", "", f"Question: {topic.question} (not in any user's rows). The same eight answers "
           "judged for two users of opposite latent types (the judge alone: the user's own history, one reading); "
           "*truth* is the user's latent utility (higher = preferred).", "",
-          "| answer | " + " | ".join(f"{u} reward | {u} truth" for u in users) + " |", "|---|" + "---:|---:|" * len(users)]
+          "| answer | " + " | ".join(f"{u} reward | {u} truth" for u in users) + " |",
+          "|---|" + "---:|---:|" * len(users)]
     for i, attrs in enumerate(combos):
         cells = " | ".join(f"{results[u][0][i]:.3f} | {results[u][1][i]:+.2f}" for u in users)
         md.append(f"| {label(attrs)} | {cells} |")
-        table.add_row(label(attrs), *[f"{results[u][0][i]:.3f}" for u in users], *[f"{results[u][1][i]:+.2f}" for u in users])
+        table.add_row(label(attrs), *[f"{results[u][0][i]:.3f}" for u in users],
+                      *[f"{results[u][1][i]:+.2f}" for u in users])
     agreement = {}
     for u in users:
         rewards, utilities = results[u]
-        pairs = [(i, j) for i in range(len(answers)) for j in range(i + 1, len(answers)) if utilities[i] != utilities[j]]
+        pairs = [(i, j) for i in range(len(answers)) for j in range(i + 1, len(answers))
+                 if utilities[i] != utilities[j]]
         agreement[u] = sum((rewards[i] - rewards[j]) * (utilities[i] - utilities[j]) > 0 for i, j in pairs) / len(pairs)
     md += ["", "Pairs of answers ordered as the user's truth orders them: "
            + ", ".join(f"{u} {agreement[u]:.0%}" for u in users) + " (50% = chance).", "",
-           "Degenerate copies of the answer the judge ranked first, against it (a degenerate answer must score lower):", "",
+           "Degenerate copies of the answer the judge ranked first, against it "
+           "(a degenerate answer must score lower):", "",
            "| user | degenerate | real answer | degenerate answer | lower? |", "|---|---|---:|---:|---|"]
     md += [f"| {u} | {name} | {real:.3f} | {bad:.3f} | {'yes' if bad <= real else '**NO**'} |"
            for u, name, real, bad in degenerate_rows]

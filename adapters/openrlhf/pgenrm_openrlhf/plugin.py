@@ -60,7 +60,8 @@ def dataset_record(r: dict[str, Any]) -> dict[str, Any]:
 def register_adapters(register):
     register(Adapter(
         "openrlhf", build_reward,
-        description="OpenRLHF reward_func: --reward.remote_url $(pgenrm adapters path openrlhf) --data.label_key label; "
+        description="OpenRLHF reward_func: --reward.remote_url $(pgenrm adapters path openrlhf) "
+                    "--data.label_key label; "
                     "HTTP: pgenrm serve + --reward.remote_url http://HOST:8017/get_reward",
         reward_file=reward_file, parity_rewards=parity_rewards,
         dataset=DatasetLayout(dataset_record, "train.jsonl", ("prompt", "label")),

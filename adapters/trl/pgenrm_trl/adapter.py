@@ -36,7 +36,7 @@ from pgenrm_plugins.frameworks.user_fields import (
     read_prompt,
     read_user_fields,
 )
-from pgenrm_plugins.scoring import LazyScorer
+from pgenrm_plugins.scoring import LazyScorer, WithLazyScorer
 from pgenrm_plugins.types import merge_groups
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ TRL_SOURCE = FieldSource(
 
 
 # -- the reward -----------------------------------------------------------------------------------
-class PGenRMReward:
+class PGenRMReward(WithLazyScorer):
     """P-GenRM reward for TRL: `GRPOTrainer(reward_funcs=[PGenRMReward(config)])`.
 
     config: a PGenRMConfig, a dict, a YAML/TOML path, or None (then `$PGENRM_CONFIG`, else the
@@ -98,20 +98,6 @@ class PGenRMReward:
         state = "loaded" if self.loaded else "not loaded yet"
         return f"<{type(self).__name__} {self.__name__!r} ({state})>"
 
-    # -- lazy construction ----------------------------------------------------------------------
-    @property
-    def config(self):
-        return self._judge.config  # None given -> $PGENRM_CONFIG or defaults
-
-    @property
-    def scorer(self):
-        """The core `Scorer`, built (and the judge loaded) on first use."""
-        return self._judge.scorer
-
-    @property
-    def loaded(self) -> bool:
-        return self._judge.loaded
-
     def close(self) -> None:
         self._judge.close()
 
@@ -128,7 +114,8 @@ class PGenRMReward:
         started = time.perf_counter()
         n = len(prompts)
         if len(completions) != n:
-            raise ValueError(f"got {n} prompts but {len(completions)} completions; TRL passes one prompt per completion")
+            raise ValueError(f"got {n} prompts but {len(completions)} completions; "
+                             "TRL passes one prompt per completion")
         if USER_COLUMN not in columns:
             given = ", ".join(sorted(columns)) or "none"
             raise MissingColumnError(
@@ -187,7 +174,8 @@ class PGenRMReward:
         metrics = {"pgenrm/groups": float(len(requests)),
                    **batch_logs([*results, *(None for _ in invalid)]),
                    "pgenrm/seconds": time.perf_counter() - started}
-        return BatchReport(rewards=rewards, metrics=metrics, components=[r.components for r in results], invalid=invalid)
+        return BatchReport(rewards=rewards, metrics=metrics, components=[r.components for r in results],
+                           invalid=invalid)
 
     def score_requests(self, requests):
         """All groups in one `Scorer.score` call; one call at a time per judge."""

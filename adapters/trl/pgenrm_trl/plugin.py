@@ -54,7 +54,8 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
 
 def dataset_record(r: dict[str, Any]) -> dict[str, Any]:
     """A training row as TRL reads it: every field its own column (history as JSON text)."""
-    return {"prompt": r["prompt"], "user_id": r["user_id"], "history": json.dumps(r["history"]), "reference": r["reference"]}
+    return {"prompt": r["prompt"], "user_id": r["user_id"], "history": json.dumps(r["history"]),
+            "reference": r["reference"]}
 
 
 @hookimpl

@@ -47,7 +47,8 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
             row = r.model_dump(mode="json")
             extra_info = {k: row[k] for k in ("user_id", "history", "persona", "reference", "prompt")}
             extra_info["index"] = len(calls)  # verl's preprocessing adds such keys; they are ignored
-            calls += [score_sample(judge, dict(extra_info), c, ground_truth=row["reference"] or "") for c in r.completions]
+            calls += [score_sample(judge, dict(extra_info), c, ground_truth=row["reference"] or "")
+                      for c in r.completions]
         return await asyncio.gather(*calls)
 
     try:

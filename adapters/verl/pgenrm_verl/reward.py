@@ -74,7 +74,8 @@ def _router_config(config_source, address: str, reward_model_tokenizer=None) -> 
     return cfg
 
 
-def judge_for(reward_router_address: str | None = None, reward_model_tokenizer=None, pgenrm_config=None) -> SampleScorer:
+def judge_for(reward_router_address: str | None = None, reward_model_tokenizer=None,
+              pgenrm_config=None) -> SampleScorer:
     """The judge for a call: the default one, or one per (config, reward router address)."""
     global _default
     if reward_router_address is None and pgenrm_config is None:
@@ -109,8 +110,9 @@ async def score_sample(judge: SampleScorer, extra_info: Any, response: str, *, r
         prompt = _prompt_of(extra_info, raw_prompt)
         if fields.prompt is None and prompt is None:
             raise VERL_SOURCE.error("prompt", "missing: verl does not pass the prompt to reward functions; put it in "
-                                              "extra_info.prompt (a string or messages), or keep data.return_raw_chat=True "
-                                              "(the default) so the agent loop copies it to extra_info.raw_prompt")
+                                              "extra_info.prompt (a string or messages), or keep "
+                                              "data.return_raw_chat=True (the default) so the agent loop copies it "
+                                              "to extra_info.raw_prompt")
         if fields.reference is None and isinstance(ground_truth, str) and ground_truth.strip() \
                 and judge.config.reward.mode == "pairwise":
             fields = dataclasses.replace(fields, reference=ground_truth)  # reward_model.ground_truth

@@ -32,6 +32,7 @@ from pgenrm_plugins.bench.accuracy.settings import (
 from pgenrm_plugins.bench.accuracy.stats import _groups, _user_counts, bootstrap_ci, summarize
 from pgenrm_plugins.config import load_config
 from pgenrm_plugins.datasets.bench import BenchData, BenchRow, load_bench
+from pgenrm_plugins.frameworks.logs import sample_logs
 from pgenrm_plugins.types import HistoryItem, ScoreRequest
 
 
@@ -185,10 +186,8 @@ def _collect(run: _Run, tally: _Tally, chunk, scored, mode: str) -> None:
                 "neighbours": c.neighbours is not None,
             })
             tally.readers[c.reader] += 1
-            components["chains_sampled"] += c.chains_sampled
-            components["parse_failures"] += c.parse_failures
-            components["criteria_fallbacks"] += c.criteria_fallbacks
-            components["generated_tokens"] += c.generated_tokens
+            for key, value in sample_logs(result, prefix="").items():  # the numbers every adapter logs
+                components[key] += value
             if c.placement:  # prototype settings: how the user was placed
                 placements[c.placement] += 1
                 components["neighbours_used"] += len(c.neighbours_used)
