@@ -68,6 +68,9 @@ class RewardConfig(StrictModel):
     mode:
       pairwise  - each completion against the request's `reference` (the paper's form);
                   reward = completion total / (completion total + reference total).
+      tournament - each completion against the other completions of its request (a GRPO group),
+                  both orders by default; reward = its mean share (or win rate) over its
+                  comparisons. For judges that can only compare two responses (docs/p-genrm-8b.md).
       pointwise - one chain per completion; reward = weighted total mapped to [0, 1].
       group     - persona and criteria once per (user, prompt), every completion scored against
                   them; reward = weighted total mapped to [0, 1]. Default: fastest, and
@@ -89,12 +92,18 @@ class RewardConfig(StrictModel):
       A lone completion is compared with the request's `reference`.
     history_render: `full` shows each past pair whole; `contrast` shows only what the chosen and
       the rejected response do not share (and compared replies the same way).
+    pair_order (pairwise, tournament): how the two responses of a comparison are shown: `fixed`
+      (the scored completion first), `both` (each comparison in both orders), `shuffled` (one
+      order, seeded by the content, recorded as `position_swaps`); `auto`: fixed for pairwise with
+      the `pgenrm` format, shuffled for pairwise with a pairwise-only format, both for tournament.
+    pair_score (tournament): `share` (score / sum of both scores) or `win` (1, 0, a tie 0.5).
+    opponents (tournament): at most about this many opponents per completion (0: all others).
     failure_policy:
       raise     - a completion whose chains all failed raises `ScoringError`.
       neutral   - it gets `neutral_value`, and the failure is counted in the components.
     """
 
-    mode: Literal["pairwise", "pointwise", "group"] = "group"
+    mode: Literal["pairwise", "pointwise", "group", "tournament"] = "group"
     reader: Literal["auto", "logprob", "parse"] = "auto"
     criteria: Literal["auto", "generated", "none"] = "auto"
     failure_policy: Literal["raise", "neutral"] = "neutral"
@@ -105,6 +114,9 @@ class RewardConfig(StrictModel):
         "full", description="history pairs in full, or only where chosen and rejected differ (see prompts.contrast)")
     compare: bool = Field(False, description="criteria none: judge each completion against each other one of its "
                                              "request (both orders) instead of alone")
+    pair_order: Literal["auto", "fixed", "both", "shuffled"] = "auto"
+    pair_score: Literal["share", "win"] = "share"
+    opponents: int = Field(0, ge=0, description="tournament: about this many opponents per completion; 0 = all")
 
 
 class PrototypeConfig(StrictModel):
@@ -122,8 +134,16 @@ class PrototypeConfig(StrictModel):
         return self
 
 
+class ChainConfig(StrictModel):
+    """Which chain format the judge was trained on: its prompts and its parser (chain/formats.py;
+    `pgenrm plugins --kind chain_format` lists them)."""
+
+    format: str = Field("pgenrm", description="pgenrm (this project's chain) or p-genrm-8b (the released judges)")
+
+
 class PGenRMConfig(StrictModel):
     backend: BackendConfig = Field(default_factory=BackendConfig)
+    chain: ChainConfig = Field(default_factory=ChainConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     prototypes: PrototypeConfig = Field(default_factory=PrototypeConfig)

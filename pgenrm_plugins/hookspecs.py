@@ -65,6 +65,16 @@ def register_dataset_loaders(register):
     """
 
 
+@hookspec
+def register_chain_formats(register):
+    """Register chain formats: the prompts a judge was trained on and the parser of its output.
+
+    :param register: ``register(name, factory, description="")``; ``factory(None)`` returns a
+        ``ChainFormat`` (``chain/formats.py``); a config chooses it with ``chain.format: name``.
+    :return: nothing.
+    """
+
+
 @dataclass(frozen=True)
 class DatasetLayout:
     """How training prompts are written for one framework (`pgenrm recipe prepare`).

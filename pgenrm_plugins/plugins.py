@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "pgenrm_plugins.prototypes.sqlite_store",
     "pgenrm_plugins.prototypes.postgres_store",
     "pgenrm_plugins.requests_io",
+    "pgenrm_plugins.chain.formats",
     # the `pgenrm` commands (pgenrm_plugins/commands/)
     "pgenrm_plugins.commands.core",
     "pgenrm_plugins.commands.bench",
@@ -45,6 +46,7 @@ KINDS = {
     "backend": "register_backends",
     "embedder": "register_embedders",
     "store": "register_stores",
+    "chain_format": "register_chain_formats",
     "adapter": "register_adapters",
     "dataset_loader": "register_dataset_loaders",
 }

@@ -116,6 +116,7 @@ class Components(BaseModel):
     mode: str = "group"
     reader: str = "parse"  # what read the scores in this call: logprob (digit probabilities) or parse
     criteria_mode: str = "generated"
+    chain_format: str = "pgenrm"
     own: list[float | None] | None = _per_completion("values", alias="self")
     neighbours: list[float | None] | None = _per_completion("values")
     prototype_id: int | None = None
@@ -130,6 +131,8 @@ class Components(BaseModel):
     criteria_fallbacks: int = 0
     failed_completions: list[int] = _per_completion("indices", [])  # got reward.neutral_value
     ties: int = 0
+    comparisons: int = 0  # pairwise, tournament: pairs judged (each order counted)
+    position_swaps: int = 0  # comparisons that showed the scored completion second
     generated_tokens: int = 0
     criteria: list[tuple[str, float]] | None = None
     evaluation: str | None = None

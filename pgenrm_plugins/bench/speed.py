@@ -1,4 +1,5 @@
-"""Speed of one GRPO-shaped batch: the paper's way against group mode, same judge, same run.
+"""Speed of one GRPO-shaped batch: the paper's way against group mode, same judge, same run
+(`pgenrm bench speed`), and a pairwise-only judge's rewards against group mode (`pgenrm bench pairs`).
 
 The paper's way is a full evaluation chain per (completion, reference) pair: `pairwise` mode with
 parsed scores. Group mode writes persona and criteria once per (user, prompt) and scores every
@@ -77,55 +78,84 @@ def grpo_batch(prompts: int = 8, completions: int = 8) -> list[ScoreRequest]:
 
 
 SETUPS = {
-    "paper (pairwise chains)": {"mode": "pairwise", "reader": "parse"},
-    "group + parse": {"mode": "group", "reader": "parse"},
-    "group + logprob": {"mode": "group", "reader": "logprob"},
+    "paper (pairwise chains)": {"reward": {"mode": "pairwise", "reader": "parse"}},
+    "group + parse": {"reward": {"mode": "group", "reader": "parse"}},
+    "group + logprob": {"reward": {"mode": "group", "reader": "logprob"}},
+}
+# `pgenrm bench pairs`: a pairwise-only judge's two rewards against group mode (docs/p-genrm-8b.md)
+PAIR_SETUPS = {
+    "group (pgenrm format)": {"reward": {"mode": "group", "reader": "logprob"}},
+    "pairwise vs reference (p-genrm-8b)": {"chain": {"format": "p-genrm-8b"}, "reward": {"mode": "pairwise"}},
+    "tournament, both orders (p-genrm-8b)": {"chain": {"format": "p-genrm-8b"}, "reward": {"mode": "tournament"}},
 }
 
 
+class _CountingBackend:
+    """The judge, counting its calls: each sequence generated and each digit read is one."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def generate(self, requests):
+        self.calls += sum(r.n for r in requests)
+        return self.inner.generate(requests)
+
+    def next_token_probs(self, conversations, candidates):
+        self.calls += len(conversations)
+        return self.inner.next_token_probs(conversations, candidates)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 def run_speed(config_path, prompts: int, completions: int, chains: int, max_new_tokens: int,
-              output: Path | None, console: Console) -> dict:
+              output: Path | None, console: Console, setups: dict | None = None, baseline: str | None = None) -> dict:
+    """Every setup on the same batch with the same judge instance, one after the other; ratios
+    against `baseline` (default: the first setup)."""
     from pgenrm_plugins.scoring import Scorer
 
+    setups = setups or SETUPS
     base = load_config(str(config_path) if config_path else None).model_dump()
     base["sampling"].update(chains=chains, max_new_tokens=max_new_tokens)
     batch = grpo_batch(prompts, completions)
     n_rewards = prompts * completions
     backend = None
     rows = {}
-    for name, reward in SETUPS.items():
-        cfg = {**base, "reward": {**base["reward"], **reward}}
+    for name, sections in setups.items():
+        cfg = {key: {**value, **sections.get(key, {})} if isinstance(value, dict) else value
+               for key, value in base.items()}
+        if backend is None:
+            backend = _CountingBackend(Scorer(cfg).backend)  # one judge for every setup, counted
         scorer = Scorer(cfg, backend=backend)
-        backend = scorer.backend  # one judge for every setup
         backend.stats.__init__()
+        backend.calls = 0
         with console.status(f"scoring {n_rewards} rewards: {name}..."):
             start = time.perf_counter()
             results = scorer.score(batch)
             seconds = time.perf_counter() - start
         st = backend.stats
-        failures = sum(r.components.parse_failures for r in results)
-        neutral = sum(len(r.components.failed_completions) for r in results)
         rows[name] = {
             "seconds": seconds,
             "rewards_per_s": n_rewards / seconds,
+            "judge_calls_per_reward": backend.calls / n_rewards,
             "generated_tokens_per_reward": st.generated_tokens / n_rewards,
             "prompt_tokens_per_reward": st.prompt_tokens / n_rewards,
-            "parse_failures": failures,
-            "neutral_rewards": neutral,
+            "parse_failures": sum(r.components.parse_failures for r in results),
+            "neutral_rewards": sum(len(r.components.failed_completions) for r in results),
         }
-    paper = rows[next(iter(SETUPS))]
+    first = rows[baseline or next(iter(setups))]
     table = Table(title=f"{prompts} prompts x {completions} completions = {n_rewards} rewards, "
                         f"Ind-{chains}, chains up to {max_new_tokens} tokens, judge: {backend.name}",
                   title_justify="left")
-    for col in ("setup", "seconds", "rewards/s", "gen tok/reward", "prompt tok/reward",
+    for col in ("setup", "seconds", "rewards/s", "calls/reward", "gen tok/reward", "prompt tok/reward",
                 "parse fails", "neutral", "speed-up"):
         table.add_column(col, justify="left" if col == "setup" else "right")
     for name, r in rows.items():
-        r["speedup_vs_paper"] = r["rewards_per_s"] / paper["rewards_per_s"]
-        table.add_row(name, f"{r['seconds']:.1f}", f"{r['rewards_per_s']:.2f}",
+        r["speedup_vs_first"] = r["rewards_per_s"] / first["rewards_per_s"]
+        table.add_row(name, f"{r['seconds']:.1f}", f"{r['rewards_per_s']:.2f}", f"{r['judge_calls_per_reward']:.2f}",
                       f"{r['generated_tokens_per_reward']:.1f}", f"{r['prompt_tokens_per_reward']:.0f}",
                       str(r["parse_failures"]), str(r["neutral_rewards"]),
-                      f"{r['speedup_vs_paper']:.1f}x")
+                      f"{r['speedup_vs_first']:.1f}x")
     console.print(table)
     report = {"prompts": prompts, "completions": completions, "chains": chains, "max_new_tokens": max_new_tokens,
               "backend": backend.name, "setups": rows}

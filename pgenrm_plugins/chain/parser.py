@@ -62,6 +62,19 @@ class ParsedChain:
     text: str
 
 
+@dataclass(frozen=True)
+class PairVerdict:
+    """A judge's scores for the two responses it was shown (`first` shown first), on its own scale;
+    what every chain format's `parse_pair` returns (chain/formats.py)."""
+
+    first: float
+    second: float
+    analysis: str = ""  # the user synthesis part of the chain (what a prototype build may embed)
+    rationale: str = ""
+    repairs: tuple[str, ...] = ()
+    criteria: tuple[Criterion, ...] = ()
+
+
 FailureKind = Literal["no_json", "invalid_json", "missing_field", "bad_value"]
 
 
@@ -72,7 +85,7 @@ class ParseFailure:
     text: str
 
 
-class _Fail(Exception):
+class Fail(Exception):
     """Carries a failure out of nested validation, so each check can be one line."""
 
     def __init__(self, kind: FailureKind, detail: str):
@@ -80,10 +93,10 @@ class _Fail(Exception):
         self.kind, self.detail = kind, detail
 
 
-_MISSING = object()
+MISSING = object()
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _PERCENT = r"%?"
-_OUT_OF_TEN = r"(?:/\s*10(?:\.0*)?)?"
+OUT_OF_TEN = r"(?:/\s*10(?:\.0*)?)?"
 _LABEL = re.compile(r"\s*(?:response\s*)?\[?\s*([a-z])\s*\]?\s*", re.IGNORECASE)
 
 
@@ -94,10 +107,10 @@ def parse_chain(
     raw = text if isinstance(text, str) else ""
     try:
         return _parse(raw, tuple(labels), None if criteria is None else tuple(criteria))
-    except _Fail as fail:
+    except Fail as fail:
         return ParseFailure(fail.kind, fail.detail, raw)
     except Exception as exc:  # noqa: BLE001 - the contract is "never raises on model output"
-        return ParseFailure("invalid_json", f"unexpected {type(exc).__name__}: {_show(str(exc))}", raw)
+        return ParseFailure("invalid_json", f"unexpected {type(exc).__name__}: {show(str(exc))}", raw)
 
 
 def parse_criteria(text: str) -> ParsedChain | ParseFailure:
@@ -107,7 +120,7 @@ def parse_criteria(text: str) -> ParsedChain | ParseFailure:
 
 def _parse(text: str, labels: tuple[str, ...], given: tuple[Criterion, ...] | None) -> ParsedChain:
     repairs: list[str] = []
-    obj = _load_object(_extract(text, repairs), repairs)
+    obj = load_object(_extract(text, repairs), repairs)
     preferences = _preferences(obj, repairs)
     criteria = _given_criteria(given) if given is not None else _criteria(obj, repairs)
     scores = _scores(obj, labels, criteria, repairs) if labels else {}
@@ -118,27 +131,36 @@ def _parse(text: str, labels: tuple[str, ...], given: tuple[Criterion, ...] | No
 
 
 def _extract(text: str, repairs: list[str]) -> str:
-    """The JSON object's text: from the last complete marked block if any (earlier blocks are
-    usually an echo of the prompt's template), else from what the markers that exist allow."""
-    close = text.rfind(CLOSE)
-    start = text.rfind(OPEN, 0, close) if close >= 0 else -1
+    return extract_json(text, repairs, OPEN, CLOSE)
+
+
+def extract_json(text: str, repairs: list[str], open_: str, close: str, want: Sequence[str] = ()) -> str:
+    """The JSON object's text: from the last complete `open_`...`close` block if any (earlier blocks
+    are usually an echo of the prompt's template), else from what the markers that exist allow.
+    Without markers, the object holding the first of the `want` keys is taken when there is one
+    (the analysis before it may contain braces)."""
+    close_at = text.rfind(close)
+    start = text.rfind(open_, 0, close_at) if close_at >= 0 else -1
     if start >= 0:
-        body = text[start + len(OPEN) : close]
-    elif (start := text.rfind(OPEN)) >= 0:
+        body = text[start + len(open_) : close_at]
+    elif (start := text.rfind(open_)) >= 0:
         repairs.append("closing marker missing")
-        body = text[start + len(OPEN) :]
-    elif close >= 0:
+        body = text[start + len(open_) :]
+    elif close_at >= 0:
         repairs.append("opening marker missing")
-        body = text[:close]
+        body = text[:close_at]
     else:
         repairs.append("markers missing")
         body = text
+        keys = [at for w in want if (at := body.find(f'"{w}"')) >= 0]
+        if keys and (brace := body.rfind("{", 0, min(keys))) >= 0:
+            body = body[brace:]
     if "```" in body:
         repairs.append("code fences stripped")
         body = re.sub(r"```[\w-]*", "", body)
     brace = body.find("{")
     if brace < 0:
-        raise _Fail("no_json", "no JSON object found")
+        raise Fail("no_json", "no JSON object found")
     body = body[brace:]
     if len(body) > MAX_CHARS:
         repairs.append(f"text cut to {MAX_CHARS} characters")
@@ -164,7 +186,7 @@ def _object_end(s: str) -> int | None:
         elif ch in "{[":
             depth += 1
             if depth > MAX_DEPTH:
-                raise _Fail("invalid_json", f"JSON nested deeper than {MAX_DEPTH} levels")
+                raise Fail("invalid_json", f"JSON nested deeper than {MAX_DEPTH} levels")
         elif ch in "}]":
             depth -= 1
             if depth <= 0:
@@ -172,16 +194,16 @@ def _object_end(s: str) -> int | None:
     return None
 
 
-def _load_object(body: str, repairs: list[str]) -> dict:
+def load_object(body: str, repairs: list[str]) -> dict:
     try:
         obj = json.loads(body)
     except (ValueError, RecursionError):
         obj = json_repair.loads(body)
         repairs.append("json repaired")
     if not isinstance(obj, dict):
-        raise _Fail("invalid_json", f"top level: expected a JSON object, got {type(obj).__name__}")
+        raise Fail("invalid_json", f"top level: expected a JSON object, got {type(obj).__name__}")
     if not obj:
-        raise _Fail("invalid_json", "top level: empty object")
+        raise Fail("invalid_json", "top level: empty object")
     return obj
 
 
@@ -189,8 +211,8 @@ def _load_object(body: str, repairs: list[str]) -> dict:
 
 
 def _preferences(obj: dict, repairs: list[str]) -> dict[str, str]:
-    value = _field(obj, "preferences", repairs)
-    if value is _MISSING or value is None:
+    value = get_field(obj, "preferences", repairs)
+    if value is MISSING or value is None:
         return {}
     if isinstance(value, dict):
         return {str(k): _as_text(v) for k, v in value.items()}
@@ -199,32 +221,32 @@ def _preferences(obj: dict, repairs: list[str]) -> dict[str, str]:
 
 
 def _criteria(obj: dict, repairs: list[str]) -> tuple[Criterion, ...]:
-    value = _field(obj, "criteria", repairs)
-    if value is _MISSING:
-        raise _Fail("missing_field", "criteria: missing")
+    value = get_field(obj, "criteria", repairs)
+    if value is MISSING:
+        raise Fail("missing_field", "criteria: missing")
     if isinstance(value, dict):
         repairs.append("criteria given as an object of name: weight")
         value = [{"name": k, "weight": w} for k, w in value.items()]
     if not isinstance(value, list):
-        raise _Fail("bad_value", f"criteria: expected a list, got {type(value).__name__}")
+        raise Fail("bad_value", f"criteria: expected a list, got {type(value).__name__}")
     if not value:
-        raise _Fail("bad_value", "criteria: empty")
+        raise Fail("bad_value", "criteria: empty")
     merged: dict[str, list] = {}  # key -> [name as first written, summed weight]
     for i, item in enumerate(value):
         where = f"criteria[{i}]"
         if not isinstance(item, dict):
-            raise _Fail("bad_value", f"{where}: expected an object, got {type(item).__name__}")
-        name = _field(item, "name", repairs)
-        if name is _MISSING:
-            raise _Fail("missing_field", f"{where}.name: missing")
+            raise Fail("bad_value", f"{where}: expected an object, got {type(item).__name__}")
+        name = get_field(item, "name", repairs)
+        if name is MISSING:
+            raise Fail("missing_field", f"{where}.name: missing")
         if not isinstance(name, str) or not name.strip():
-            raise _Fail("bad_value", f"{where}.name: expected a non-empty string, got {_show(name)}")
-        weight = _field(item, "weight", repairs)
-        if weight is _MISSING:
-            raise _Fail("missing_field", f"{where}.weight: missing")
-        w = _number(weight, _PERCENT)
+            raise Fail("bad_value", f"{where}.name: expected a non-empty string, got {show(name)}")
+        weight = get_field(item, "weight", repairs)
+        if weight is MISSING:
+            raise Fail("missing_field", f"{where}.weight: missing")
+        w = to_number(weight, _PERCENT)
         if w is None or w <= 0:
-            raise _Fail("bad_value", f"{where}.weight: expected a positive number, got {_show(weight)}")
+            raise Fail("bad_value", f"{where}.weight: expected a positive number, got {show(weight)}")
         name = name.strip()
         if (key := _key(name)) in merged:
             repairs.append(f"duplicate criterion {name!r} merged")
@@ -243,7 +265,7 @@ def _normalise(weights: list[float], repairs: list[str]) -> list[float]:
     # Divide by the largest first, so that huge weights cannot overflow the sum.
     largest = max(weights)
     if not math.isfinite(largest):
-        raise _Fail("bad_value", "criteria: weights too large")
+        raise Fail("bad_value", "criteria: weights too large")
     relative = [w / largest for w in weights]
     scale = sum(relative)
     repairs.append(f"weights renormalised from {_fmt(total)} to 100")
@@ -252,21 +274,21 @@ def _normalise(weights: list[float], repairs: list[str]) -> list[float]:
 
 def _given_criteria(given: tuple[Criterion, ...]) -> tuple[Criterion, ...]:
     if not given:
-        raise _Fail("bad_value", "criteria: none given")
+        raise Fail("bad_value", "criteria: none given")
     for c in given:
         if (isinstance(c.weight, bool) or not isinstance(c.weight, (int, float)) or not math.isfinite(c.weight)
                 or c.weight <= 0):
-            raise _Fail("bad_value", f"criteria: given weight of {c.name!r} is not positive")
+            raise Fail("bad_value", f"criteria: given weight of {c.name!r} is not positive")
     return given
 
 
 def _scores(obj: dict, labels: tuple[str, ...], criteria: tuple[Criterion, ...],
             repairs: list[str]) -> dict[str, ResponseScores]:
-    value = _field(obj, "scores", repairs)
-    if value is _MISSING:
-        raise _Fail("missing_field", "scores: missing")
+    value = get_field(obj, "scores", repairs)
+    if value is MISSING:
+        raise Fail("missing_field", "scores: missing")
     if not isinstance(value, dict):
-        raise _Fail("bad_value", f"scores: expected an object, got {type(value).__name__}")
+        raise Fail("bad_value", f"scores: expected an object, got {type(value).__name__}")
     by_letter: dict[str | None, tuple[str, Any]] = {}  # "Response A", "a", ... -> "A"; first wins
     for key, entry in value.items():
         by_letter.setdefault(_label(key), (key, entry))
@@ -278,7 +300,7 @@ def _scores(obj: dict, labels: tuple[str, ...], criteria: tuple[Criterion, ...],
             repairs.append(f"label {hit[0]!r} read as {label!r}")
             entry = hit[1]
         else:
-            raise _Fail("missing_field", f"scores.{label}: missing")
+            raise Fail("missing_field", f"scores.{label}: missing")
         out[label] = _response_scores(label, entry, criteria, repairs)
     return out
 
@@ -286,20 +308,20 @@ def _scores(obj: dict, labels: tuple[str, ...], criteria: tuple[Criterion, ...],
 def _response_scores(label: str, entry: Any, criteria: tuple[Criterion, ...], repairs: list[str]) -> ResponseScores:
     where = f"scores.{label}"
     if not isinstance(entry, dict):
-        if _number(entry, _OUT_OF_TEN) is not None:
-            raise _Fail("missing_field", f"{where}.per_criterion: missing (only a total was given)")
-        raise _Fail("bad_value", f"{where}: expected an object, got {type(entry).__name__}")
-    per = _field(entry, "per_criterion", repairs)
+        if to_number(entry, OUT_OF_TEN) is not None:
+            raise Fail("missing_field", f"{where}.per_criterion: missing (only a total was given)")
+        raise Fail("bad_value", f"{where}: expected an object, got {type(entry).__name__}")
+    per = get_field(entry, "per_criterion", repairs)
     for alternative in ("criteria_scores", "scores"):  # the reference prompt used both names
-        if per is not _MISSING:
+        if per is not MISSING:
             break
-        per = _field(entry, alternative, repairs)
-        if per is not _MISSING:
+        per = get_field(entry, alternative, repairs)
+        if per is not MISSING:
             repairs.append(f"{where}: key {alternative!r} read as 'per_criterion'")
-    if per is _MISSING:
-        raise _Fail("missing_field", f"{where}.per_criterion: missing")
+    if per is MISSING:
+        raise Fail("missing_field", f"{where}.per_criterion: missing")
     if not isinstance(per, dict):
-        raise _Fail("bad_value", f"{where}.per_criterion: expected an object, got {type(per).__name__}")
+        raise Fail("bad_value", f"{where}.per_criterion: expected an object, got {type(per).__name__}")
     written: dict[str, tuple[str, Any]] = {}
     for name, v in per.items():
         written.setdefault(_key(str(name)), (str(name), v))
@@ -307,11 +329,11 @@ def _response_scores(label: str, entry: Any, criteria: tuple[Criterion, ...], re
     for c in criteria:
         hit = written.get(_key(c.name))
         if hit is None:
-            raise _Fail("missing_field", f"{where}.per_criterion.{c.name}: missing")
-        s = _number(hit[1], _OUT_OF_TEN)
+            raise Fail("missing_field", f"{where}.per_criterion.{c.name}: missing")
+        s = to_number(hit[1], OUT_OF_TEN)
         if s is None:
-            raise _Fail("bad_value",
-                        f"{where}.per_criterion.{c.name}: expected a number from 1 to 10, got {_show(hit[1])}")
+            raise Fail("bad_value",
+                        f"{where}.per_criterion.{c.name}: expected a number from 1 to 10, got {show(hit[1])}")
         if not 1.0 <= s <= 10.0:
             clamped = min(10.0, max(1.0, s))
             repairs.append(f"score of {label}/{c.name} clamped from {_fmt(s)} to {_fmt(clamped)}")
@@ -323,13 +345,13 @@ def _response_scores(label: str, entry: Any, criteria: tuple[Criterion, ...], re
             repairs.append(f"score of {label}/{name} ignored (not a criterion)")
     total = sum(c.weight * result[c.name] for c in criteria) / sum(c.weight for c in criteria)
     total = min(10.0, max(1.0, total))  # float rounding must not leave the scale
-    stated = _field(entry, "total", repairs)
-    if stated is _MISSING:
+    stated = get_field(entry, "total", repairs)
+    if stated is MISSING:
         repairs.append(f"total of {label} computed (model gave none)")
     else:
-        said = _number(stated, _OUT_OF_TEN)
+        said = to_number(stated, OUT_OF_TEN)
         if said is None or abs(said - total) > TOTAL_TOLERANCE:
-            shown = _fmt(said) if said is not None else _show(stated)
+            shown = _fmt(said) if said is not None else show(stated)
             repairs.append(f"total of {label} recomputed (model said {shown}, criteria give {_fmt(total)})")
     return ResponseScores(result, total)
 
@@ -337,18 +359,18 @@ def _response_scores(label: str, entry: Any, criteria: tuple[Criterion, ...], re
 # --- small helpers ------------------------------------------------------------------------------
 
 
-def _field(obj: dict, name: str, repairs: list[str]) -> Any:
-    """obj[name], also under a differently cased or padded key (noted); _MISSING when absent."""
+def get_field(obj: dict, name: str, repairs: list[str]) -> Any:
+    """obj[name], also under a differently cased or padded key (noted); MISSING when absent."""
     if name in obj:
         return obj[name]
     for key, value in obj.items():
         if isinstance(key, str) and key.strip().casefold() == name:
-            repairs.append(f"key {_show(key)} read as {name!r}")
+            repairs.append(f"key {show(key)} read as {name!r}")
             return value
-    return _MISSING
+    return MISSING
 
 
-def _number(value: Any, suffix: str) -> float | None:
+def to_number(value: Any, suffix: str) -> float | None:
     """A finite float from a JSON number or a numeric string with `suffix` ("40%", "7/10");
     None otherwise. Booleans are ints in Python but never a score or a weight."""
     if isinstance(value, bool):
@@ -386,7 +408,7 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     try:
         text = _fmt(value) if isinstance(value, float) else repr(value)
     except ValueError:  # an int too long to print (Python's digit limit)

@@ -71,7 +71,7 @@ SCORES_PREFILL = OPEN + '\n{"scores": {"A": {"per_criterion": {"'
 _CUT = " [...] "
 
 
-def _clip(text: str, max_chars: int) -> str:
+def clip(text: str, max_chars: int) -> str:
     """Keep the start and the end: a reply's ending (a caveat, an example, the sign-off) tells as
     much about its style as its opening, and cutting it would hide exactly what users choose by."""
     if len(text) <= max_chars:
@@ -83,11 +83,11 @@ def _clip(text: str, max_chars: int) -> str:
     return text[:head] + _CUT + text[len(text) - tail:]
 
 
-def _render_prompt(prompt, max_chars: int) -> str:
+def render_prompt(prompt, max_chars: int) -> str:
     messages = as_messages(prompt)
     if len(messages) == 1 and messages[0].role == "user":
-        return _clip(messages[0].content, max_chars)
-    return "\n".join(f"{m.role}: {_clip(m.content, max_chars)}" for m in messages)
+        return clip(messages[0].content, max_chars)
+    return "\n".join(f"{m.role}: {clip(m.content, max_chars)}" for m in messages)
 
 
 HistoryRender = Literal["full", "contrast"]
@@ -159,7 +159,7 @@ def _contrasted(a: str, b: str, marks: tuple[str, str], whole: tuple[str, str], 
     labels (`full`, or two texts that share too little to contrast)."""
     shown = contrast(a, b) if render == "contrast" else None
     if shown is None:
-        return f"{whole[0]}{_clip(a, max_chars)}{whole[1]}{_clip(b, max_chars)}"
+        return f"{whole[0]}{clip(a, max_chars)}{whole[1]}{clip(b, max_chars)}"
     lines = [f"{marks[0]} {f}" for f in shown[0]] + [f"{marks[1]} {f}" for f in shown[1]]
     return "\n".join(lines) if lines else same
 
@@ -175,17 +175,17 @@ def history_block(history: Sequence[HistoryItem], persona: str | None, max_items
     (`contrast`, falling back to full for two unrelated texts)."""
     parts = []
     if persona:
-        parts.append(f"Persona given by the user: {_clip(persona, max_chars)}")
+        parts.append(f"Persona given by the user: {clip(persona, max_chars)}")
     recent = list(history)[-max_items:] if max_items else []
     for i, item in enumerate(recent, 1):
-        parts.append(f"[{i}] Prompt: {_render_prompt(item.prompt, max_chars)}\n{_pair(item, max_chars, render)}")
+        parts.append(f"[{i}] Prompt: {render_prompt(item.prompt, max_chars)}\n{_pair(item, max_chars, render)}")
     if not parts:
         parts.append("(none: this user has no recorded choices; judge by the conversation alone)")
     return "\n\n".join(parts)
 
 
 def _responses_block(responses: Sequence[str], max_chars: int) -> str:
-    return "\n\n".join(f"[Response {LABELS[i]}]\n{_clip(r, max_chars)}" for i, r in enumerate(responses))
+    return "\n\n".join(f"[Response {LABELS[i]}]\n{clip(r, max_chars)}" for i, r in enumerate(responses))
 
 
 def _scores_shape(labels: Sequence[str]) -> str:
@@ -198,7 +198,7 @@ def _context(history, persona, prompt, max_items: int, max_chars: int, render: H
         "## The user's past choices\n"
         f"{history_block(history, persona, max_items, max_chars, render)}\n\n"
         "## The current conversation\n"
-        f"{_render_prompt(prompt, max_chars)}"
+        f"{render_prompt(prompt, max_chars)}"
     )
 
 
@@ -295,7 +295,7 @@ def direct_question(history, persona, prompt, response: str, *, max_items=8, max
     side by side, or their contrast, put what differs in plain view."""
     context = _context(history, persona, prompt, max_items, max_chars, render)
     if versus is None:
-        user = f"{context}\n\n## A reply to judge\n{_clip(response, max_chars)}\n\n{DIRECT_QUESTION}"
+        user = f"{context}\n\n## A reply to judge\n{clip(response, max_chars)}\n\n{DIRECT_QUESTION}"
     else:
         user = (f"{context}\n\n## Two replies to judge\n{_two_replies(response, versus, max_chars, render)}"
                 f"\n\n{DIRECT_COMPARISON}")

@@ -29,6 +29,23 @@ def bench_speed(
     run_speed(config, prompts, completions, chains, max_new_tokens, output, console=wide_console(110))
 
 
+@bench_app.command("pairs")
+def bench_pairs(
+    config: Optional[Path] = config_option(),
+    prompts: int = typer.Option(2, min=1, help="Prompts in the GRPO-shaped batch (one user each)."),
+    completions: int = typer.Option(4, min=2, help="Completions per prompt (GRPO's num_generations)."),
+    chains: int = typer.Option(1, min=1, help="Evaluation chains sampled per comparison (Ind-N)."),
+    max_new_tokens: int = typer.Option(96, min=16, help="Token budget of one evaluation chain."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Judge calls, prompt and generated tokens per reward: group mode against a pairwise-only judge's
+    two rewards (against the reference, and a tournament of the group), same batch, same judge, same run."""
+    from pgenrm_plugins.bench.speed import PAIR_SETUPS, run_speed
+
+    run_speed(config, prompts, completions, chains, max_new_tokens, output, console=wide_console(120),
+              setups=PAIR_SETUPS)
+
+
 @bench_app.command("service")
 def bench_service(
     config: Optional[Path] = config_option(),

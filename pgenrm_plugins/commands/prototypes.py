@@ -17,6 +17,7 @@ from rich.table import Table
 
 from pgenrm_plugins.commands import err, fail
 from pgenrm_plugins.hookspecs import hookimpl
+from pgenrm_plugins.prototypes.sources import JUDGE_SOURCES
 
 app = typer.Typer(
     help="User prototypes: cluster users by their preferences, so similar users can help score each other.\n\n"
@@ -101,7 +102,9 @@ def build(
     source: Optional[str] = typer.Option(None, "--source", help="What places a user: synthesis (the judge's, "
                                                                 "the default), history (prompt + preferred reply), or "
                                                                 "contrast (what only the preferred reply says, "
-                                                                "minus what only the rejected one says; no judge)."),
+                                                                "minus what only the rejected one says; no judge), or "
+                                                                "analysis (PART 1 of a chain in the config's "
+                                                                "chain.format, as the P-GenRM-8B pipeline embeds)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse the whole file if any row is bad, instead of "
                                                         "reporting bad rows by line and skipping them."),
     batch_size: int = typer.Option(16, min=1, help="Users per judge call and per committed batch: an interrupted "
@@ -133,12 +136,12 @@ def build(
     the_store = _open_store(store, cfg)
     embedder = _embedder(cfg)
     source = source or ("history" if skip_judge else "synthesis")
-    backend = _judge(cfg) if source == "synthesis" else None
+    backend = _judge(cfg) if source in JUDGE_SOURCES else None
     seed = cfg.sampling.seed if seed is None else seed
     try:
         report = build_prototypes(
             data, the_store, embedder, backend=backend, k=k, source=source, strict=strict,
-            batch_size=batch_size, source_settings=SourceSettings(seed=seed),
+            batch_size=batch_size, source_settings=SourceSettings(seed=seed, chain_format=cfg.chain.format),
             updater=replace(UpdaterSettings(), epochs=epochs, seed=seed), console=err,
         )
     except BadRowsError as exc:
@@ -239,7 +242,7 @@ def add_user_command(
         if prototypes is None:
             fail("the store has no published build yet: run `pgenrm prototypes build` first")
         embedder = _embedder(cfg)
-        if (prototypes.meta or {}).get("source") == "synthesis":
+        if (prototypes.meta or {}).get("source") in JUDGE_SOURCES:
             backend = _judge(cfg)
         record = add_user(the_store, embedder, user_id, items, persona=persona, backend=backend)
     except (StoreError, ValueError) as exc:

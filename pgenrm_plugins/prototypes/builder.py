@@ -26,7 +26,7 @@ import numpy as np
 
 from pgenrm_plugins.datasets.bench import load_bench
 from pgenrm_plugins.prototypes.base import PrototypeSet, UserRecord
-from pgenrm_plugins.prototypes.sources import SourceSettings, embed_users, prompt_text
+from pgenrm_plugins.prototypes.sources import JUDGE_SOURCES, SourceSettings, embed_users, prompt_text
 from pgenrm_plugins.prototypes.updater import UpdaterSettings, UserPairs, refine_prototypes
 from pgenrm_plugins.requests_io import LineError
 
@@ -183,15 +183,15 @@ def build_prototypes(
     if not histories:
         raise ValueError(f"{rows_path}: no user has train rows, so there is nothing to build prototypes from "
                          "(a user's rows with split 'train' are their history)")
-    if source == "synthesis" and backend is None:
-        raise ValueError("building from syntheses needs the judge: pass backend=..., or skip_judge=True")
+    if source in JUDGE_SOURCES and backend is None:
+        raise ValueError(f"building from the {source} source needs the judge: pass backend=..., or skip_judge=True")
     seconds["read"] = time.perf_counter() - started
 
     params = {
         "data_sha256": _file_digest(rows_path), "k": k, "source": source, "embedder": embedder.name,
         "source_settings": source_settings.as_meta(),
-        "judge": getattr(backend, "name", None) if source == "synthesis" else None,
-        "judge_model": (str(getattr(getattr(backend, "options", None), "model", None)) if source == "synthesis"
+        "judge": getattr(backend, "name", None) if source in JUDGE_SOURCES else None,
+        "judge_model": (str(getattr(getattr(backend, "options", None), "model", None)) if source in JUDGE_SOURCES
                         else None),
     }
     build_id = store.begin_build(params)
@@ -202,7 +202,7 @@ def build_prototypes(
     with _progress(console) as progress:
         # -- users: synthesis (or history), embedding, staging; resumable -----------------------
         t0 = time.perf_counter()
-        label = "judge syntheses + embedding" if source == "synthesis" else f"embedding histories ({source})"
+        label = f"judge {source} + embedding" if source in JUDGE_SOURCES else f"embedding histories ({source})"
         users_task = progress.add_task(label, total=len(histories), completed=len(staged))
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
@@ -256,7 +256,7 @@ def build_prototypes(
             "users_without_history": len(without),
             "judge": params["judge"],
             "judge_model": params["judge_model"],
-            "syntheses_unparsed": unparsed if source == "synthesis" else None,  # counted in this run only
+            "syntheses_unparsed": unparsed if source in JUDGE_SOURCES else None,  # counted in this run only
             "updater": {**refined.meta(), "moved_users": moved},
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -288,8 +288,8 @@ def add_user(store, embedder, user_id: str, history, persona: str | None = None,
     prototypes = store.prototypes()
     if prototypes is None:
         raise StoreError("the store has no published build yet: run `pgenrm prototypes build` first")
-    if (prototypes.meta or {}).get("source") == "synthesis" and backend is None:
-        raise ValueError("this store was built from judge syntheses, so adding a user needs the judge (backend=...)")
+    if (prototypes.meta or {}).get("source") in JUDGE_SOURCES and backend is None:
+        raise ValueError("this store was built from the judge's texts, so adding a user needs the judge (backend=...)")
     vectors, syntheses = embed_like_build(prototypes, embedder, [(items, persona)], backend=backend)
     record = UserRecord(user_id=user_id, history=items, persona=persona,
                         synthesis=syntheses[0].text if syntheses[0] else None, embedding=vectors[0])

@@ -1,13 +1,16 @@
 """What gets embedded to place a user among the prototypes, shared by the builder and the scorer
 (a user placed at scoring time must be embedded exactly as the build embedded its members).
 
-Three sources, recorded in each build's meta (`source`, `source_settings`):
+Four sources, recorded in each build's meta (`source`, `source_settings`):
 
 - `synthesis` (the paper's): the judge writes the user's preference synthesis (preferences and the
   criteria they apply in general, `prompts.synthesis_chain`), greedily, and that text is embedded.
 - `history` (no judge, `--skip-judge`): each past choice is embedded as "prompt + preferred reply"
   and the user is the normalised mean of those vectors. One vector per choice, because a single
   text of all choices would be cut at the embedder's token limit (256 for MiniLM) after the first.
+- `analysis` (the released P-GenRM-8B pipeline's): the judge compares the user's latest choice in
+  the chain format `chain_format` (default `p-genrm-8b`), greedily, with the earlier choices as
+  history, and the chain's user analysis (PART 1, `ChainFormat.analysis`) is embedded.
 - `contrast` (no judge): each past choice is the difference of two embeddings, of what only the
   preferred response says and of what only the rejected one says (`prompts.contrast`), and the
   user is the normalised mean of those differences. The topic both responses share cancels out,
@@ -32,7 +35,8 @@ from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain.parser import ParseFailure, parse_criteria
 from pgenrm_plugins.types import HistoryItem, Prompt
 
-SOURCES = ("synthesis", "history", "contrast")
+SOURCES = ("synthesis", "history", "contrast", "analysis")
+JUDGE_SOURCES = ("synthesis", "analysis")  # the sources that need the judge (a backend)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class SourceSettings:
     # syntheses per backend call: an embedded judge attends over every row of a call at once, and
     # long histories in big batches cost memory quadratic in their length
     judge_batch: int = 4
+    chain_format: str = "p-genrm-8b"  # the `analysis` source's format (the CLI: the config's chain.format)
 
     def as_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,8 +98,32 @@ def synthesize(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]
     return out
 
 
+def analyse(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
+            settings: SourceSettings) -> list[Synthesis]:
+    """One chain per user in `settings.chain_format`, judging the user's latest choice with the
+    earlier ones as history; its analysis part is what gets embedded. Greedy, like `synthesize`."""
+    from pgenrm_plugins.chain.formats import chain_format
+
+    fmt = chain_format(settings.chain_format)
+    requests = []
+    for i, (history, persona) in enumerate(users):
+        if not history:
+            raise ValueError(f"user {i} has no history: nothing to analyse for the `analysis` source")
+        *earlier, latest = history
+        messages = fmt.pair_messages(earlier, persona, latest.prompt, latest.chosen, latest.rejected,
+                                     max_items=settings.max_items, max_chars=settings.max_chars)
+        requests.append(GenerationRequest(messages, n=1, max_new_tokens=settings.max_new_tokens, temperature=0.0,
+                                          seed=settings.seed, stop=fmt.stop, prefill=fmt.prefill))
+    out = []
+    for start in range(0, len(requests), max(1, settings.judge_batch)):
+        for gens in backend.generate(requests[start:start + settings.judge_batch]):
+            text = gens[0].text
+            out.append(Synthesis(fmt.analysis(text), not isinstance(fmt.parse_pair(text), ParseFailure)))
+    return out
+
+
 def prompt_text(prompt: Prompt, max_chars: int) -> str:
-    return prompts._render_prompt(prompt, max_chars)
+    return prompts.render_prompt(prompt, max_chars)
 
 
 def history_texts(history: Sequence[HistoryItem], persona: str | None, settings: SourceSettings) -> list[str]:
@@ -169,11 +198,11 @@ def embed_users(
         return embed_history_users(embedder, users, settings), [None] * len(users)
     if source == "contrast":
         return embed_contrast_users(embedder, users, settings), [None] * len(users)
-    if source != "synthesis":
+    if source not in JUDGE_SOURCES:
         raise ValueError(f"unknown embedding source {source!r}; known: {', '.join(SOURCES)}")
     if backend is None:
-        raise ValueError("the `synthesis` source needs the judge (a backend)")
-    syntheses = synthesize(backend, users, settings)
+        raise ValueError(f"the `{source}` source needs the judge (a backend)")
+    syntheses = (synthesize if source == "synthesis" else analyse)(backend, users, settings)
     texts = [s.text or " ".join(history_texts(h, p, settings)) for s, (h, p) in zip(syntheses, users)]
     return embedder.embed(texts), list(syntheses)
 

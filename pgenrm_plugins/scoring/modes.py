@@ -1,7 +1,8 @@
 """The reward modes: requests in, one `Tally` per request out (per-completion values, counts).
 
     pointwise  one full chain per completion                       -> weighted total
-    pairwise   one full chain per (completion, reference) pair     -> completion's share of the totals
+    pairwise   one chain per (completion, reference) pair          -> completion's share of the totals
+    tournament one chain per pair of completions of a request      -> mean share (or win rate)
     group      one criteria chain per (user, prompt), then every   -> weighted total
                completion scored against those criteria
     group, `reward.criteria: none`: no chain; one digit per completion right after the history
@@ -11,8 +12,9 @@ Every chain is sampled N times (`sampling.chains`, Ind-N); a completion's value 
 chains that scored it. Chains that fail to parse are counted, never silently dropped. In group mode
 a criterion's score is parsed from a short JSON reply or, with the `logprob` reader, read as the
 expected value of the judge's next token over the digits 1-9; all questions about one chain share
-its prefix, which the backend computes once. Seeds come from the content judged, so a value never
-depends on its batch-mates.
+its prefix, which the backend computes once. Comparisons (pairwise, tournament) are written and read
+by the configured chain format (chain/formats.py). Seeds come from the content judged, so a value
+never depends on its batch-mates.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Sequence
 
 from pgenrm_plugins.backends.base import Backend, GenerationRequest
 from pgenrm_plugins.chain import prompts
+from pgenrm_plugins.chain.formats import ChainFormat
 from pgenrm_plugins.chain.parser import Criterion, ParseFailure, parse_chain, parse_criteria
 from pgenrm_plugins.config import PGenRMConfig
 from pgenrm_plugins.types import HistoryItem, ScoreRequest
@@ -51,6 +54,8 @@ class Tally:
     failures: Counter = field(default_factory=Counter)
     criteria_fallbacks: int = 0
     ties: int = 0
+    comparisons: int = 0
+    position_swaps: int = 0
     evaluation: str | None = None
     criteria: list | None = None
 
@@ -106,8 +111,8 @@ def comparisons(r: ScoreRequest) -> list[tuple[int, int]]:
 class RewardModes:
     """Runs the configured mode over a list of requests, all in the same backend calls."""
 
-    def __init__(self, config: PGenRMConfig, backend: Backend, criteria: str):
-        self.config, self.backend, self.criteria = config, backend, criteria
+    def __init__(self, config: PGenRMConfig, backend: Backend, criteria: str, chain_format: ChainFormat):
+        self.config, self.backend, self.criteria, self.format = config, backend, criteria, chain_format
         # Learned once and never unlearned: a backend that gave no token probabilities will not
         # start to (asking again would cost an OpenAI-compatible server a request per call).
         self._no_probabilities = False
@@ -117,43 +122,115 @@ class RewardModes:
         if not reqs:
             return tallies
         mode = self.config.reward.mode
-        if mode != "group":
-            self._full_chains(reqs, tallies, pairwise=mode == "pairwise")
+        if mode == "pointwise":
+            self._full_chains(reqs, tallies)
+        elif mode in ("pairwise", "tournament"):
+            self._comparisons(reqs, tallies)
         elif self.criteria == "none":
             self._direct(reqs, tallies)
         else:
             self._groups(reqs, tallies)
         return tallies
 
-    # -- the paper's way: one full chain per completion (pointwise) or pair (pairwise) --------
-    def _full_chains(self, reqs: list[ScoreRequest], tallies: list[Tally], pairwise: bool) -> None:
+    # -- one full chain per completion --------------------------------------------------------
+    def _full_chains(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
         rc = self.config.reward
         jobs, gen_requests = [], []
         for ri, r in enumerate(reqs):
             for ci, completion in enumerate(r.completions):
-                shown = [completion, r.reference] if pairwise else [completion]
-                messages = prompts.full_chain(r.history, r.persona, r.prompt, shown, max_items=rc.max_history,
+                messages = prompts.full_chain(r.history, r.persona, r.prompt, [completion], max_items=rc.max_history,
                                               max_chars=rc.max_chars, render=rc.history_render)
                 jobs.append((ri, ci))
-                gen_requests.append(self._chain_request(messages, r, shown))
-        labels = ("A", "B") if pairwise else ("A",)
+                gen_requests.append(self._chain_request(messages, r, [completion]))
         for (ri, ci), gens in zip(jobs, self.backend.generate(gen_requests)):
             t = tallies[ri]
             t.reader = "parse"
             for g in gens:
                 t.add_chain(g)
-                parsed = parse_chain(g.text, labels=labels)
+                parsed = parse_chain(g.text, labels=("A",))
                 if isinstance(parsed, ParseFailure):
                     t.failures[parsed.kind] += 1
                     continue
                 t.add_criteria(parsed.criteria)
-                mine = parsed.scores["A"].total
-                if pairwise:
-                    theirs = parsed.scores["B"].total
-                    t.ties += mine == theirs
-                    t.per_completion[ci].append(mine / (mine + theirs))
+                t.per_completion[ci].append(_to_unit(parsed.scores["A"].total, 1, 10))
+
+    # -- comparisons: against the reference (the paper's way) or each other (tournament) ------
+    def _comparisons(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
+        """One chain (times N) per shown pair, in the chain format; each side of a verdict gets its
+        share of the two scores (or a win / loss / half for a tie)."""
+        rc, fmt = self.config.reward, self.format
+        jobs, gen_requests = [], []
+        for ri, r in enumerate(reqs):
+            texts = [*r.completions, r.reference]
+            pairs = self._pairs(r)
+            if not pairs:
+                tallies[ri].failures["nothing_to_compare"] += 1
+                continue
+            for a, b in pairs:
+                for swapped in self._orders(r, texts[a], texts[b]):
+                    first, second = (b, a) if swapped else (a, b)
+                    shown = [texts[first], texts[second]]
+                    messages = fmt.pair_messages(r.history, r.persona, r.prompt, *shown, max_items=rc.max_history,
+                                                 max_chars=rc.max_chars, render=rc.history_render)
+                    gen_requests.append(self._chain_request(messages, r, shown, prefill=fmt.prefill, stop=fmt.stop))
+                    jobs.append((ri, first, second, swapped))
+        outputs = self.backend.generate(gen_requests) if gen_requests else []
+        for (ri, first, second, swapped), gens in zip(jobs, outputs):
+            t, n = tallies[ri], len(reqs[ri].completions)
+            t.reader = "parse"
+            t.comparisons += 1
+            t.position_swaps += swapped
+            for g in gens:
+                t.add_chain(g)
+                verdict = fmt.parse_pair(g.text)
+                if isinstance(verdict, ParseFailure):
+                    t.failures[verdict.kind] += 1
+                    continue
+                if verdict.criteria:
+                    t.add_criteria(verdict.criteria)
+                t.ties += verdict.first == verdict.second
+                if rc.pair_score == "win":
+                    share = 1.0 if verdict.first > verdict.second else 0.0 if verdict.first < verdict.second else 0.5
                 else:
-                    t.per_completion[ci].append(_to_unit(mine, 1, 10))
+                    share = verdict.first / (verdict.first + verdict.second)
+                for side, value in ((first, share), (second, 1.0 - share)):
+                    if side < n:  # index n is the reference: no reward of its own
+                        t.per_completion[side].append(value)
+
+    def _pairs(self, r: ScoreRequest) -> list[tuple[int, int]]:
+        """(completion, opponent) pairs; opponent index len(completions) is the reference."""
+        n = len(r.completions)
+        if self.config.reward.mode == "pairwise":
+            return [(ci, n) for ci in range(n)]
+        if n == 1:
+            return [(0, 1)] if r.reference is not None else []
+        pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+        k = self.config.reward.opponents
+        if not k or k >= n - 1:
+            return pairs
+        # A seeded sample: take pairs in a random order while either side still needs opponents.
+        rng = random.Random(content_seed(self.config.sampling.seed, "opponents", r.completions))
+        rng.shuffle(pairs)
+        met = [0] * n
+        chosen = []
+        for a, b in pairs:
+            if met[a] < k or met[b] < k:
+                chosen.append((a, b))
+                met[a] += 1
+                met[b] += 1
+        return sorted(chosen)
+
+    def _orders(self, r: ScoreRequest, a: str, b: str) -> list[bool]:
+        """Whether each comparison of texts a and b shows b first (a "position swap")."""
+        rc = self.config.reward
+        order = rc.pair_order
+        if order == "auto":
+            order = "both" if rc.mode == "tournament" else "shuffled" if self.format.pairwise_only else "fixed"
+        if order == "fixed":
+            return [False]
+        if order == "both":
+            return [False, True]
+        return [random.Random(content_seed(self.config.sampling.seed, "order", r.user_id, a, b)).random() < 0.5]
 
     # -- group mode: criteria once per (user, prompt), every completion against them ----------
     def _groups(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
@@ -276,13 +353,15 @@ class RewardModes:
                         t.per_completion[ci].append(value)
 
     # -- shared pieces ------------------------------------------------------------------------
-    def _chain_request(self, messages, request: ScoreRequest, shown: Sequence[str] = ()) -> GenerationRequest:
+    def _chain_request(self, messages, request: ScoreRequest, shown: Sequence[str] = (),
+                       prefill: str = prompts.CHAIN_PREFILL,
+                       stop: tuple[str, ...] = (prompts.CLOSE,)) -> GenerationRequest:
         s = self.config.sampling
         seed = content_seed(s.seed, request.user_id, request.persona,
                             request.model_dump(mode="json", include={"history", "prompt"}), list(shown))
         return GenerationRequest(
             messages, n=s.chains, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-            top_p=s.top_p, seed=seed, stop=(prompts.CLOSE,), prefill=prompts.CHAIN_PREFILL,
+            top_p=s.top_p, seed=seed, stop=stop, prefill=prefill,
         )
 
 

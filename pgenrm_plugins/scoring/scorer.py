@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from pgenrm_plugins.backends.base import Backend
+from pgenrm_plugins.chain.formats import chain_format
 from pgenrm_plugins.config import PGenRMConfig, load_config
 from pgenrm_plugins.scoring.modes import RewardModes, Tally
 from pgenrm_plugins.scoring.scaling import PrototypeScaling, mean
@@ -48,7 +49,12 @@ class Scorer:
         if self.criteria == "none" and self.config.reward.reader == "parse":
             raise ValueError("reward.criteria: none reads one digit's probabilities, so it needs reward.reader: "
                              "logprob or auto (or set reward.criteria: generated to parse generated scores)")
-        self.modes = RewardModes(self.config, self.backend, self.criteria)
+        self.format = chain_format(self.config.chain.format)
+        if self.format.pairwise_only and self.config.reward.mode not in ("pairwise", "tournament"):
+            raise ValueError(f"chain.format {self.format.name} only compares two responses: set reward.mode to "
+                             f"pairwise (against the reference) or tournament (against each other), not "
+                             f"{self.config.reward.mode}")
+        self.modes = RewardModes(self.config, self.backend, self.criteria, self.format)
         # Prototype-level scaling: `store` and `embedder` may be handed in (already open, shared).
         self.store = self.embedder = self.scaling = None
         if self.config.prototypes.enabled:
@@ -115,6 +121,7 @@ class Scorer:
             mode=rc.mode,
             # what read the scores in this call (`auto` resolved), else the configured reader
             reader=next((t.reader for t in tallies if t.reader), rc.reader) if group else "parse",
+            chain_format=self.format.name,
             criteria_mode=self.criteria if group else "generated",
             own=list(rewards),
             chains_sampled=chains_sampled,
@@ -124,6 +131,8 @@ class Scorer:
             criteria_fallbacks=sum(t.criteria_fallbacks for t in tallies),
             failed_completions=failed,
             ties=sum(t.ties for t in tallies),
+            comparisons=sum(t.comparisons for t in tallies),
+            position_swaps=sum(t.position_swaps for t in tallies),
             generated_tokens=sum(t.generated_tokens for t in tallies),
             criteria=next((t.criteria for t in tallies if t.criteria), None),
             evaluation=next((t.evaluation for t in tallies if t.evaluation), None),
