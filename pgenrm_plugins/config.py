@@ -126,6 +126,8 @@ class PrototypeConfig(StrictModel):
     top_k: int = Field(4, ge=1, le=64)
     c_self: float = Field(0.5, ge=0.0)
     c_neighbours: float = Field(0.5, ge=0.0)
+    max_history: int | None = Field(None, ge=1, description="history pairs of each side's chains under prototype "
+                                                            "scaling (the P-GenRM-8B scripts: 3); none: all")
 
     @model_validator(mode="after")
     def _some_weight(self) -> "PrototypeConfig":

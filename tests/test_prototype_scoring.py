@@ -132,6 +132,19 @@ def test_prototype_scaling_through_the_batcher_with_merged_requests(store_path, 
         assert [nb.user_id for nb in c.neighbours_used] == [nb.user_id for nb in whole.neighbours_used]
 
 
+def test_prototype_scaling_can_show_fewer_history_pairs_per_side(store_path, judge, embedder):
+    # the P-GenRM-8B scripts show 3 pairs per chain under prototype scaling, 6 otherwise
+    from pgenrm_plugins.types import ScoreRequest
+
+    request = ScoreRequest(user_id="brief-0", prompt=PROMPT, completions=COMPLETIONS)
+    [plan] = scorer_for(store_path, judge, embedder, max_history=1).scaling.plan([request])
+    jobs = plan.jobs()
+    assert len(jobs) >= 2 and all(len(job.history) == 1 for job in jobs)
+    [full] = scorer_for(store_path, judge, embedder).scaling.plan([request])
+    assert [job.history[-1] for job in full.jobs()] == [job.history[0] for job in jobs]  # the most recent pair
+    assert all(len(job.history) > 1 for job in full.jobs())
+
+
 def test_prototypes_need_a_store_and_some_weight():
     with pytest.raises(ConfigError) as missing:
         load_config({"prototypes": {"enabled": True}})

@@ -145,6 +145,7 @@ class PrototypeScaling:
 
     def _plan_one(self, r: ScoreRequest, history, persona, placement: str, embedding, records: dict) -> Plan:
         pc = self.config
+        recent = (lambda items: list(items)[-pc.max_history:]) if pc.max_history else list
         lookup = None
         if pc.c_neighbours > 0:
             lookup = self.store.nearest(embedding, pc.top_k, exclude=[r.user_id] if r.user_id else [])
@@ -155,8 +156,8 @@ class PrototypeScaling:
             rec = records[nb.user_id]
             if rec is not None and rec.history:  # a member with no history has nothing to lend
                 neighbours.append((nb, r.model_copy(update={
-                    "user_id": nb.user_id, "history": list(rec.history), "persona": rec.persona})))
-        own = r.model_copy(update={"history": history, "persona": persona})
+                    "user_id": nb.user_id, "history": recent(rec.history), "persona": rec.persona})))
+        own = r.model_copy(update={"history": recent(history), "persona": persona})
         if history and pc.c_self > 0:
             own_weight = pc.c_self
         elif not neighbours:
