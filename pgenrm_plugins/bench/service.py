@@ -8,13 +8,19 @@ concurrent side gains from the batcher: one backend batch for many callers, and 
 criteria chain per (user, prompt) instead of one per completion.
 
 Both sides must give every sample the same reward (a reward never depends on its batch-mates); the
-largest difference is printed next to the speed.
+largest difference is printed next to the speed. (These two sides run without the service's
+de-duplication, or the second would only read the first's answers.)
+
+Then a retry storm, as OpenRLHF makes when the judge falls behind its timeout: every request sent
+twice, the second while the first is in flight, to a fresh service with and without
+de-duplication; judge time per distinct request is printed for both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -106,6 +112,22 @@ def concurrently(url: str, bodies: list[dict], clients: int) -> tuple[list[float
     return asyncio.run(go())
 
 
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def retry_storm(app, bodies: list[dict], clients: int) -> dict:
+    """Every body twice in a row to a fresh service: the judge time it spent per distinct request."""
+    doubled = [b for b in bodies for _ in (0, 1)]
+    with running_service(app) as base:
+        rewards, seconds = concurrently(f"{base}/get_reward", doubled, clients)
+        text = httpx.get(f"{base}/metrics").text
+    return {"seconds": seconds, "rewards": rewards[::2],
+            "completions_judged": _metric(text, "pgenrm_batch_completions_sum"),
+            "judge_seconds_per_distinct": _metric(text, "pgenrm_batch_seconds_sum") / len(bodies)}
+
+
 def run_service_bench(config_path, prompts: int, completions: int, clients: int, chains: int,
                       max_new_tokens: int, max_wait_ms: float, output: Path | None, console: Console) -> dict:
     from pgenrm_plugins.scoring import Scorer
@@ -116,7 +138,7 @@ def run_service_bench(config_path, prompts: int, completions: int, clients: int,
     bodies = openrlhf_samples(prompts, completions)
     with console.status("loading the judge..."):
         scorer = Scorer(cfg)
-    settings = ServerSettings(max_wait_ms=max_wait_ms, max_batch_requests=max(64, clients))
+    settings = ServerSettings(max_wait_ms=max_wait_ms, max_batch_requests=max(64, clients), dedupe=False)
     try:
         with running_service(create_app(scorer, settings)) as base:
             url = f"{base}/get_reward"
@@ -127,6 +149,12 @@ def run_service_bench(config_path, prompts: int, completions: int, clients: int,
             with console.status(f"the same {len(bodies)} requests, {clients} concurrent clients..."):
                 conc_rewards, conc_s = concurrently(url, bodies, clients)
             batches = httpx.get(f"{base}/healthz").json()["batches"]
+        storm = {}
+        for dedupe in (False, True):
+            name = "with de-duplication" if dedupe else "without de-duplication"
+            with console.status(f"retry storm, {name}: {2 * len(bodies)} requests..."):
+                storm[name] = retry_storm(create_app(scorer, settings.model_copy(update={"dedupe": dedupe})),
+                                          bodies, clients)
     finally:
         scorer.close()
     n = len(bodies)
@@ -147,9 +175,18 @@ def run_service_bench(config_path, prompts: int, completions: int, clients: int,
     console.print(table)
     console.print(f"speed-up {ratio:.1f}x; largest reward difference between the two runs {max_diff:.2g}; "
                   f"backend batches in all {batches}", highlight=False)
+    storm_table = Table(title=f"retry storm: each of the {n} requests sent twice, the second while the first is "
+                              "in flight", title_justify="left")
+    for col in ("service", "seconds", "completions judged", "judge s / distinct request", "answers that differ"):
+        storm_table.add_column(col, justify="left" if col == "service" else "right")
+    for name, r in storm.items():
+        r["answers_that_differ"] = sum(abs(a - b) > 1e-4 for a, b in zip(r.pop("rewards"), seq_rewards))
+        storm_table.add_row(name, f"{r['seconds']:.1f}", f"{r['completions_judged']:.0f}",
+                            f"{r['judge_seconds_per_distinct']:.2f}", str(r["answers_that_differ"]))
+    console.print(storm_table)
     report = {"prompts": prompts, "completions": completions, "requests": n, "clients": clients, "chains": chains,
               "max_new_tokens": max_new_tokens, "max_wait_ms": max_wait_ms, "backend": scorer.backend.name,
-              "setups": rows, "speedup": ratio, "max_reward_difference": max_diff}
+              "setups": rows, "speedup": ratio, "max_reward_difference": max_diff, "retry_storm": storm}
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2))

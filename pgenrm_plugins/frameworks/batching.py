@@ -11,13 +11,22 @@ every caller gets exactly its own completions' rewards, in its own order.
 A scorer exception fails every request of that batch with `ScorerFailed` (the app answers 503); the
 worker goes on with the next batch. A caller that went away (its future cancelled) is skipped.
 `stop()` refuses new requests and drains what is queued before returning.
+
+Identical requests share one computation when the batcher is given a `key` (the service gives it
+one; scoring is deterministic, so a request is identified by its content and by what scores it). A
+request identical to one in flight joins it; one identical to a request answered recently gets the
+stored answer from `cache` at once. A caller that goes away does not cancel a keyed computation: it
+finishes into the cache, because a caller that timed out (OpenRLHF: 180 s, 5 tries) sends the same
+request again, and the retry should find the answer instead of starting over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +48,53 @@ class BatcherClosed(RuntimeError):
 class _Item:
     request: ScoreRequest
     future: asyncio.Future
+    queued_at: float = 0.0
+
+
+class ResultCache:
+    """Answers of recent requests by key, bounded by entries and by bytes (of their JSON), each
+    kept `ttl_s` seconds; the least recently used go first."""
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024, ttl_s: float = 900.0):
+        self.max_entries, self.max_bytes, self.ttl_s = max_entries, max_bytes, ttl_s
+        self._entries: OrderedDict[str, tuple[float, int, ScoreResult]] = OrderedDict()
+        self.bytes = self.hits = self.misses = 0
+
+    def get(self, key: str) -> ScoreResult | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] < time.monotonic():
+            self._drop(key)
+            entry = None
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[2]
+
+    def put(self, key: str, result: ScoreResult) -> None:
+        size = len(result.model_dump_json())
+        if key in self._entries:
+            self._drop(key)
+        if size > self.max_bytes or self.max_entries <= 0:
+            return
+        self._entries[key] = (time.monotonic() + self.ttl_s, size, result)
+        self.bytes += size
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        _, size, _ = self._entries.pop(key)
+        self.bytes -= size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def request_key(request: ScoreRequest, scoring: str) -> str:
+    """A request's identity: its whole content and `scoring` (what scores it: the scoring settings
+    and the prototype store's build)."""
+    return json.dumps([request.model_dump(mode="json"), scoring], sort_keys=True)
 
 
 class Batcher:
@@ -48,8 +104,13 @@ class Batcher:
         max_wait_ms: float = 20.0,
         max_batch_requests: int = 64,
         metrics: Any = None,
+        key: Callable[[ScoreRequest], str] | None = None,
+        cache: ResultCache | None = None,
     ):
         self._score = score
+        self._key, self.cache = key, cache
+        self._inflight: dict[str, asyncio.Future] = {}
+        self.joined = 0  # requests that joined an identical one in flight
         self.max_wait = max_wait_ms / 1000.0
         self.max_batch_requests = max_batch_requests
         self.metrics = metrics
@@ -89,18 +150,56 @@ class Batcher:
         if not self.running:
             raise BatcherClosed("the scoring service is shutting down (or not started); retry on another replica")
         loop = asyncio.get_running_loop()
-        items = [_Item(r, loop.create_future()) for r in requests]
+        futures, items = [], []
+        for r in requests:
+            key = self._key(r) if self._key is not None else None
+            if key is not None:
+                hit = self.cache.get(key) if self.cache is not None else None
+                if hit is not None:
+                    self._count("cache_hits")
+                    futures.append(loop.create_future())
+                    futures[-1].set_result(hit)
+                    continue
+                self._count("cache_misses")
+                if key in self._inflight:
+                    self.joined += 1
+                    self._count("joined")
+                    futures.append(self._inflight[key])
+                    continue
+            item = _Item(r, loop.create_future(), time.perf_counter())
+            if key is not None:
+                self._inflight[key] = item.future
+                item.future.add_done_callback(lambda f, key=key: self._finished(key, f))
+            items.append(item)
+            futures.append(item.future)
         for item in items:
             self._queue.put_nowait(item)
         self._gauge()
         try:
-            return list(await asyncio.gather(*(i.future for i in items)))
+            if self._key is not None:  # shared computations outlive a caller that goes away
+                return list(await asyncio.gather(*(asyncio.shield(f) for f in futures)))
+            return list(await asyncio.gather(*futures))
         except BaseException:
-            for i in items:  # the caller went away or one part failed: drop what is still queued
-                if i.future.done() and not i.future.cancelled():
-                    i.future.exception()  # retrieved, so asyncio does not log it as lost
-                i.future.cancel()
+            if self._key is None:
+                for i in items:  # the caller went away or one part failed: drop what is still queued
+                    if i.future.done() and not i.future.cancelled():
+                        i.future.exception()  # retrieved, so asyncio does not log it as lost
+                    i.future.cancel()
+            else:
+                for f in futures:
+                    if f.done() and not f.cancelled():
+                        f.exception()
             raise
+
+    def _count(self, name: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, name).inc()
+
+    def _finished(self, key: str, future: asyncio.Future) -> None:
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
+        if self.cache is not None and not future.cancelled() and future.exception() is None:
+            self.cache.put(key, future.result())
 
     # -- worker -----------------------------------------------------------------------------------
     def _gauge(self) -> None:
@@ -153,6 +252,9 @@ class Batcher:
         merged, spans = merge_groups([i.request for i in items])
         m = self.metrics
         if m is not None:
+            now = time.perf_counter()
+            for item in items:
+                m.queue_wait.observe(now - item.queued_at)
             m.batch_items.observe(len(items))
             m.batch_requests.observe(len(merged))
             m.batch_completions.observe(sum(len(r.completions) for r in merged))

@@ -14,6 +14,7 @@ field; bad JSON gets 400; a scorer failure gets 503 for the requests of that bat
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -28,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pgenrm_plugins.frameworks import openrlhf
-from pgenrm_plugins.frameworks.batching import Batcher, BatcherClosed, ScorerFailed
+from pgenrm_plugins.frameworks.batching import Batcher, BatcherClosed, ResultCache, ScorerFailed, request_key
 from pgenrm_plugins.requests_io import describe_validation_error
 from pgenrm_plugins.server.metrics import Metrics
 from pgenrm_plugins.types import ScoreRequest
@@ -50,6 +51,11 @@ class ServerSettings(BaseModel):
     max_batch_requests: int = Field(64, ge=1)
     end_of_turn_tokens: tuple[str, ...] = openrlhf.END_OF_TURN
     graceful_shutdown_s: float = Field(120.0, ge=0.0, description="uvicorn waits this long for in-flight requests")
+    # identical requests share one computation; recent answers are kept (docs/service.md)
+    dedupe: bool = Field(True, description="a request identical to one in flight or recently answered is not rescored")
+    cache_entries: int = Field(10_000, ge=0, description="answers kept for retries (0: none)")
+    cache_bytes: int = Field(64 * 1024 * 1024, ge=0, description="... and at most this many bytes of them")
+    cache_ttl_s: float = Field(900.0, ge=0.0, description="how long an answer is kept")
 
 
 class HTTPProblem(Exception):
@@ -127,12 +133,34 @@ def _check_mode(scorer, reqs: list[ScoreRequest]) -> None:
         raise HTTPProblem(422, str(exc), "invalid") from None
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def scoring_identity(scorer) -> str:
+    """What scores a request besides its content: the scorer's settings and the version of its
+    prototype store (a new build or an added user changes it), so an answer is reused only while
+    both are the same."""
+    config = getattr(scorer, "config", None)
+    settings = config.model_dump(mode="json") if config is not None else type(scorer).__qualname__
+    store = getattr(scorer, "store", None)
+    version = store.version() if store is not None and hasattr(store, "version") else None
+    return json.dumps([settings, version], sort_keys=True, default=str)
+
+
 def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI:
     """The service over `scorer` (anything with `score(list[ScoreRequest]) -> list[ScoreResult]`)."""
     s = settings if isinstance(settings, ServerSettings) else ServerSettings.model_validate(settings or {})
     api_key = s.api_key if s.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     metrics = Metrics()
-    batcher = Batcher(scorer.score, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests, metrics=metrics)
+    key = cache = None
+    if s.dedupe:
+        cache = ResultCache(s.cache_entries, s.cache_bytes, s.cache_ttl_s)
+        key = lambda request: request_key(request, scoring_identity(scorer))  # noqa: E731
+    batcher = Batcher(scorer.score, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests, metrics=metrics,
+                      key=key, cache=cache)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -173,14 +201,31 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
         except BatcherClosed as exc:
             raise HTTPProblem(503, str(exc), "unavailable") from None
 
+    async def _answer(request: Request, reqs: list[ScoreRequest], reply) -> JSONResponse:
+        """Score, unless the caller goes away first: then its answer is counted as 499 (client
+        closed request), not as a 200 it never read. Its computation still finishes into the
+        cache, for the retry that a timed-out caller sends (the batcher keeps it running)."""
+        scoring = asyncio.ensure_future(_score(reqs))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({scoring, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if scoring in done:
+            return JSONResponse(reply(scoring.result()))
+        scoring.cancel()
+        return JSONResponse({"detail": "the caller went away before the answer"}, status_code=499)
+
     @app.post("/v1/score")
     async def score(request: Request):
         _check_auth(request, api_key)
         reqs, single = _parse_score_body(await _read_json(request, s.max_body_bytes), s)
         _check_mode(scorer, reqs)
-        results = await _score(reqs)
-        data = [r.model_dump(mode="json") for r in results]
-        return JSONResponse(data[0] if single else data)
+        def reply(results):
+            data = [r.model_dump(mode="json") for r in results]
+            return data[0] if single else data
+
+        return await _answer(request, reqs, reply)
 
     @app.post("/get_reward")
     async def get_reward(request: Request):
@@ -194,7 +239,7 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
             raise HTTPProblem(422, f"field 'query': at most {s.max_requests_per_call} samples per call, "
                                    f"got {len(reqs)}", "invalid")
         _check_mode(scorer, reqs)
-        return JSONResponse(openrlhf.to_reply(await _score(reqs)))
+        return await _answer(request, reqs, openrlhf.to_reply)
 
     @app.get("/healthz")
     async def healthz():
@@ -207,6 +252,7 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
     async def prometheus(request: Request):
         _check_auth(request, api_key)
         metrics.queue_depth.set(batcher.depth)
+        metrics.cache_entries.set(len(cache) if cache is not None else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     _PATHS = {"/v1/score", "/get_reward", "/healthz", "/metrics"}

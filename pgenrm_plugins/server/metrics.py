@@ -22,6 +22,13 @@ class Metrics:
             "pgenrm_batch_completions", "Completions scored in one backend batch", buckets=SIZE_BUCKETS, registry=r)
         self.batch_seconds = Histogram(
             "pgenrm_batch_seconds", "Time the scorer took for one batch", buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "pgenrm_queue_wait_seconds", "Time a request waited for its backend batch to start",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.cache_hits = Counter("pgenrm_cache_hits", "Requests answered from the cache of recent answers", registry=r)
+        self.cache_misses = Counter("pgenrm_cache_misses", "Keyed requests not in the cache", registry=r)
+        self.joined = Counter("pgenrm_joined_inflight", "Requests that joined an identical one in flight", registry=r)
+        self.cache_entries = Gauge("pgenrm_cache_entries", "Answers held in the cache", registry=r)
         self.latency = Histogram(
             "pgenrm_request_latency_seconds", "HTTP request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.requests = Counter("pgenrm_http_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)

@@ -1,0 +1,175 @@
+"""Retries never recompute: OpenRLHF's own client against the real service with a slowed judge,
+the cache of recent answers, and the load test with duplicates among the requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+
+import httpx
+import pytest
+from test_server import HISTORY, JUDGE_CONFIG, ContentScorer, LiveServer, Recording, chatml, content_reward, label
+
+from pgenrm_plugins.frameworks.batching import ResultCache, request_key
+from pgenrm_plugins.frameworks.openrlhf import prompt_of
+from pgenrm_plugins.scoring import Scorer
+from pgenrm_plugins.server.app import ServerSettings, create_app, scoring_identity
+from pgenrm_plugins.types import ScoreRequest, ScoreResult
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+class Slowed(Recording):
+    """The real judge, made slower than the client's patience by `delay_s` per batch."""
+
+    def __init__(self, scorer, delay_s: float):
+        super().__init__(scorer)
+        self.delay_s = delay_s
+
+    def score(self, requests):
+        time.sleep(self.delay_s)
+        return super().score(requests)
+
+
+def test_openrlhf_retries_after_timeouts_are_answered_without_recomputing(judge, monkeypatch):
+    """OpenRLHF's `_fetch_rewards_via_http` (5 tries, 1 s apart) with its 180 s timeout shortened
+    to 1.5 s here, and the judge slowed by 2 s per batch, so every first try times out (the test
+    asserts it). Every sample still gets its reward, and the judge scores each distinct sample once."""
+    from openrlhf.utils import agent
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    real_timeout = agent.aiohttp.ClientTimeout
+    monkeypatch.setattr(agent.aiohttp, "ClientTimeout", lambda total=None, **kw: real_timeout(total=1.5))
+    scorer = Slowed(Scorer(JUDGE_CONFIG, backend=judge), delay_s=2.0)
+    app = create_app(scorer, ServerSettings(max_wait_ms=300))
+    prompt = chatml("How can I fall asleep faster?")
+    responses = ["Keep a fixed bedtime.", "Stop screens an hour before bed.", "Warm milk."]
+    with LiveServer(app) as srv:
+        executor = SingleTurnAgentExecutor(remote_rm_url=f"{srv.url}/get_reward")
+
+        async def rollout():
+            return await asyncio.gather(*(executor._fetch_rewards_via_http([prompt + r + "<|im_end|>"], [prompt],
+                                                                           [label("bea")]) for r in responses))
+        started = time.perf_counter()
+        replies = asyncio.run(rollout())
+        elapsed = time.perf_counter() - started
+        text = httpx.get(f"{srv.url}/metrics").text
+    assert elapsed > 2.5  # nobody was answered on the first try (1.5 s), and each retry waits 1 s
+    direct = Scorer(JUDGE_CONFIG, backend=judge).score(
+        [ScoreRequest(user_id="bea", history=HISTORY, prompt=prompt_of(prompt), completions=responses)])[0]
+    assert [reply[0]["rewards"][0] for reply in replies] == pytest.approx(direct.rewards, abs=1e-5)
+    scored = [c for batch in scorer.calls for r in batch for c in r.completions]
+    assert sorted(scored) == sorted(responses)  # one computation per distinct request
+    assert metric(text, "pgenrm_batch_completions_sum") == 3.0
+    retried = metric(text, "pgenrm_cache_hits_total") + metric(text, "pgenrm_joined_inflight_total")
+    assert retried >= 3  # every sample came back at least once and was answered from the first computation
+    gone = metric(text, "pgenrm_http_requests_total", '{endpoint="/get_reward",status="499"}')
+    ok = metric(text, "pgenrm_http_requests_total", '{endpoint="/get_reward",status="200"}')
+    assert ok == 3.0 and gone <= retried  # the callers that timed out are not counted as answered
+
+
+def result(reward: float) -> ScoreResult:
+    return ScoreResult(rewards=[reward], components={"chains_sampled": 2, "criteria": [("Brevity", 100.0)]})
+
+
+def test_a_cache_hit_is_the_first_answer_and_what_scores_it_is_part_of_the_key():
+    cache = ResultCache(max_entries=2, max_bytes=10_000, ttl_s=60)
+    request = ScoreRequest(user_id="u", prompt="p", completions=["x"])
+    first = result(0.7)
+    key = request_key(request, "settings A, store version 3")
+    cache.put(key, first)
+    assert cache.get(key) == first and cache.get(key).components == first.components
+    assert cache.get(request_key(request, "settings B, store version 3")) is None  # scoring settings changed
+    assert cache.get(request_key(request, "settings A, store version 4")) is None  # the store changed
+    other = request.model_copy(update={"completions": ["y"]})
+    assert cache.get(request_key(other, "settings A, store version 3")) is None
+    # bounded by entries, by bytes and by time
+    for i in range(3):
+        cache.put(f"k{i}", result(i / 10))
+    assert len(cache) == 2 and cache.get(key) is None and cache.get("k2") is not None
+    tiny = ResultCache(max_entries=10, max_bytes=len(first.model_dump_json()) + 10, ttl_s=60)
+    tiny.put("a", first)
+    tiny.put("b", first)
+    assert len(tiny) == 1 and tiny.get("b") is not None and tiny.bytes <= tiny.max_bytes
+    expired = ResultCache(ttl_s=0.0)
+    expired.put("a", first)
+    time.sleep(0.01)
+    assert expired.get("a") is None and expired.hits == 0 and expired.misses == 1
+
+
+def test_the_scoring_identity_follows_the_settings_and_the_store(judge, tmp_path):
+    from pgenrm_plugins.prototypes.sqlite_store import SQLiteStore
+
+    a = scoring_identity(Scorer(JUDGE_CONFIG, backend=judge))
+    b = scoring_identity(Scorer({**JUDGE_CONFIG, "sampling": {**JUDGE_CONFIG.get("sampling", {}), "seed": 99}},
+                                backend=judge))
+    assert a != b and a == scoring_identity(Scorer(JUDGE_CONFIG, backend=judge))
+
+    class WithStore:
+        config = None
+
+        def __init__(self, store):
+            self.store = store
+
+    store = SQLiteStore(path=str(tmp_path / "s.sqlite"))
+    before = scoring_identity(WithStore(store))
+    build = store.begin_build({"k": 1})
+    store.stage_users(build, [])
+    import numpy as np
+
+    from pgenrm_plugins.prototypes.base import PrototypeSet
+
+    store.publish(build, PrototypeSet(np.eye(1, 4, dtype=np.float32), "e"), {})
+    assert scoring_identity(WithStore(store)) != before  # a new build: a miss
+    store.close()
+
+
+def test_served_cache_hit_same_answer_and_one_computation():
+    scorer = ContentScorer()
+    row = {"user_id": "u1", "history": HISTORY, "prompt": "Hi", "completions": ["a", "b"]}
+    with LiveServer(create_app(scorer, {"max_wait_ms": 1})) as srv:
+        first = httpx.post(f"{srv.url}/v1/score", json=row).json()
+        again = httpx.post(f"{srv.url}/v1/score", json=row).json()
+        changed = httpx.post(f"{srv.url}/v1/score", json=dict(row, persona="Brief.")).json()
+        text = httpx.get(f"{srv.url}/metrics").text
+    assert again == first and changed["rewards"] == first["rewards"]  # the persona does not move this stand-in
+    # the repeat was answered from the cache; the request with a persona is another request
+    assert len(scorer.calls) == 2 and metric(text, "pgenrm_cache_hits_total") == 1.0
+
+
+def test_load_32_clients_with_duplicates_nothing_lost_duplicated_or_swapped():
+    """The load test of test_server.py with every request sent twice, by different clients: each
+    answer is still its own, and the judge (`ContentScorer`, a pure function of the content) scores
+    each distinct request exactly once."""
+    scorer = ContentScorer()
+    clients, per_client = 32, int(os.environ.get("PGENRM_LOAD_PER_CLIENT", "200"))
+    prompts = [chatml(f"Question number {k}?") for k in range(8)]
+    distinct = clients * per_client // 2
+
+    async def client(c: int, http: httpx.AsyncClient, url: str):
+        got = []
+        for i in range(per_client):
+            n = (c * per_client + i) % distinct  # clients c and c + 16 send the same requests
+            prompt, user = prompts[n % len(prompts)], f"user{n % 4}"
+            completion = f"answer {n}"
+            r = await http.post(url, json={"query": [prompt + completion + "<|im_end|>"], "prompts": [prompt],
+                                           "labels": [label(user)]})
+            assert r.status_code == 200, r.text
+            req = ScoreRequest(user_id=user, history=HISTORY, prompt=prompt_of(prompt), completions=[completion])
+            got.append((r.json()["rewards"][0], content_reward(req, completion)))
+        return got
+
+    with LiveServer(create_app(scorer, {"max_wait_ms": 5})) as srv:
+        async def go():
+            async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients)) as http:
+                return await asyncio.gather(*(client(c, http, f"{srv.url}/get_reward") for c in range(clients)))
+        results = asyncio.run(go())
+    pairs = [p for r in results for p in r]
+    assert len(pairs) == clients * per_client and all(got == want for got, want in pairs)
+    scored = [(r.user_id, c) for batch in scorer.calls for r in batch for c in r.completions]
+    assert len(scored) == distinct and len(set(scored)) == distinct  # each distinct request scored once
