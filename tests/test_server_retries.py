@@ -173,3 +173,53 @@ def test_load_32_clients_with_duplicates_nothing_lost_duplicated_or_swapped():
     assert len(pairs) == clients * per_client and all(got == want for got, want in pairs)
     scored = [(r.user_id, c) for batch in scorer.calls for r in batch for c in r.completions]
     assert len(scored) == distinct and len(set(scored)) == distinct  # each distinct request scored once
+
+
+class PerCompletion(ContentScorer):
+    """`ContentScorer` that takes `seconds` per completion, like a judge whose batch time grows
+    with the batch (the real judge cannot be timed this precisely in a test)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def score(self, requests):
+        time.sleep(self.seconds * sum(len(r.completions) for r in requests))
+        return super().score(requests)
+
+
+def test_a_request_past_its_deadline_gets_504_and_its_retry_the_answer():
+    scorer = ContentScorer(delay_s=1.0)
+    row = {"user_id": "u1", "history": HISTORY, "prompt": "Hi", "completions": ["a"]}
+    with LiveServer(create_app(scorer, {"max_wait_ms": 1, "deadline_s": 0.3})) as srv:
+        late = httpx.post(f"{srv.url}/v1/score", json=row)
+        time.sleep(1.2)
+        retry = httpx.post(f"{srv.url}/v1/score", json=row)
+        text = httpx.get(f"{srv.url}/metrics").text
+    assert late.status_code == 504 and "deadline_s=0.3" in late.json()["detail"]
+    assert retry.status_code == 200 and len(scorer.calls) == 1  # the first computation answered the retry
+    assert metric(text, "pgenrm_failures_total", '{kind="deadline"}') == 1.0
+
+
+def test_batches_fit_the_deadline_and_an_overload_is_reported(caplog):
+    """At 0.1 s per completion and a 0.45 s deadline, once the speed is measured a batch holds about
+    4 completions, not all 16 waiting; 16 waiting need 16 / 0.45 = 36 completions/s, the judge does
+    10: a warning says so, with both rates, and the metrics show them."""
+    scorer = PerCompletion(0.1)
+    prompts = [f"Question {k}?" for k in range(16)]
+    with LiveServer(create_app(scorer, {"max_wait_ms": 50, "deadline_s": 0.45})) as srv:
+        httpx.post(f"{srv.url}/v1/score", json={"prompt": "warm-up", "completions": ["x"]})  # measures the speed
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=60) as http:
+                return await asyncio.gather(*(http.post(f"{srv.url}/v1/score", json={"prompt": p, "completions": ["x"]})
+                                              for p in prompts))
+        with caplog.at_level("WARNING", logger="pgenrm_plugins.frameworks.batching"):
+            replies = asyncio.run(burst())
+        text = httpx.get(f"{srv.url}/metrics").text
+    sizes = [sum(len(r.completions) for r in batch) for batch in scorer.calls[1:]]
+    assert sum(sizes) == 16 and max(sizes) <= 6 and len(sizes) >= 3, sizes
+    assert {r.status_code for r in replies} <= {200, 504}  # late ones 504; their computations still ran
+    assert any("overloaded" in r.message and "completions/s" in r.message for r in caplog.records)
+    assert metric(text, "pgenrm_overloaded_total") >= 1
+    assert 5 <= metric(text, "pgenrm_judge_completions_per_second") <= 15

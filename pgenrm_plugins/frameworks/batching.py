@@ -18,6 +18,10 @@ request identical to one in flight joins it; one identical to a request answered
 stored answer from `cache` at once. A caller that goes away does not cancel a keyed computation: it
 finishes into the cache, because a caller that timed out (OpenRLHF: 180 s, 5 tries) sends the same
 request again, and the retry should find the answer instead of starting over.
+
+With `deadline_s`, batches are sized so that queue wait plus the batch's expected time (the
+measured seconds per completion) stay under it, and a backlog the judge cannot clear within the
+deadline is reported: a warning with the measured and the needed rate, and `overloaded` metrics.
 """
 
 from __future__ import annotations
@@ -106,11 +110,17 @@ class Batcher:
         metrics: Any = None,
         key: Callable[[ScoreRequest], str] | None = None,
         cache: ResultCache | None = None,
+        deadline_s: float | None = None,
     ):
         self._score = score
         self._key, self.cache = key, cache
         self._inflight: dict[str, asyncio.Future] = {}
         self.joined = 0  # requests that joined an identical one in flight
+        self.deadline_s = deadline_s
+        self.seconds_per_completion: float | None = None  # measured, smoothed over batches
+        self._held: _Item | None = None  # the item that did not fit the last batch's time budget
+        self._queued_completions = 0
+        self._warned_at = float("-inf")
         self.max_wait = max_wait_ms / 1000.0
         self.max_batch_requests = max_batch_requests
         self.metrics = metrics
@@ -142,7 +152,7 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        return (self._queue.qsize() if self._queue is not None else 0) + (self._held is not None)
 
     # -- callers ----------------------------------------------------------------------------------
     async def submit(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
@@ -173,6 +183,7 @@ class Batcher:
             items.append(item)
             futures.append(item.future)
         for item in items:
+            self._queued_completions += len(item.request.completions)
             self._queue.put_nowait(item)
         self._gauge()
         try:
@@ -206,12 +217,21 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.depth)
 
+    def _budget(self, first: _Item) -> int | None:
+        """How many completions fit this batch before the deadline, given how long `first` waited."""
+        if self.deadline_s is None or not self.seconds_per_completion:
+            return None
+        remaining = self.deadline_s - (time.perf_counter() - first.queued_at)
+        return max(len(first.request.completions), int(remaining / self.seconds_per_completion))
+
     async def _collect(self) -> tuple[list[_Item], bool]:
-        """Wait for a first item, then take what arrives within the window. Returns (items, stop)."""
-        first = await self._queue.get()
+        """Wait for a first item, then take what arrives within the window and fits the time
+        budget. Returns (items, stop)."""
+        first, self._held = self._held or await self._queue.get(), None
         if first is None:
             return [], True
         items, stop = [first], False
+        budget, size = self._budget(first), len(first.request.completions)
         deadline = time.monotonic() + self.max_wait
         while len(items) < self.max_batch_requests:
             try:
@@ -227,8 +247,37 @@ class Batcher:
             if item is None:
                 stop = True
                 break
+            if budget is not None and size + len(item.request.completions) > budget:
+                self._held = item  # first of the next batch
+                break
             items.append(item)
+            size += len(item.request.completions)
+        self._queued_completions -= size
         return items, stop
+
+    def _measured(self, seconds: float, completions: int) -> None:
+        """Update the judge's measured speed; warn when the backlog cannot be cleared in time."""
+        per = seconds / max(1, completions)
+        spc = per if self.seconds_per_completion is None else 0.7 * self.seconds_per_completion + 0.3 * per
+        self.seconds_per_completion = spc
+        if self.deadline_s is None:
+            return
+        backlog = self._queued_completions + (len(self._held.request.completions) if self._held else 0)
+        judge_rate, needed = 1.0 / spc, backlog / self.deadline_s
+        m = self.metrics
+        if m is not None:
+            m.judge_rate.set(judge_rate)
+            m.needed_rate.set(needed)
+        if needed > judge_rate:
+            if m is not None:
+                m.overloaded.inc()
+            now = time.monotonic()
+            if now - self._warned_at > 30:
+                self._warned_at = now
+                log.warning("overloaded: %d completions wait, which takes the judge %.0f s at its measured %.2f "
+                            "completions/s; answering them within the %.0f s deadline needs %.2f completions/s "
+                            "(add replicas or judge servers, or fewer chains or tokens)",
+                            backlog, backlog * spc, judge_rate, self.deadline_s, needed)
 
     async def _run(self) -> None:
         # `stop()` sets `_closing` before it queues the sentinel and `submit` refuses new items once
@@ -274,8 +323,10 @@ class Batcher:
             return
         finally:
             self.batches += 1
+            elapsed = time.perf_counter() - started
+            self._measured(elapsed, sum(len(r.completions) for r in merged))
             if m is not None:
-                m.batch_seconds.observe(time.perf_counter() - started)
+                m.batch_seconds.observe(elapsed)
         for item, (mi, start, stop) in zip(items, spans):
             if not item.future.done():
                 item.future.set_result(split_result(results[mi], start, stop))

@@ -56,6 +56,8 @@ class ServerSettings(BaseModel):
     cache_entries: int = Field(10_000, ge=0, description="answers kept for retries (0: none)")
     cache_bytes: int = Field(64 * 1024 * 1024, ge=0, description="... and at most this many bytes of them")
     cache_ttl_s: float = Field(900.0, ge=0.0, description="how long an answer is kept")
+    deadline_s: float = Field(150.0, gt=0.0, description="a request not answered by then gets 504 (its computation "
+                                                         "goes on into the cache); below OpenRLHF's 180 s timeout")
 
 
 class HTTPProblem(Exception):
@@ -160,7 +162,7 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
         cache = ResultCache(s.cache_entries, s.cache_bytes, s.cache_ttl_s)
         key = lambda request: request_key(request, scoring_identity(scorer))  # noqa: E731
     batcher = Batcher(scorer.score, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests, metrics=metrics,
-                      key=key, cache=cache)
+                      key=key, cache=cache, deadline_s=s.deadline_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -208,13 +210,17 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
         scoring = asyncio.ensure_future(_score(reqs))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
-            done, _ = await asyncio.wait({scoring, gone}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({scoring, gone}, timeout=s.deadline_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
         if scoring in done:
             return JSONResponse(reply(scoring.result()))
         scoring.cancel()
-        return JSONResponse({"detail": "the caller went away before the answer"}, status_code=499)
+        if gone in done:
+            return JSONResponse({"detail": "the caller went away before the answer"}, status_code=499)
+        metrics.failures.labels("deadline").inc()
+        return JSONResponse({"detail": f"not answered within deadline_s={s.deadline_s:g}; the computation goes on, "
+                                       "and the same request sent again gets its answer"}, status_code=504)
 
     @app.post("/v1/score")
     async def score(request: Request):

@@ -29,10 +29,15 @@ class Metrics:
         self.cache_misses = Counter("pgenrm_cache_misses", "Keyed requests not in the cache", registry=r)
         self.joined = Counter("pgenrm_joined_inflight", "Requests that joined an identical one in flight", registry=r)
         self.cache_entries = Gauge("pgenrm_cache_entries", "Answers held in the cache", registry=r)
+        self.judge_rate = Gauge("pgenrm_judge_completions_per_second", "The judge's measured speed", registry=r)
+        self.needed_rate = Gauge("pgenrm_needed_completions_per_second",
+                                 "Speed needed to answer what waits within the deadline", registry=r)
+        self.overloaded = Counter("pgenrm_overloaded", "Batches after which the backlog could not be cleared within "
+                                                       "the deadline at the measured speed", registry=r)
         self.latency = Histogram(
             "pgenrm_request_latency_seconds", "HTTP request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.requests = Counter("pgenrm_http_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
         self.failures = Counter(
             "pgenrm_failures",
             "Failures by kind: scorer (a request failed by the scorer), scorer_batch (a batch the scorer failed), "
-            "auth, too_large, invalid, unavailable", ["kind"], registry=r)
+            "deadline (not answered within deadline_s), auth, too_large, invalid, unavailable", ["kind"], registry=r)
