@@ -274,8 +274,8 @@ class Batcher:
             now = time.monotonic()
             if now - self._warned_at > 30:
                 self._warned_at = now
-                log.warning("overloaded: %d completions wait, which takes the judge %.0f s at its measured %.2f "
-                            "completions/s; answering them within the %.0f s deadline needs %.2f completions/s "
+                log.warning("overloaded: %d completions wait, which takes the judge %.1f s at its measured %.2f "
+                            "completions/s; answering them within the %g s deadline needs %.2f completions/s "
                             "(add replicas or judge servers, or fewer chains or tokens)",
                             backlog, backlog * spc, judge_rate, self.deadline_s, needed)
 
