@@ -12,10 +12,10 @@ import httpx
 import pytest
 from test_server import HISTORY, JUDGE_CONFIG, ContentScorer, LiveServer, Recording, chatml, content_reward, label
 
-from pgenrm_plugins.frameworks.batching import ResultCache, request_key
+from pgenrm_plugins.frameworks.batching import ResultCache, request_key, scoring_identity
 from pgenrm_plugins.frameworks.openrlhf import prompt_of
 from pgenrm_plugins.scoring import Scorer
-from pgenrm_plugins.server.app import ServerSettings, create_app, scoring_identity
+from pgenrm_plugins.server.app import ServerSettings, create_app
 from pgenrm_plugins.types import ScoreRequest, ScoreResult
 
 
@@ -223,3 +223,27 @@ def test_batches_fit_the_deadline_and_an_overload_is_reported(caplog):
     assert any("overloaded" in r.message and "completions/s" in r.message for r in caplog.records)
     assert metric(text, "pgenrm_overloaded_total") >= 1
     assert 5 <= metric(text, "pgenrm_judge_completions_per_second") <= 15
+
+
+def test_the_in_process_batcher_shares_identical_samples_too():
+    """verl and OpenRLHF's file form score through the same batcher in the trainer's process: two
+    identical samples (GRPO groups repeat completions) are judged once, and both get the reward."""
+    from pgenrm_plugins.config import load_config
+    from pgenrm_plugins.frameworks.coalescing import SampleScorer
+    from pgenrm_plugins.frameworks.user_fields import FieldSource, read_user_fields
+
+    scorer = ContentScorer()
+    scorer.config = load_config({})  # the failure policy SampleScorer reads
+    judge = SampleScorer(scorer=scorer, max_wait_ms=200)
+    fields = read_user_fields({"user_id": "u1", "history": HISTORY}, FieldSource("verl", "extra_info", "fix"))
+
+    async def two():
+        return await asyncio.gather(*(judge.ascore(fields, "Hi", "same answer") for _ in range(2)))
+
+    try:
+        first, second = asyncio.run(two())
+        again = judge.score(fields, "Hi", "same answer")  # later: from the cache
+    finally:
+        judge.close()
+    assert first.reward == second.reward == again.reward
+    assert [c for batch in scorer.calls for r in batch for c in r.completions] == ["same answer"]

@@ -101,6 +101,22 @@ def request_key(request: ScoreRequest, scoring: str) -> str:
     return json.dumps([request.model_dump(mode="json"), scoring], sort_keys=True)
 
 
+def scoring_identity(scorer) -> str:
+    """What scores a request besides its content: the scorer's settings and the version of its
+    prototype store (a new build or an added user changes it), so an answer is reused only while
+    both are the same."""
+    config = getattr(scorer, "config", None)
+    settings = config.model_dump(mode="json") if config is not None else type(scorer).__qualname__
+    store = getattr(scorer, "store", None)
+    version = store.version() if store is not None and hasattr(store, "version") else None
+    return json.dumps([settings, version], sort_keys=True, default=str)
+
+
+def content_key(scorer) -> Callable[[ScoreRequest], str]:
+    """The de-duplication key of requests that `scorer` scores."""
+    return lambda request: request_key(request, scoring_identity(scorer))
+
+
 class Batcher:
     def __init__(
         self,

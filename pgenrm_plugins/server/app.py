@@ -29,7 +29,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pgenrm_plugins.frameworks import openrlhf
-from pgenrm_plugins.frameworks.batching import Batcher, BatcherClosed, ResultCache, ScorerFailed, request_key
+from pgenrm_plugins.frameworks.batching import (
+    Batcher,
+    BatcherClosed,
+    ResultCache,
+    ScorerFailed,
+    content_key,
+)
 from pgenrm_plugins.requests_io import describe_validation_error
 from pgenrm_plugins.server.metrics import Metrics
 from pgenrm_plugins.types import ScoreRequest
@@ -141,17 +147,6 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def scoring_identity(scorer) -> str:
-    """What scores a request besides its content: the scorer's settings and the version of its
-    prototype store (a new build or an added user changes it), so an answer is reused only while
-    both are the same."""
-    config = getattr(scorer, "config", None)
-    settings = config.model_dump(mode="json") if config is not None else type(scorer).__qualname__
-    store = getattr(scorer, "store", None)
-    version = store.version() if store is not None and hasattr(store, "version") else None
-    return json.dumps([settings, version], sort_keys=True, default=str)
-
-
 def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI:
     """The service over `scorer` (anything with `score(list[ScoreRequest]) -> list[ScoreResult]`)."""
     s = settings if isinstance(settings, ServerSettings) else ServerSettings.model_validate(settings or {})
@@ -160,7 +155,7 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
     key = cache = None
     if s.dedupe:
         cache = ResultCache(s.cache_entries, s.cache_bytes, s.cache_ttl_s)
-        key = lambda request: request_key(request, scoring_identity(scorer))  # noqa: E731
+        key = content_key(scorer)
     batcher = Batcher(scorer.score, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests, metrics=metrics,
                       key=key, cache=cache, deadline_s=s.deadline_s)
 
