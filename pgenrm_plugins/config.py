@@ -143,7 +143,19 @@ class ChainConfig(StrictModel):
     format: str = Field("pgenrm", description="pgenrm (this project's chain) or p-genrm-8b (the released judges)")
 
 
+class RemoteScorerConfig(StrictModel):
+    """Score through a running `pgenrm serve` instead of building a judge (scoring/remote.py).
+    The service itself ignores this section, so one config file drives the service and the adapters."""
+
+    url: str = Field(description="the service, e.g. http://127.0.0.1:8017")
+    api_key_env: str = Field("PGENRM_API_KEY", description="environment variable holding the bearer token")
+    timeout_s: float = Field(600.0, gt=0, description="per call; below the framework's own timeout")
+    max_retries: int = Field(4, ge=0, description="retries of an unreachable or 5xx service, with backoff")
+    backoff_s: float = Field(0.5, ge=0, description="wait before retry i is backoff_s * 2**i")
+
+
 class PGenRMConfig(StrictModel):
+    scorer: RemoteScorerConfig | None = None
     backend: BackendConfig = Field(default_factory=BackendConfig)
     chain: ChainConfig = Field(default_factory=ChainConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

@@ -137,6 +137,7 @@ class Components(BaseModel):
     criteria: list[tuple[str, float]] | None = None
     evaluation: str | None = None
     merged_completions: int | None = None  # set when the result was cut out of a merged request's
+    served_by: dict[str, Any] | None = None  # the scoring service: which replica and store version scored it
 
 
 class ScoreResult(BaseModel):
@@ -164,7 +165,9 @@ def _cut(model: BaseModel, start: int, stop: int) -> BaseModel:
 
 def split_result(result: ScoreResult, start: int, stop: int) -> ScoreResult:
     """The part of a merged request's result that belongs to its completions [start, stop)."""
-    components = _cut(result.components, start, stop).model_copy(update={"merged_completions": len(result.rewards)})
+    # a result already cut out of a larger merge (the service's, then a worker's) keeps the larger count
+    merged = max(result.components.merged_completions or 0, len(result.rewards))
+    components = _cut(result.components, start, stop).model_copy(update={"merged_completions": merged})
     return ScoreResult(rewards=result.rewards[start:stop], components=components)
 
 

@@ -6,7 +6,7 @@ import threading
 
 from pgenrm_plugins.backends.base import Backend
 from pgenrm_plugins.config import PGenRMConfig, load_config
-from pgenrm_plugins.scoring.scorer import Scorer
+from pgenrm_plugins.scoring.scorer import Scorer, load_scorer
 
 
 class LazyScorer:
@@ -40,7 +40,7 @@ class LazyScorer:
             config = self.config
             with self._lock:
                 if self._scorer is None:
-                    self._scorer = Scorer(config, backend=self._backend)
+                    self._scorer = load_scorer(config, backend=self._backend)
         return self._scorer
 
     @property

@@ -152,7 +152,14 @@ def resolve_criteria(config: PGenRMConfig) -> str:
 
 
 def load_scorer(config: PGenRMConfig | dict | str | None = None, backend: Backend | None = None,
-                store=None, embedder=None) -> Scorer:
+                store=None, embedder=None, local: bool = False):
     """The public entry point: a scorer from a config file, dict, or nothing (the embedded default).
-    `store`/`embedder`: an open prototype store and embedder to use instead of building the config's."""
+    `store`/`embedder`: an open prototype store and embedder to use instead of building the config's.
+    With a `scorer:` section (and no backend given) it is a `RemoteScorer` of that service, unless
+    `local` (what the service itself builds)."""
+    config = load_config(config)
+    if config.scorer is not None and backend is None and not local:
+        from pgenrm_plugins.scoring.remote import RemoteScorer
+
+        return RemoteScorer(config)
     return Scorer(config, backend=backend, store=store, embedder=embedder)

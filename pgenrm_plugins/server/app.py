@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,7 +39,7 @@ from pgenrm_plugins.frameworks.batching import (
 )
 from pgenrm_plugins.requests_io import describe_validation_error
 from pgenrm_plugins.server.metrics import Metrics
-from pgenrm_plugins.types import ScoreRequest
+from pgenrm_plugins.types import Components, ScoreRequest
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "PGENRM_API_KEY"
@@ -156,7 +157,19 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
     if s.dedupe:
         cache = ResultCache(s.cache_entries, s.cache_bytes, s.cache_ttl_s)
         key = content_key(scorer)
-    batcher = Batcher(scorer.score, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests, metrics=metrics,
+    replica = f"{socket.gethostname()}:{os.getpid()}"
+
+    def score(reqs: list[ScoreRequest]):
+        """The scorer's results, each saying which replica and which store version scored it."""
+        store = getattr(scorer, "store", None)
+        served_by = {"replica": replica, "store_version": store.version() if hasattr(store, "version") else None}
+        results = scorer.score(reqs)
+        for result in results:
+            if isinstance(getattr(result, "components", None), Components):
+                result.components.served_by = served_by
+        return results
+
+    batcher = Batcher(score, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests, metrics=metrics,
                       key=key, cache=cache, deadline_s=s.deadline_s)
 
     @asynccontextmanager
@@ -271,7 +284,7 @@ def serve(config_path: str | os.PathLike | None = None, host: str = "127.0.0.1",
     s = s.model_copy(update={"host": host, "port": port})
     if host not in ("127.0.0.1", "localhost", "::1") and not (s.api_key or os.environ.get(API_KEY_ENV)):
         log.warning("serving on %s without a bearer token: set $%s to require one", host, API_KEY_ENV)
-    scorer = load_scorer(str(config_path) if config_path else None)
+    scorer = load_scorer(str(config_path) if config_path else None, local=True)  # a `scorer:` section is for clients
     try:
         uvicorn.run(create_app(scorer, s), host=s.host, port=s.port, log_level=log_level,
                     timeout_graceful_shutdown=s.graceful_shutdown_s)

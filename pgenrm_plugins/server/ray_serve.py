@@ -54,7 +54,7 @@ def build_app(config: str | os.PathLike | dict | PGenRMConfig | None = None,
         from pgenrm_plugins.scoring import load_scorer
         from pgenrm_plugins.server.app import create_app
 
-        return create_app(load_scorer(cfg), s)
+        return create_app(load_scorer(cfg, local=True), s)
 
     deployment = serve.deployment(
         serve.ingress(build_asgi_app)(),

@@ -1,0 +1,116 @@
+"""One shared scorer for every framework: the `scorer:` config section sends the adapters' requests
+to a running service (a real uvicorn server with the real embedded judge); samples of one group
+from two workers are merged there; an unreachable service gets the failure policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+from llama_server import free_port
+from test_server import HISTORY, JUDGE_CONFIG, LiveServer, Recording
+
+from pgenrm_plugins.frameworks.coalescing import SampleScorer
+from pgenrm_plugins.frameworks.user_fields import FieldSource, read_user_fields
+from pgenrm_plugins.scoring import RemoteScorer, Scorer, ScoringError
+from pgenrm_plugins.server.app import create_app
+from pgenrm_plugins.types import ScoreRequest
+
+PROMPT = "How can I fall asleep faster?"
+COMPLETIONS = ["Keep a fixed bedtime.", "Stop screens an hour before bed.", "Sleep is complicated.", "Warm milk."]
+SOURCE = FieldSource("verl", "extra_info", "fix the extra_info")
+
+
+def remote(url: str, **reward) -> dict:
+    return {**JUDGE_CONFIG, "scorer": {"url": url, "max_retries": 1, "backoff_s": 0.05}, "reward": reward}
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.fixture()
+def service(judge):
+    scorer = Recording(Scorer(JUDGE_CONFIG, backend=judge))
+    with LiveServer(create_app(scorer, {"max_wait_ms": 1500, "max_batch_requests": 4})) as srv:
+        yield srv, scorer
+
+
+def direct(judge) -> list[float]:
+    request = ScoreRequest(user_id="bea", history=HISTORY, prompt=PROMPT, completions=COMPLETIONS)
+    return Scorer(JUDGE_CONFIG, backend=judge).score([request])[0].rewards
+
+
+def test_trl_reward_scores_through_the_service_and_builds_no_judge(service, judge):
+    from pgenrm_trl import SyncPGenRMReward
+
+    srv, scorer = service
+    reward = SyncPGenRMReward(remote(srv.url))
+    report = reward.score_batch([PROMPT] * 4, COMPLETIONS, user_id=["bea"] * 4, history=[json.dumps(HISTORY)] * 4)
+    assert isinstance(reward.scorer, RemoteScorer)
+    assert report.rewards == pytest.approx(direct(judge), abs=1e-5)
+    [c] = report.components
+    assert c.served_by["replica"].endswith(f":{__import__('os').getpid()}")  # this process's uvicorn thread
+    assert len(scorer.calls) == 1
+
+
+def test_a_group_split_across_two_workers_is_merged_by_the_service(service, judge):
+    """Two verl reward workers (two judges of their own, as `reward.num_workers=2` makes) each get
+    half of one GRPO group; the service merges the halves into one request."""
+    srv, scorer = service
+    workers = [SampleScorer(remote(srv.url), max_wait_ms=5) for _ in range(2)]
+    fields = read_user_fields({"user_id": "bea", "history": HISTORY}, SOURCE)
+
+    async def rollout():
+        return await asyncio.gather(*(workers[i % 2].ascore(fields, PROMPT, c) for i, c in enumerate(COMPLETIONS)))
+
+    try:
+        results = asyncio.run(rollout())
+        text = httpx.get(f"{srv.url}/metrics").text
+    finally:
+        for w in workers:
+            w.close()
+    assert [r.reward for r in results] == pytest.approx(direct(judge), abs=1e-5)
+    assert metric(text, "pgenrm_batch_score_requests_sum") == 1.0  # one (user, prompt) request for both workers
+    assert metric(text, "pgenrm_batch_completions_sum") == 4.0
+    assert [r.components["pgenrm_merged_completions"] for r in results] == [4.0] * 4
+
+
+def test_an_unreachable_service_gets_the_failure_policy_never_none():
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    [result] = RemoteScorer(__import__("pgenrm_plugins").load_config(remote(url))).score(
+        [{"prompt": PROMPT, "completions": COMPLETIONS[:2]}])
+    assert result.rewards == [0.5, 0.5] and result.components.failure_kinds == {"service_unavailable": 1}
+    assert result.components.failed_completions == [0, 1]
+    judge = SampleScorer(remote(url))
+    try:
+        sample = judge.score(read_user_fields({"user_id": "u"}, SOURCE), PROMPT, "x")
+    finally:
+        judge.close()
+    assert sample.reward == 0.5 and sample.components["pgenrm_neutral"] == 1.0
+    from pgenrm_plugins import load_config
+
+    with pytest.raises(ScoringError, match="did not score 1 requests"):
+        RemoteScorer(load_config(remote(url, failure_policy="raise"))).score([{"prompt": PROMPT, "completions": ["x"]}])
+
+
+def test_the_client_side_imports_no_torch(service):
+    srv, _ = service
+    code = ("import sys, json\n"
+            "from pgenrm_plugins.frameworks.coalescing import SampleScorer\n"
+            "from pgenrm_plugins.frameworks.user_fields import FieldSource, read_user_fields\n"
+            f"j = SampleScorer({{'scorer': {{'url': {srv.url!r}}}}})\n"
+            "f = read_user_fields({'user_id': 'bea'}, FieldSource('verl', 'extra_info', 'fix'))\n"
+            "r = j.score(f, 'Hi', 'Hello.')\n"
+            "j.close()\n"
+            "print(json.dumps([r.reward, 'torch' in sys.modules, 'transformers' in sys.modules]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    reward, torch_loaded, transformers_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0.0 <= reward <= 1.0 and not torch_loaded and not transformers_loaded
