@@ -114,3 +114,26 @@ def test_the_client_side_imports_no_torch(service):
     assert out.returncode == 0, out.stderr[-2000:]
     reward, torch_loaded, transformers_loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0.0 <= reward <= 1.0 and not torch_loaded and not transformers_loaded
+
+
+def test_grpo_trainer_one_step_scoring_through_the_service(service, tmp_path):
+    """TRL's GRPOTrainer with `pgenrm_trl`'s reward in remote mode: the rewards are logged, and the
+    service judged the step's one group of 4 completions in one request."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from pgenrm_plugins.backends.embedded import embedded_model_dir
+    from pgenrm_trl import PGenRMReward
+
+    srv, scorer = service
+    dataset = Dataset.from_list([{"prompt": PROMPT, "user_id": "bea", "history": json.dumps(HISTORY)}] * 4)
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=1, num_generations=4,
+                      per_device_train_batch_size=4, max_completion_length=12, report_to=[], logging_steps=1,
+                      seed=0, save_strategy="no")
+    trainer = GRPOTrainer(model=str(embedded_model_dir()), reward_funcs=[PGenRMReward(remote(srv.url))], args=args,
+                          train_dataset=dataset)
+    trainer.train()
+    [entry] = [e for e in trainer.state.log_history if "rewards/pgenrm/mean" in e]
+    assert 0.0 <= entry["rewards/pgenrm/mean"] <= 1.0 and entry["pgenrm/neutral"] == 0.0
+    assert entry["pgenrm/groups"] == 1.0
+    assert [len(r.completions) for batch in scorer.calls for r in batch] == [4]
