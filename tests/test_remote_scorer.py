@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -137,3 +138,55 @@ def test_grpo_trainer_one_step_scoring_through_the_service(service, tmp_path):
     assert 0.0 <= entry["rewards/pgenrm/mean"] <= 1.0 and entry["pgenrm/neutral"] == 0.0
     assert entry["pgenrm/groups"] == 1.0
     assert [len(r.completions) for batch in scorer.calls for r in batch] == [4]
+
+
+# -- faults against a real service; `ContentScorer` stands in for the judge where a test needs a
+# -- judge that fails or stalls on cue (its reward is a pure function of the content) -----------------
+
+def remote_judge(url: str, **reward):
+    from pgenrm_plugins import load_config
+
+    return RemoteScorer(load_config(remote(url, **reward)))
+
+
+def test_a_503_is_retried_and_scored_once():
+    from test_server import ContentScorer
+
+    scorer = ContentScorer(fail_first=1)
+    with LiveServer(create_app(scorer, {"max_wait_ms": 1})) as srv:
+        [result] = remote_judge(srv.url).score([{"user_id": "u", "prompt": PROMPT, "completions": ["a"]}])
+    assert result.components.failed_completions == [] and len(result.rewards) == 1
+    assert len(scorer.calls) == 2  # the failed batch, then the one retry that scored it: once
+
+
+def test_a_service_slower_than_its_deadline_answers_the_retry_from_the_first_computation():
+    from test_server import ContentScorer
+
+    scorer = ContentScorer(delay_s=1.0)
+    with LiveServer(create_app(scorer, {"max_wait_ms": 1, "deadline_s": 0.4})) as srv:
+        client = remote_judge(srv.url)
+        client.client.backoff_s = 0.7  # the retry comes after the first computation has finished
+        [result] = client.score([{"user_id": "u", "prompt": PROMPT, "completions": ["a"]}])
+    assert result.components.failed_completions == [] and len(scorer.calls) == 1
+
+
+def test_a_service_killed_mid_step_gives_counted_neutral_rewards():
+    import threading
+
+    from test_server import ContentScorer
+
+    scorer = ContentScorer(delay_s=3.0)
+    srv = LiveServer(create_app(scorer, {"max_wait_ms": 1}), graceful_s=0.1)
+    out = {}
+    with srv:
+        client = remote_judge(srv.url)
+        worker = threading.Thread(target=lambda: out.setdefault("r", client.score(
+            [{"user_id": "u", "prompt": PROMPT, "completions": ["a", "b"]}])))
+        worker.start()
+        time.sleep(0.5)
+        srv.server.force_exit = True  # killed while the request is in flight
+        srv.stop()
+        worker.join(60)
+    [result] = out["r"]
+    assert result.rewards == [0.5, 0.5] and result.components.failure_kinds == {"service_unavailable": 1}
+    assert client.unavailable == 2 and len(scorer.calls) == 1  # never scored twice
