@@ -17,7 +17,6 @@ from rich.table import Table
 
 from pgenrm_plugins.commands import err, fail
 from pgenrm_plugins.hookspecs import hookimpl
-from pgenrm_plugins.prototypes.sources import JUDGE_SOURCES
 
 app = typer.Typer(
     help="User prototypes: cluster users by their preferences, so similar users can help score each other.\n\n"
@@ -127,7 +126,7 @@ def build(
     from pgenrm_plugins.datasets.bench import BadRowsError
     from pgenrm_plugins.prototypes.base import StoreError
     from pgenrm_plugins.prototypes.builder import build_prototypes
-    from pgenrm_plugins.prototypes.sources import SourceSettings
+    from pgenrm_plugins.prototypes.sources import JUDGE_SOURCES, SourceSettings
     from pgenrm_plugins.prototypes.updater import UpdaterSettings
 
     cfg = _load(config)
@@ -229,6 +228,7 @@ def add_user_command(
     """
     from pgenrm_plugins.prototypes.base import StoreError
     from pgenrm_plugins.prototypes.builder import add_user
+    from pgenrm_plugins.prototypes.sources import JUDGE_SOURCES
 
     items, file_persona = _read_history(history) if history else ([], None)
     persona = persona or file_persona

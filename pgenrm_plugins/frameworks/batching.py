@@ -12,8 +12,9 @@ A scorer exception fails every request of that batch with `ScorerFailed` (the ap
 worker goes on with the next batch. A caller that went away (its future cancelled) is skipped.
 `stop()` refuses new requests and drains what is queued before returning.
 
-Identical requests share one computation when the batcher is given a `key` (the service gives it
-one; scoring is deterministic, so a request is identified by its content and by what scores it). A
+Identical requests share one computation when the batcher is given an `identity` (what scores the
+requests: `scoring_identity`; scoring is deterministic, so a request is identified by its content
+and by that, `request_key`). A
 request identical to one in flight joins it; one identical to a request answered recently gets the
 stored answer from `cache` at once. A caller that goes away does not cancel a keyed computation: it
 finishes into the cache, because a caller that timed out (OpenRLHF: 180 s, 5 tries) sends the same
@@ -112,11 +113,6 @@ def scoring_identity(scorer) -> str:
     return json.dumps([settings, version], sort_keys=True, default=str)
 
 
-def content_key(scorer) -> Callable[[ScoreRequest], str]:
-    """The de-duplication key of requests that `scorer` scores."""
-    return lambda request: request_key(request, scoring_identity(scorer))
-
-
 class Batcher:
     def __init__(
         self,
@@ -124,14 +120,13 @@ class Batcher:
         max_wait_ms: float = 20.0,
         max_batch_requests: int = 64,
         metrics: Any = None,
-        key: Callable[[ScoreRequest], str] | None = None,
+        identity: Callable[[], str] | None = None,
         cache: ResultCache | None = None,
         deadline_s: float | None = None,
     ):
         self._score = score
-        self._key, self.cache = key, cache
+        self._identity, self.cache = identity, cache
         self._inflight: dict[str, asyncio.Future] = {}
-        self.joined = 0  # requests that joined an identical one in flight
         self.deadline_s = deadline_s
         self.seconds_per_completion: float | None = None  # measured, smoothed over batches
         self._held: _Item | None = None  # the item that did not fit the last batch's time budget
@@ -177,8 +172,9 @@ class Batcher:
             raise BatcherClosed("the scoring service is shutting down (or not started); retry on another replica")
         loop = asyncio.get_running_loop()
         futures, items = [], []
+        identity = self._identity() if self._identity is not None else None  # once per call: it may ask the store
         for r in requests:
-            key = self._key(r) if self._key is not None else None
+            key = request_key(r, identity) if identity is not None else None
             if key is not None:
                 hit = self.cache.get(key) if self.cache is not None else None
                 if hit is not None:
@@ -188,7 +184,6 @@ class Batcher:
                     continue
                 self._count("cache_misses")
                 if key in self._inflight:
-                    self.joined += 1
                     self._count("joined")
                     futures.append(self._inflight[key])
                     continue
@@ -203,11 +198,11 @@ class Batcher:
             self._queue.put_nowait(item)
         self._gauge()
         try:
-            if self._key is not None:  # shared computations outlive a caller that goes away
+            if identity is not None:  # shared computations outlive a caller that goes away
                 return list(await asyncio.gather(*(asyncio.shield(f) for f in futures)))
             return list(await asyncio.gather(*futures))
         except BaseException:
-            if self._key is None:
+            if identity is None:
                 for i in items:  # the caller went away or one part failed: drop what is still queued
                     if i.future.done() and not i.future.cancelled():
                         i.future.exception()  # retrieved, so asyncio does not log it as lost

@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from pgenrm_plugins.frameworks.batching import Batcher, ResultCache, content_key
+from pgenrm_plugins.frameworks.batching import Batcher, ResultCache, scoring_identity
 from pgenrm_plugins.frameworks.logs import sample_logs
 from pgenrm_plugins.frameworks.user_fields import UserFields
 from pgenrm_plugins.scoring import LazyScorer, WithLazyScorer
@@ -32,6 +32,7 @@ from pgenrm_plugins.types import ScoreResult
 log = logging.getLogger(__name__)
 
 WAIT_ENV = "PGENRM_COALESCE_WAIT_MS"
+
 
 @dataclass(frozen=True)
 class SampleReward:
@@ -57,12 +58,12 @@ class SharedBatcher:
     """The service's `Batcher` on its own event loop thread: `score` from any thread, `ascore` from
     any event loop; concurrent callers share one batching window."""
 
-    def __init__(self, score, max_wait_ms: float = 20.0, max_batch_requests: int = 64, key=None, cache=None):
+    def __init__(self, score, max_wait_ms: float = 20.0, max_batch_requests: int = 64, identity=None, cache=None):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pgenrm-coalescer", daemon=True)
         self._thread.start()
-        self.batcher = Batcher(score, max_wait_ms=max_wait_ms, max_batch_requests=max_batch_requests, key=key,
-                               cache=cache)
+        self.batcher = Batcher(score, max_wait_ms=max_wait_ms, max_batch_requests=max_batch_requests,
+                               identity=identity, cache=cache)
         self._call(self.batcher.start())
 
     def _call(self, coro):
@@ -111,7 +112,7 @@ class SampleScorer(WithLazyScorer):
                 if self._batcher is None:
                     # identical samples share one computation here too (GRPO groups repeat completions)
                     self._batcher = SharedBatcher(scorer.score, max_wait_ms=self.max_wait_ms,
-                                                  key=content_key(scorer), cache=ResultCache())
+                                                  identity=lambda: scoring_identity(scorer), cache=ResultCache())
         return self._batcher
 
     def policy(self) -> tuple[str, float]:

@@ -91,11 +91,14 @@ def synthesize(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]
         )
         for history, persona in users
     ]
-    out = []
-    for start in range(0, len(requests), max(1, settings.judge_batch)):
-        out += [render_synthesis(gens[0].text)
-                for gens in backend.generate(requests[start:start + settings.judge_batch])]
-    return out
+    return [render_synthesis(text) for text in _generate(backend, requests, settings)]
+
+
+def _generate(backend, requests: list[GenerationRequest], settings: SourceSettings) -> list[str]:
+    """The one reply to each request, `settings.judge_batch` requests per backend call."""
+    step = max(1, settings.judge_batch)
+    return [gens[0].text for start in range(0, len(requests), step)
+            for gens in backend.generate(requests[start:start + step])]
 
 
 def analyse(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
@@ -114,12 +117,8 @@ def analyse(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
                                      max_items=settings.max_items, max_chars=settings.max_chars)
         requests.append(GenerationRequest(messages, n=1, max_new_tokens=settings.max_new_tokens, temperature=0.0,
                                           seed=settings.seed, stop=fmt.stop, prefill=fmt.prefill))
-    out = []
-    for start in range(0, len(requests), max(1, settings.judge_batch)):
-        for gens in backend.generate(requests[start:start + settings.judge_batch]):
-            text = gens[0].text
-            out.append(Synthesis(fmt.analysis(text), not isinstance(fmt.parse_pair(text), ParseFailure)))
-    return out
+    return [Synthesis(fmt.analysis(text), not isinstance(fmt.parse_pair(text), ParseFailure))
+            for text in _generate(backend, requests, settings)]
 
 
 def prompt_text(prompt: Prompt, max_chars: int) -> str:

@@ -97,15 +97,19 @@ def history_view(history: Sequence[HistoryItem], max_items: int, seed: int, k: i
     return rng.sample(history, min(len(history), max_items))
 
 
-def comparisons(r: ScoreRequest) -> list[tuple[int, int]]:
-    """Ordered pairs (A, B) of `reward.compare`: every completion against every other of its
-    request, in both orders; a lone completion against the reference (index len(completions)),
-    or against nothing when there is none (no rows: the failure policy decides, counted as
-    `nothing_to_compare`)."""
+def pairs(r: ScoreRequest) -> list[tuple[int, int]]:
+    """The unordered pairs (a, b), a < b, that compare a request's completions with each other; a
+    lone completion is paired with the reference (index len(completions)), or with nothing when
+    there is none (no pairs: the failure policy decides, counted as `nothing_to_compare`)."""
     n = len(r.completions)
     if n == 1:
-        return [] if r.reference is None else [(0, 1), (1, 0)]
-    return [(a, b) for a in range(n) for b in range(n) if a != b]
+        return [] if r.reference is None else [(0, 1)]
+    return [(a, b) for a in range(n) for b in range(a + 1, n)]
+
+
+def comparisons(r: ScoreRequest) -> list[tuple[int, int]]:
+    """Ordered pairs (A, B) of `reward.compare`: every pair, in both orders, A-major."""
+    return sorted([*pairs(r), *((b, a) for a, b in pairs(r))])
 
 
 class RewardModes:
@@ -202,18 +206,16 @@ class RewardModes:
         n = len(r.completions)
         if self.config.reward.mode == "pairwise":
             return [(ci, n) for ci in range(n)]
-        if n == 1:
-            return [(0, 1)] if r.reference is not None else []
-        pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+        everyone = pairs(r)
         k = self.config.reward.opponents
         if not k or k >= n - 1:
-            return pairs
+            return everyone
         # A seeded sample: take pairs in a random order while either side still needs opponents.
         rng = random.Random(content_seed(self.config.sampling.seed, "opponents", r.completions))
-        rng.shuffle(pairs)
+        rng.shuffle(everyone)
         met = [0] * n
         chosen = []
-        for a, b in pairs:
+        for a, b in everyone:
             if met[a] < k or met[b] < k:
                 chosen.append((a, b))
                 met[a] += 1

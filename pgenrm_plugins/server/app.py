@@ -35,11 +35,11 @@ from pgenrm_plugins.frameworks.batching import (
     BatcherClosed,
     ResultCache,
     ScorerFailed,
-    content_key,
+    scoring_identity,
 )
 from pgenrm_plugins.requests_io import describe_validation_error
 from pgenrm_plugins.server.metrics import Metrics
-from pgenrm_plugins.types import Components, ScoreRequest
+from pgenrm_plugins.types import ScoreRequest
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "PGENRM_API_KEY"
@@ -153,24 +153,21 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
     s = settings if isinstance(settings, ServerSettings) else ServerSettings.model_validate(settings or {})
     api_key = s.api_key if s.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     metrics = Metrics()
-    key = cache = None
-    if s.dedupe:
-        cache = ResultCache(s.cache_entries, s.cache_bytes, s.cache_ttl_s)
-        key = content_key(scorer)
+    cache = ResultCache(s.cache_entries, s.cache_bytes, s.cache_ttl_s) if s.dedupe else None
     replica = f"{socket.gethostname()}:{os.getpid()}"
 
-    def score(reqs: list[ScoreRequest]):
+    def score_and_sign(reqs: list[ScoreRequest]):
         """The scorer's results, each saying which replica and which store version scored it."""
         store = getattr(scorer, "store", None)
         served_by = {"replica": replica, "store_version": store.version() if hasattr(store, "version") else None}
         results = scorer.score(reqs)
         for result in results:
-            if isinstance(getattr(result, "components", None), Components):
-                result.components.served_by = served_by
+            result.components.served_by = served_by
         return results
 
-    batcher = Batcher(score, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests, metrics=metrics,
-                      key=key, cache=cache, deadline_s=s.deadline_s)
+    batcher = Batcher(score_and_sign, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests,
+                      metrics=metrics, identity=(lambda: scoring_identity(scorer)) if s.dedupe else None,
+                      cache=cache, deadline_s=s.deadline_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -235,6 +232,7 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
         _check_auth(request, api_key)
         reqs, single = _parse_score_body(await _read_json(request, s.max_body_bytes), s)
         _check_mode(scorer, reqs)
+
         def reply(results):
             data = [r.model_dump(mode="json") for r in results]
             return data[0] if single else data
