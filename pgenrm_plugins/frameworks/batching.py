@@ -338,6 +338,9 @@ class Batcher:
             self._measured(elapsed, sum(len(r.completions) for r in merged))
             if m is not None:
                 m.batch_seconds.observe(elapsed)
+        if m is not None:
+            m.chains.inc(sum(r.components.chains_sampled for r in results))
+            m.generated_tokens.inc(sum(r.components.generated_tokens for r in results))
         for item, (mi, start, stop) in zip(items, spans):
             if not item.future.done():
                 item.future.set_result(split_result(results[mi], start, stop))

@@ -20,6 +20,12 @@ class Metrics:
             buckets=SIZE_BUCKETS, registry=r)
         self.batch_completions = Histogram(
             "pgenrm_batch_completions", "Completions scored in one backend batch", buckets=SIZE_BUCKETS, registry=r)
+        # What group mode saves shows here: one chain per (user, prompt) and chain sample, however many
+        # callers the group's completions came from.
+        self.chains = Counter(
+            "pgenrm_chains_sampled", "Evaluation chains the judge sampled (group mode: one persona-and-criteria "
+            "chain per (user, prompt) request and chain sample)", registry=r)
+        self.generated_tokens = Counter("pgenrm_generated_tokens", "Tokens the judge generated", registry=r)
         self.batch_seconds = Histogram(
             "pgenrm_batch_seconds", "Time the scorer took for one batch", buckets=LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram(
