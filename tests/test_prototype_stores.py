@@ -200,7 +200,8 @@ def test_add_user_is_incremental_and_seen_by_other_nodes(spec, store):
     # Updating an existing user moves it: its old row is not found any more, its new one is.
     moved = users[0]
     old_p = assignments[moved.user_id]
-    target = next(c for i, c in enumerate(protos.centroids) if i != old_p)
+    # Not the newcomer's prototype: its embedding (the query) would tie with the target at similarity 1.
+    target = next(c for i, c in enumerate(protos.centroids) if i not in (old_p, p))
     moved.embedding = target
     new_p = store.add_user(moved)
     assert new_p != old_p and store.version() == 3

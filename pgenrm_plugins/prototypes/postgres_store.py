@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pgenrm_plugins.hookspecs import hookimpl
 from pgenrm_plugins.prototypes import common
 from pgenrm_plugins.prototypes.base import Lookup, Neighbour, PrototypeSet, StoreError, UserRecord
-from pgenrm_plugins.prototypes.index import MemberIndex, Members, assemble
+from pgenrm_plugins.prototypes.index import MemberIndex, Members, Storage, assemble
 
 DSN_ENV = "PGENRM_POSTGRES_DSN"
 
@@ -92,6 +92,9 @@ class PostgresOptions(BaseModel):
     )
     keep_old_builds: bool = Field(False,
                                   description="keep replaced builds' rows instead of deleting them after publish")
+    index_storage: Storage = Field(
+        "fp16", description="how the in-memory member index stores embeddings: fp16 (half of fp32, near exact), "
+        "sq8 (a quarter, approximate ranks) or fp32")
 
     @field_validator("db_schema")
     @classmethod
@@ -121,7 +124,7 @@ class PostgresStore(common.ThreadConnections):
         self._centroids_cache: dict[str, np.ndarray] = {}
         self._pgvector = False
         self._init_schema()
-        self.index = MemberIndex(self)
+        self.index = MemberIndex(self, storage=self.options.index_storage)
 
     # -- connections ----------------------------------------------------------------------------
     def _open(self):
@@ -417,6 +420,12 @@ class PostgresStore(common.ThreadConnections):
             conn.execute(f"UPDATE {s}.meta SET version = %s WHERE id = 1", (version,))
         user.prototype_id = p
         return p
+
+    def close(self) -> None:
+        index = getattr(self, "index", None)
+        if index is not None:
+            index.close()  # its background loader reads through these connections
+        super().close()
 
     def stats(self) -> dict[str, Any]:
         s, conn = self.s, self._conn

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pgenrm_plugins.hookspecs import hookimpl
 from pgenrm_plugins.prototypes import common
 from pgenrm_plugins.prototypes.base import Lookup, PrototypeSet, StoreError, UserRecord
-from pgenrm_plugins.prototypes.index import MemberIndex, Members, assemble
+from pgenrm_plugins.prototypes.index import MemberIndex, Members, Storage, assemble
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
@@ -81,6 +81,9 @@ class SQLiteOptions(BaseModel):
     busy_timeout_s: float = Field(60, gt=0, description="how long a writer waits for another writer's transaction")
     keep_old_builds: bool = Field(False,
                                   description="keep replaced builds' rows instead of deleting them after publish")
+    index_storage: Storage = Field(
+        "fp16", description="how the in-memory member index stores embeddings: fp16 (half of fp32, near exact), "
+        "sq8 (a quarter, approximate ranks) or fp32")
 
 
 class SQLiteStore(common.ThreadConnections):
@@ -93,7 +96,7 @@ class SQLiteStore(common.ThreadConnections):
         self._init_connections()
         self._centroids_cache: dict[str, np.ndarray] = {}
         self._init_schema()
-        self.index = MemberIndex(self)
+        self.index = MemberIndex(self, storage=self.options.index_storage)
 
     # -- connections ----------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -298,6 +301,12 @@ class SQLiteStore(common.ThreadConnections):
                       "DO UPDATE SET prototype_id = excluded.prototype_id", (bid, r.user_id, p))
         user.prototype_id = p
         return p
+
+    def close(self) -> None:
+        index = getattr(self, "index", None)
+        if index is not None:
+            index.close()  # its background loader reads through these connections
+        super().close()
 
     def stats(self) -> dict[str, Any]:
         with self._transaction("DEFERRED") as c:
