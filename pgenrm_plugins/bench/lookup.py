@@ -1,6 +1,7 @@
 """`pgenrm bench lookup`: prototype lookup latency (nearest prototype + top-k members) against store
-size, for each store, with the time to fill the store, to load the in-memory index, and the memory
-the index holds.
+size, for each store and each member index side by side (the hand-written baseline, faiss with
+float32, float16 or SQ8 storage), with the time to fill the store, to load the index, the memory it
+holds, lookups answered while a build reloads, and how many of the exact top-k each index finds.
 
 The members are synthetic: random unit vectors, each assigned to its nearest of K random unit
 centroids (what k-means would give on such data, at a fraction of the cost). They go in through the
@@ -51,47 +52,98 @@ def fill(store, size: int, dim: int, k: int, seed: int = 0) -> None:
 
 
 def _percentile_ms(seconds: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(seconds) * 1000.0, q))
+    return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else float("nan")
 
 
-def measure(store, dim: int, top_k: int, queries: int, seed: int = 1) -> dict[str, Any]:
+def _timed_lookups(store, queries: np.ndarray, top_k: int) -> tuple[list[float], list]:
+    times, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        lookup = store.nearest(q, top_k)
+        times.append(time.perf_counter() - t)
+        assert len(lookup.neighbours) == top_k
+        found.append(lookup)
+    return times, found
+
+
+def _agreement(found: list, exact: list, top_k: int) -> float:
+    """Mean share of the exact top-k that the index returned too."""
+    return float(np.mean([len({n.user_id for n in a.neighbours} & {n.user_id for n in b.neighbours}) / top_k
+                          for a, b in zip(found, exact)]))
+
+
+def measure(store, index, name: str, dim: int, top_k: int, queries: int, reference=None, reload: bool = False,
+            seed: int = 1) -> dict[str, Any]:
+    """One index over `store`: load, lookups, lookups while the same build reloads, add_user.
+    `reference`: an exact index over the same store, to check the top-k against."""
+    import faiss
+
     rng = np.random.default_rng(seed)
+    store.index = index  # the store's nearest() asks its index
     start = time.perf_counter()
-    store.index.refresh()  # the first lookup after a publish pays this once
+    index.refresh()  # the first lookup ever pays this once
     load_s = time.perf_counter() - start
     qs = _unit(rng, queries + 10, dim)
-    for q in qs[:10]:  # warm-up
-        store.nearest(q, top_k)
-    lookups = []
-    for q in qs[10:]:
-        t = time.perf_counter()
-        found = store.nearest(q, top_k)
-        lookups.append(time.perf_counter() - t)
-        assert len(found.neighbours) == top_k
+    _timed_lookups(store, qs[:10], top_k)  # warm-up
+    lookups, found = _timed_lookups(store, qs[10:], top_k)
+    row: dict[str, Any] = {
+        "index": name, "load_s": load_s, **{f"load_{k}": v for k, v in getattr(index, "last_load", {}).items()},
+        "lookup_ms_median": _percentile_ms(lookups, 50), "lookup_ms_p95": _percentile_ms(lookups, 95),
+        "index_bytes": index.memory_bytes(),
+    }
+    if reference is not None:
+        exact = [reference.nearest(q, top_k) for q in qs[10:]]
+        row["top_k_agreement"] = _agreement(found, exact, top_k)
+        row["max_similarity_error"] = max(abs(a.similarity - b.similarity) for f, e in zip(found, exact)
+                                          for a, b in zip(f.neighbours, e.neighbours))
+    if name != "baseline":  # does faiss want one OpenMP thread for one small query?
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            row["lookup_ms_median_omp1"] = _percentile_ms(_timed_lookups(store, qs[10:], top_k)[0], 50)
+        finally:
+            faiss.omp_set_num_threads(threads)
+    if reload:  # lookups while the build loads again, as after a publish
+        during = []
+        if name == "baseline":  # it reloads in the lookup that notices the new build
+            index._state = index._loaded_version = None
+            during = _timed_lookups(store, qs[10:11], top_k)[0]
+        else:
+            loading = index.reload()
+            i = 10
+            while not loading.done():
+                during += _timed_lookups(store, qs[i:i + 1], top_k)[0]
+                i = 10 + (i - 9) % queries
+            loading.result()
+        row.update(reload_lookups=len(during), reload_lookup_ms_median=_percentile_ms(during, 50),
+                   reload_lookup_ms_max=max(during) * 1000.0 if during else float("nan"))
     # add_user bumps the version: the next lookup patches the index instead of reloading it.
     adds, patched = [], []
     for i, v in enumerate(_unit(rng, 10, dim)):
         t = time.perf_counter()
-        store.add_user(UserRecord(f"added-{i}", embedding=v))
+        store.add_user(UserRecord(f"added-{name}-{i}", embedding=v))
         adds.append(time.perf_counter() - t)
         t = time.perf_counter()
         store.nearest(v, top_k)
         patched.append(time.perf_counter() - t)
-    return {
-        "load_s": load_s,
-        "lookup_ms_median": _percentile_ms(lookups, 50),
-        "lookup_ms_p95": _percentile_ms(lookups, 95),
-        "index_bytes": store.index.memory_bytes(),
-        "add_user_ms_median": _percentile_ms(adds, 50),
-        "lookup_after_add_ms_median": _percentile_ms(patched, 50),
-        "full_index_loads": store.index.loads,
-    }
+    if reference is not None:
+        reference.refresh()  # it follows the store too, so it stays the exact answer
+    row.update(add_user_ms_median=_percentile_ms(adds, 50), lookup_after_add_ms_median=_percentile_ms(patched, 50),
+               full_index_loads=index.loads)
+    return row
 
 
 def run_lookup(sizes: Sequence[int], dim: int = 384, prototypes: int = 100, top_k: int = 8,
                stores: Sequence[str] = ("sqlite", "postgres"), output: Path | None = None,
                queries: int = 200, postgres_dsn: str | None = None, workdir: Path | None = None,
+               indexes: Sequence[str] = ("baseline", "fp32", "fp16", "sq8"),
                console: Console | None = None) -> dict[str, Any]:
+    from pgenrm_plugins.bench.lookup_baseline import BaselineIndex
+    from pgenrm_plugins.prototypes.index import STORAGES, MemberIndex
+
+    for name in indexes:
+        if name != "baseline" and name not in STORAGES:
+            raise ValueError(f"--indexes: unknown index {name!r}; use baseline and/or {', '.join(STORAGES)}")
     console = console or Console()
     results: list[dict[str, Any]] = []
     local_pg = None
@@ -116,18 +168,29 @@ def run_lookup(sizes: Sequence[int], dim: int = 384, prototypes: int = 100, top_
                 else:
                     raise ValueError(f"--stores: unknown store {store_name!r}; use sqlite and/or postgres")
                 store = StoreConfig(name=store_name, options=options).build("store")
+                default = store.index.storage
+                store.index.close()
+                reference = None
                 try:
                     with console.status(f"{store_name}: filling {size:,} members x {dim}..."):
                         t = time.perf_counter()
                         fill(store, size, dim, prototypes)
                         fill_s = time.perf_counter() - t
-                    with console.status(f"{store_name}: {queries} lookups at {size:,} members..."):
-                        row = {"store": store_name, "members": size, "dim": dim, "prototypes": prototypes,
-                               "top_k": top_k, "queries": queries, "fill_s": fill_s,
-                               **measure(store, dim, top_k, queries)}
-                    results.append(row)
-                    console.print(f"{store_name} {size:,}: lookup median {row['lookup_ms_median']:.3f} ms, "
-                                  f"p95 {row['lookup_ms_p95']:.3f} ms", highlight=False)
+                    for name in indexes:
+                        index = BaselineIndex(store) if name == "baseline" else MemberIndex(store, storage=name)
+                        with console.status(f"{store_name}: {name}, {queries} lookups at {size:,} members..."):
+                            row = {"store": store_name, "members": size, "dim": dim, "prototypes": prototypes,
+                                   "top_k": top_k, "queries": queries, "fill_s": fill_s,
+                                   **measure(store, index, name, dim, top_k, queries, reference,
+                                             reload=name in ("baseline", default))}
+                        results.append(row)
+                        console.print(f"{store_name} {size:,} {name}: lookup median {row['lookup_ms_median']:.3f} ms, "
+                                      f"p95 {row['lookup_ms_p95']:.3f} ms, load {row['load_s']:.2f} s", highlight=False)
+                        if name == "baseline":
+                            reference = index  # exact within the probed list: what the others are checked against
+                        else:
+                            index.close()
+                    reference = None
                 finally:
                     _drop(store, store_name, options)
     finally:
@@ -137,18 +200,32 @@ def run_lookup(sizes: Sequence[int], dim: int = 384, prototypes: int = 100, top_
 
     table = Table(title=f"prototype lookup: nearest of {prototypes} prototypes + top-{top_k} members, dim {dim}",
                   title_justify="left")
-    for col in ("store", "members", "fill s", "index load s", "lookup ms (median)", "lookup ms (p95)",
-                "index MiB", "add_user ms", "lookup after add ms"):
-        table.add_column(col, justify="left" if col == "store" else "right")
+    for col in ("store", "members", "index", "load s", "lookup ms median", "p95", "median, 1 omp thread",
+                "during reload: median / max ms", "MiB", f"top-{top_k} agree", "add_user ms", "lookup after add ms"):
+        table.add_column(col, justify="left" if col in ("store", "index") else "right")
+
+    def num(r, key, fmt):
+        return format(r[key], fmt) if key in r else "-"
+
     for r in results:
-        table.add_row(r["store"], f"{r['members']:,}", f"{r['fill_s']:.1f}", f"{r['load_s']:.2f}",
-                      f"{r['lookup_ms_median']:.3f}", f"{r['lookup_ms_p95']:.3f}", f"{r['index_bytes'] / 2**20:.0f}",
+        reload = (f"{r['reload_lookup_ms_median']:.3f} / {r['reload_lookup_ms_max']:.1f} ({r['reload_lookups']})"
+                  if "reload_lookups" in r else "-")
+        table.add_row(r["store"], f"{r['members']:,}", r["index"], f"{r['load_s']:.2f}",
+                      f"{r['lookup_ms_median']:.3f}", f"{r['lookup_ms_p95']:.3f}",
+                      num(r, "lookup_ms_median_omp1", ".3f"), reload, f"{r['index_bytes'] / 2**20:.0f}",
+                      num(r, "top_k_agreement", ".4f"),
                       f"{r['add_user_ms_median']:.2f}", f"{r['lookup_after_add_ms_median']:.3f}")
     console.print(table)
+    console.print("during reload: lookups answered while the same build loads again (count in brackets); the "
+                  "baseline loads in the lookup that notices the new build. agree: share of the baseline's exact "
+                  "top-k found.", highlight=False)
+    import faiss
+
     report = {
         "benchmark": "lookup",
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
-                    "numpy": np.__version__},
+                    "numpy": np.__version__, "faiss": faiss.__version__,
+                    "faiss_omp_threads": faiss.omp_get_max_threads()},
         "results": results,
     }
     if output:

@@ -117,6 +117,9 @@ def bench_lookup(
     prototypes: int = typer.Option(100, min=1, help="Prototypes (K)."),
     top_k: int = typer.Option(8, min=1, help="Members returned per lookup."),
     stores: str = typer.Option("sqlite,postgres", help="Stores to measure, comma-separated."),
+    indexes: str = typer.Option("baseline,fp32,fp16,sq8",
+                                help="Member indexes, comma-separated: baseline (the old hand-written one), "
+                                     "or faiss with fp32, fp16 or sq8 storage."),
     output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
 ):
     """Prototype lookup latency (nearest prototype + top-k members) against store size, load time and index memory.
@@ -129,8 +132,14 @@ def bench_lookup(
         size_list = [int(x) for x in sizes.split(",") if x.strip()]
     except ValueError:
         fail(f"--sizes: expected comma-separated integers, got {sizes!r}")
+    from pgenrm_plugins.prototypes.index import STORAGES
+
+    index_list = [x.strip() for x in indexes.split(",") if x.strip()]
+    unknown = [x for x in index_list if x != "baseline" and x not in STORAGES]
+    if unknown or not index_list:
+        fail(f"--indexes: unknown {unknown or indexes!r}; use baseline and/or {', '.join(STORAGES)}")
     run_lookup(size_list, dim, prototypes, top_k, [x.strip() for x in stores.split(",") if x.strip()], output,
-               console=wide_console(120))
+               indexes=index_list, console=wide_console(150))
 
 
 @hookimpl
