@@ -4,8 +4,8 @@ The coarse quantizer holds the build's prototypes (an exact inner-product index 
 centroids), and each prototype's inverted list holds its members, as the store assigned them. A
 lookup asks the quantizer for the nearest prototype and scans that one list: about N/K members
 touched instead of N. Members are stored as float16 by default (half the memory of float32,
-similarities within ~1e-4 of exact), or SQ8 (a quarter; about 98% of the top-8 agree with exact
-search on random 384-d vectors) or float32 (`storage=`).
+similarities within ~1e-4 of exact), or SQ8 (a quarter; 99% of the exact top-8 found on random
+384-d vectors at 1M members, docs/benchmarks.md) or float32 (`storage=`).
 
 The index follows the store's `version()`, polled before each lookup (one indexed read):
 - users added or moved by `add_user` are patched in as a small exact side index (their stale rows
