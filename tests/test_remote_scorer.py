@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pgenrm_plugins.frameworks.coalescing import SampleScorer
 from pgenrm_plugins.frameworks.user_fields import FieldSource, read_user_fields
 from pgenrm_plugins.scoring import RemoteScorer, Scorer, ScoringError
 from pgenrm_plugins.server.app import create_app
+from pgenrm_plugins.testing.serve import metric
 from pgenrm_plugins.types import ScoreRequest
 
 PROMPT = "How can I fall asleep faster?"
@@ -29,11 +29,6 @@ SOURCE = FieldSource("verl", "extra_info", "fix the extra_info")
 
 def remote(url: str, **reward) -> dict:
     return {**JUDGE_CONFIG, "scorer": {"url": url, "max_retries": 1, "backoff_s": 0.05}, "reward": reward}
-
-
-def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 @pytest.fixture()

@@ -13,8 +13,6 @@ import verl (20-60 s).
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import yaml
 from test_verl_adapter import (  # noqa: F401  (module fixtures)
@@ -32,7 +30,7 @@ from test_verl_adapter import (  # noqa: F401  (module fixtures)
 )
 
 import pgenrm_verl.reward as verl_reward
-from pgenrm_plugins.testing.serve import free_port, pgenrm_serve
+from pgenrm_plugins.testing.serve import free_port, metric, pgenrm_serve
 
 # Generated criteria, so that a group has a persona-and-criteria chain to count.
 CONFIG = {**FAST, "reward": {"criteria": "generated"}}
@@ -45,12 +43,6 @@ SAMPLES = [
     (SLEEP, "Sleep is complicated and many factors matter.", BEA),
     (TEA, "Just pour boiling water on it and wait.", TOM),
 ]
-
-
-def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
 import threading
 import time
@@ -33,6 +32,7 @@ from rich.table import Table
 
 from pgenrm_plugins.bench.speed import grpo_batch
 from pgenrm_plugins.config import load_config
+from pgenrm_plugins.testing.serve import metric
 
 
 def chatml(messages: list[dict]) -> str:
@@ -112,11 +112,6 @@ def concurrently(url: str, bodies: list[dict], clients: int) -> tuple[list[float
     return asyncio.run(go())
 
 
-def _metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def retry_storm(app, bodies: list[dict], clients: int) -> dict:
     """Every body twice in a row to a fresh service: the judge time it spent per distinct request."""
     doubled = [b for b in bodies for _ in (0, 1)]
@@ -124,8 +119,8 @@ def retry_storm(app, bodies: list[dict], clients: int) -> dict:
         rewards, seconds = concurrently(f"{base}/get_reward", doubled, clients)
         text = httpx.get(f"{base}/metrics").text
     return {"seconds": seconds, "rewards": rewards[::2],
-            "completions_judged": _metric(text, "pgenrm_batch_completions_sum"),
-            "judge_seconds_per_distinct": _metric(text, "pgenrm_batch_seconds_sum") / len(bodies)}
+            "completions_judged": metric(text, "pgenrm_batch_completions_sum"),
+            "judge_seconds_per_distinct": metric(text, "pgenrm_batch_seconds_sum") / len(bodies)}
 
 
 def run_service_bench(config_path, prompts: int, completions: int, clients: int, chains: int,

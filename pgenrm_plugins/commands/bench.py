@@ -66,6 +66,40 @@ def bench_service(
                       console=wide_console(110))
 
 
+@bench_app.command("workers")
+def bench_workers(
+    config: Optional[Path] = config_option(),
+    prompts: int = typer.Option(8, min=1, help="(user, prompt) groups in the batch."),
+    completions: int = typer.Option(8, min=1, help="Samples per group (GRPO's rollout.n)."),
+    workers: int = typer.Option(4, min=1, help="Reward workers (verl's reward.num_workers)."),
+    chains: int = typer.Option(1, min=1, help="Evaluation chains sampled per judgement (Ind-N)."),
+    max_new_tokens: int = typer.Option(48, min=8, help="Token budget of one evaluation chain."),
+    max_wait_ms: float = typer.Option(500.0, min=0, help="The service's batching window (workers start a few ms "
+                                                         "apart)."),
+    seed: int = typer.Option(0, help="Seed of the reordering that stands in for verl's trainer.balance_batch."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """One verl-shaped batch split over reward workers: each with its own judge, against all sharing one
+    `pgenrm serve`. Wall time, chains written, judge memory."""
+    from pgenrm_plugins.bench.workers import run_workers_bench
+
+    run_workers_bench(config, prompts, completions, workers, chains, max_new_tokens, max_wait_ms, seed, output,
+                      console=wide_console(120))
+
+
+@bench_app.command("ray-transport")
+def bench_ray_transport(
+    samples: int = typer.Option(64, min=1, help="One-sample calls per round (a verl batch: prompts x rollout.n)."),
+    concurrency: int = typer.Option(16, min=1, help="Calls in flight at once."),
+    rounds: int = typer.Option(5, min=1, help="Rounds each way, alternating."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Inside a Ray cluster: a Ray Serve handle against HTTP through Serve's proxy, per call, transport only."""
+    from pgenrm_plugins.bench.ray_transport import run_ray_transport
+
+    run_ray_transport(samples, concurrency, rounds, output, console=wide_console(110))
+
+
 @bench_app.command("accuracy")
 def bench_accuracy(
     data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows (.jsonl or .parquet); "

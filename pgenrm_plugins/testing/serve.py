@@ -4,6 +4,7 @@ need one real shared service (and its own memory, apart from the caller's)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metric(text: str, name: str) -> float:
+    """One unlabelled sample of a Prometheus text page (0.0 when absent: nothing counted yet)."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 class ServeProcess:
