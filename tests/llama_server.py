@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,12 +32,7 @@ import httpx
 import pytest
 
 from pgenrm_plugins.backends.embedded import gguf_path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pgenrm_plugins.testing.serve import free_port
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import httpx
@@ -18,6 +17,7 @@ import pytest
 
 from pgenrm_plugins.frameworks.openrlhf import prompt_of
 from pgenrm_plugins.scoring import Scorer
+from pgenrm_plugins.testing.serve import free_port
 
 try:
     import ray
@@ -32,12 +32,6 @@ JUDGE_CONFIG = {"sampling": {"chains": 1, "max_new_tokens": 8, "seed": 3}}
 HISTORY = [{"prompt": "What is a good name for a cat?", "chosen": "Miso.",
             "rejected": "Choosing a name is personal! Many people pick names from food or books."}]
 PROMPT = "<|im_start|>user\nHow can I fall asleep faster?<|im_end|>\n<|im_start|>assistant\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,13 @@ import time
 
 import httpx
 import pytest
-from llama_server import free_port
 from test_server import HISTORY, JUDGE_CONFIG, LiveServer, Recording
 
 from pgenrm_plugins.frameworks.coalescing import SampleScorer
 from pgenrm_plugins.frameworks.user_fields import FieldSource, read_user_fields
 from pgenrm_plugins.scoring import RemoteScorer, Scorer, ScoringError
 from pgenrm_plugins.server.app import create_app
-from pgenrm_plugins.testing.serve import metric
+from pgenrm_plugins.testing.serve import free_port, metric
 from pgenrm_plugins.types import ScoreRequest
 
 PROMPT = "How can I fall asleep faster?"

@@ -28,6 +28,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 import yaml
 from rich.console import Console
@@ -135,7 +136,7 @@ def _get(queue, procs, timeout_s: float = 1800):
     while True:
         try:
             return queue.get(timeout=1)
-        except Exception:  # queue.Empty
+        except Empty:
             dead = [p for p in procs if p.exitcode not in (None, 0)]
             if dead or time.monotonic() > deadline:
                 raise RuntimeError(f"a benchmark worker failed (exit code {dead[0].exitcode if dead else 'timeout'}); "
@@ -159,13 +160,14 @@ def run_workers_bench(config_path, prompts: int, completions: int, workers: int,
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         shared = Path(tmp) / "pgenrm.yaml"
-        shared.write_text(yaml.safe_dump({**cfg, "scorer": {"url": f"http://127.0.0.1:{port}", "timeout_s": 1800}}))
+        client = {**cfg, "scorer": {"url": f"http://127.0.0.1:{port}", "timeout_s": 1800}}
+        shared.write_text(yaml.safe_dump(client))  # the service reads it too, and ignores scorer:
         console.print("starting pgenrm serve (it loads its judge)...")
         started = time.perf_counter()
         with pgenrm_serve(shared, port, "--max-wait-ms", str(max_wait_ms)) as served:
             serve_load = time.perf_counter() - started
             with console.status(f"{workers} workers, no judge of their own, sharing the service..."):
-                row = run_workers(cfg | {"scorer": {"url": served.url, "timeout_s": 1800}}, chunks, threads=None)
+                row = run_workers(client, chunks, threads=None)
             text = served.metrics()
             row.update(chains=metric(text, "pgenrm_chains_sampled_total"), load_s=serve_load,
                        service_mib=_kib("VmHWM", served.proc.pid) / 1024,
@@ -185,7 +187,7 @@ def run_workers_bench(config_path, prompts: int, completions: int, workers: int,
                       f"{r['chains']:.0f}", f"{r['workers_mib']:.0f}", f"{r['service_mib']:.0f}",
                       f"{r['workers_mib'] + r['service_mib']:.0f}", f"{r['neutral']:.0f}")
     console.print(table)
-    console.print(f"shared service: {a['wall_s'] / b['wall_s']:.1f}x the in-process wall time, "
+    console.print(f"shared service: {a['wall_s'] / b['wall_s']:.1f}x as fast as the in-process judges, "
                   f"{a['chains'] / max(b['chains'], 1):.1f}x fewer chains, "
                   f"{a['workers_mib'] / (b['workers_mib'] + b['service_mib']):.1f}x less memory in all; largest "
                   f"reward difference between the setups {max_diff:.2g}. Memory: peak resident memory of each "

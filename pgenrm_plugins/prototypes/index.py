@@ -180,8 +180,7 @@ class _State:
 
     build_id: str
     version: int
-    centroids: np.ndarray
-    quantizer: faiss.IndexFlatIP
+    quantizer: faiss.IndexFlatIP  # holds the prototypes (its own copy)
     main: _Part
     size: int
     # Users written by add_user since the load: user id -> (prototype, vector); their rows in `main`
@@ -264,7 +263,7 @@ class MemberIndex:
         quantizer.add(centroids)
         main = _part(quantizer, self.storage, members.ids, members.prototype_ids, members.vectors)
         self.last_load = {"read_s": t1 - t0, "build_s": time.perf_counter() - t1}
-        return _State(members.build_id, members.version, centroids, quantizer, main, len(members.ids))
+        return _State(members.build_id, members.version, quantizer, main, len(members.ids))
 
     def _install(self, state: _State | None) -> None:
         """Swap in a loaded state (caller holds the lock), first patching in what add_user wrote
@@ -288,8 +287,7 @@ class MemberIndex:
         protos = np.fromiter((patched[u][0] for u in uids), dtype=np.int64, count=len(uids))
         vectors = np.stack([patched[u][1] for u in uids]).astype(np.float32)
         side = _part(state.quantizer, "fp32", uids, protos, vectors)
-        return _State(state.build_id, changes.version, state.centroids, state.quantizer, state.main, state.size,
-                      patched, side)
+        return _State(state.build_id, changes.version, state.quantizer, state.main, state.size, patched, side)
 
     def refresh(self) -> None:
         """Catch up with the store now, waiting for a load if one is needed (lookups never wait)."""
@@ -322,10 +320,10 @@ class MemberIndex:
     @staticmethod
     def _search(state: _State, embedding, top_k: int, exclude: Sequence[str]) -> Lookup:
         q = as_unit_vector(embedding, "nearest(embedding)")
-        if q.shape[0] != state.centroids.shape[1]:
+        if q.shape[0] != state.quantizer.d:
             raise StoreError(
                 f"the embedding has dimension {q.shape[0]} but the store's prototypes have "
-                f"{state.centroids.shape[1]}: use the embedder that built the store")
+                f"{state.quantizer.d}: use the embedder that built the store")
         x = np.ascontiguousarray(q[None, :])
         coarse, assign = state.quantizer.search(x, 1)
         p = int(assign[0, 0])
@@ -344,7 +342,7 @@ class MemberIndex:
         state = self._state
         if state is None:
             return 0
-        total = state.main.nbytes + 2 * state.centroids.nbytes  # ours and the quantizer's copy
+        total = state.main.nbytes + state.quantizer.ntotal * state.quantizer.d * 4  # the prototypes
         if state.side is not None:
             total += state.side.nbytes + sum(v.nbytes + len(u) + 49 for u, (_, v) in state.patched.items())
         return int(total)

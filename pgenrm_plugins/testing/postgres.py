@@ -12,13 +12,14 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
+
+from pgenrm_plugins.testing.serve import free_port
 
 BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
@@ -31,12 +32,6 @@ def find_bindir() -> Path | None:
         return found[-1]
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalPostgres:
@@ -69,7 +64,7 @@ class LocalPostgres:
                                 "--no-sync", "-E", "UTF8", "--locale=C"],
             check=True, capture_output=True, text=True,
         )
-        self.port = _free_port()
+        self.port = free_port()
         args = [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.root),
                 "-c", "listen_addresses=127.0.0.1"]
         for key, value in self.settings.items():
