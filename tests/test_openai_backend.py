@@ -4,6 +4,7 @@ closed ports, a server that never answers, HTTP 4xx/429, and a server without lo
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
 import time
@@ -121,6 +122,11 @@ def test_round_robin_over_two_servers(llama_server):  # noqa: F811
             assert b.stats.extra[f"requests@{llama_server.base_url}"] == 2
             assert b.stats.extra[f"requests@{second.base_url}"] == 2
             assert "retries" not in b.stats.extra
+            # Probability rows that share a conversation up to their last message stay on one server.
+            rows = [[*conv, {"role": "user", "content": f"Rate it: {k}"}] for conv in (TRIPOD, POEM) for k in "abc"]
+            b.next_token_probs(rows, DIGITS)
+            assert b.stats.extra[f"requests@{llama_server.base_url}"] == 5
+            assert b.stats.extra[f"requests@{second.base_url}"] == 5
         finally:
             b.close()
 
@@ -201,6 +207,34 @@ def test_429_is_retried_and_server_that_honours_n_is_asked_once():
         assert len(calls) == 2 and [g.text for g in out] == ["ab", "abab", "ababab"]
         assert sum(g.tokens for g in out) == 9 == b.stats.generated_tokens and b.stats.prompt_tokens == 5
         assert b.stats.extra["retries"] == 1 and "n_ignored_requests" not in b.stats.extra
+    finally:
+        b.close()
+
+
+def test_a_shared_prefix_is_asked_once_before_its_continuations():
+    """The order on the wire (a server's prefix cache cannot run here: what it is given is tested)."""
+    done: list[str] = []
+    seen: dict[str, list[str]] = {}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        last = json.loads(request.content)["messages"][-1]["content"]
+        seen[last] = list(done)
+        await asyncio.sleep(0.02)
+        done.append(last)
+        top = [{"token": "5", "logprob": 0.0}]
+        return httpx.Response(200, json={"choices": [{"message": {"content": "5"},
+                                                      "logprobs": {"content": [{"token": "5", "top_logprobs": top}]}}]})
+
+    b = mocked(handler)
+    try:
+        rows = [[*conv, {"role": "user", "content": f"{name}{k}"}] for name, conv in (("t", TRIPOD), ("p", POEM))
+                for k in range(3)]
+        probs = b.next_token_probs(rows, DIGITS)
+        assert [p["5"] for p in probs] == [1.0] * 6
+        for name in "tp":
+            assert f"{name}0" not in seen[f"{name}0"]
+            assert all(f"{name}0" in seen[f"{name}{k}"] for k in (1, 2))  # the first row went alone
+        assert seen["p0"] == [] and seen["t0"] == []  # the two groups did not wait for each other
     finally:
         b.close()
 

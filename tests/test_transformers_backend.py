@@ -4,7 +4,7 @@ its own, and seeded batched sampling does not depend on batch-mates."""
 import pytest
 
 from pgenrm_plugins.backends.base import GenerationRequest
-from pgenrm_plugins.backends.transformers_backend import shared_prefix_len
+from pgenrm_plugins.backends.transformers_backend import MIN_SHARED_PREFIX, _batches, prefix_tree
 from pgenrm_plugins.chain import prompts
 
 CHAIN = ('<evaluation>{"preferences": {"style": "brief"}, "criteria": [{"name": "Brevity", "weight": 60}, '
@@ -24,6 +24,29 @@ def test_probabilities_with_shared_prefixes_equal_row_by_row(judge):
         assert set(probs) == set(prompts.DIGITS)
         assert all(probs[d] == pytest.approx(alone[d], abs=1e-5) for d in prompts.DIGITS)
         assert 0.0 < sum(probs.values()) <= 1.0 + 1e-6
+
+
+def test_questions_about_a_generated_chain_start_from_its_kept_keys_and_values(judge):
+    conv = prompts.criteria_chain([], None, "How can I sleep better?")
+    [chains] = judge.generate([GenerationRequest(conv, n=2, max_new_tokens=24, seed=3, prefill=prompts.CHAIN_PREFILL)])
+    assert len(judge._kept.rows) == 2 and judge._kept.tokens <= judge.options.kept_tokens
+    rows = [prompts.criterion_question(conv, g.text, c, "Brevity") for g in chains for c in ("Sleep at ten.", "No.")]
+    prompt_len = len(judge._encode(conv))
+    before = dict(judge.stats.extra), judge.stats.prompt_tokens
+    kept = judge.next_token_probs(rows, prompts.DIGITS)
+    # Neither the prompt nor the start of either chain was computed again.
+    assert judge.stats.extra["prefix_tokens_reused"] - before[0]["prefix_tokens_reused"] >= 4 * prompt_len
+    assert judge.stats.prompt_tokens - before[1] < sum(len(judge._encode(r)) for r in rows) - 2 * prompt_len
+    judge._kept.clear()
+    for row, probs in zip(rows, kept):
+        [alone] = judge.next_token_probs([row], prompts.DIGITS)
+        assert all(probs[d] == pytest.approx(alone[d], abs=1e-5) for d in prompts.DIGITS)
+
+
+def test_batches_are_cut_before_padding_dominates():
+    assert _batches([10, 40, 10, 41, 10], 16) == [[0, 2, 4], [1, 3]]
+    assert _batches([5] * 5, 2) == [[0, 1], [2, 3], [4]]
+    assert _batches([], 4) == []
 
 
 def test_candidates_must_be_single_tokens(judge):
@@ -49,9 +72,20 @@ def test_prefill_starts_the_reply(judge):
     assert g.text.startswith('{"answer": "') and g.tokens <= 8
 
 
-def test_shared_prefix_len_keeps_a_token_per_row():
-    long = list(range(40))
-    assert shared_prefix_len([long, long]) == 39
-    assert shared_prefix_len([long, long[:20] + [99]]) == 20
-    assert shared_prefix_len([long, [7] + long]) == 0
-    assert shared_prefix_len([long]) == 0
+def _shape(nodes):
+    return [(len(n.tokens), n.rows, _shape(n.children)) for n in nodes]
+
+
+def test_prefix_tree_shares_each_piece_once_and_folds_short_ones():
+    stem, chain = list(range(100, 140)), list(range(200, 230))
+    rows = [stem + chain + [1] * 20 + [2], stem + chain + [1] * 20 + [3],  # one completion, two criteria
+            stem + chain + [4] * 20 + [2],  # another completion under the same chain
+            stem + [5] * 8 + [6],  # a short branch: its 8 tokens are not a node of their own
+            stem + [5] * 8 + [7],
+            stem + chain + [1] * 20 + [2]]  # a duplicate row reads the same node
+    assert _shape(prefix_tree(rows)) == [(40, [], [
+        (30, [], [(20, [], [(1, [0, 5], []), (1, [1], [])]), (21, [2], [])]),
+        (9, [3], []), (9, [4], []),
+    ])]
+    assert _shape(prefix_tree([[9] * 5 + [1], [9] * 5 + [2]])) == [(6, [0], []), (6, [1], [])]
+    assert MIN_SHARED_PREFIX > 5

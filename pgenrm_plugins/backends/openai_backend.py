@@ -10,13 +10,15 @@ What this module does about the ways such servers differ and fail:
 - Connect errors, timeouts, HTTP 429 and 5xx are retried with exponential backoff, each retry on
   the next base URL; other 4xx fail at once with the server's message.
 - `next_token_probs` reads the first position's `top_logprobs` (at most 20 tokens), so a candidate
-  outside the top 20 gets 0.0.
+  outside the top 20 gets 0.0. Rows that share a conversation up to their last message go to one
+  server, the first alone, so that server's prefix cache holds the shared part for the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import os
 import threading
@@ -84,9 +86,11 @@ class OpenAIBackend:
     def _count(self, key: str, by: float = 1) -> None:
         self.stats.extra[key] = self.stats.extra.get(key, 0) + by
 
-    async def _post(self, payload: dict) -> tuple[str, dict]:
-        """POST one chat completion; returns (base URL that answered, response JSON)."""
-        o, start = self.options, next(self._rr)
+    async def _post(self, payload: dict, server: int | None = None) -> tuple[str, dict]:
+        """POST one chat completion to base URL `server` (default: the next in turn), retries on the
+        ones after it; returns (base URL that answered, response JSON)."""
+        o = self.options
+        start = next(self._rr) if server is None else server
         payload = {"model": o.model, **payload}
         last = ""
         for attempt in range(o.max_retries + 1):
@@ -160,12 +164,32 @@ class OpenAIBackend:
         self, conversations: Sequence[Conversation], candidates: Sequence[str]
     ) -> list[dict[str, float]]:
         self.stats.prob_calls += 1
-        return self._run(_gather(self._probs_one(m, candidates) for m in conversations))
+        return self._run(self._probs_by_prefix(conversations, candidates))
 
-    async def _probs_one(self, messages: Conversation, candidates: Sequence[str]) -> dict[str, float]:
+    async def _probs_by_prefix(self, conversations: Sequence[Conversation], candidates: Sequence[str]):
+        """Rows that differ only in their last message (the questions about one criteria chain)
+        share everything before it. Each such group goes to one server, its first row alone, so
+        the shared prefix sits in that server's prefix cache (vLLM, SGLang, llama.cpp's slots)
+        before the rest of the group arrives; the groups run concurrently."""
+        groups: dict[str, list[int]] = {}
+        for i, messages in enumerate(conversations):
+            groups.setdefault(json.dumps(messages[:-1]), []).append(i)
+        out: list[dict[str, float]] = [{} for _ in conversations]
+
+        async def ask(members: list[int]) -> None:
+            server = next(self._rr) % len(self.options.base_urls)
+            out[members[0]] = await self._probs_one(conversations[members[0]], candidates, server)
+            rest = await _gather(self._probs_one(conversations[i], candidates, server) for i in members[1:])
+            for i, probs in zip(members[1:], rest):
+                out[i] = probs
+
+        await _gather(ask(members) for members in groups.values())
+        return out
+
+    async def _probs_one(self, messages: Conversation, candidates: Sequence[str], server: int) -> dict[str, float]:
         payload = {"messages": messages, "n": 1, "max_tokens": 1, "temperature": 0, "logprobs": True,
                    "top_logprobs": 20}
-        base, body = await self._post(payload)
+        base, body = await self._post(payload, server)
         self._usage(body)  # prompt tokens; the one scored token is not a generation
         choices = body.get("choices") or [{}]
         content = (choices[0].get("logprobs") or {}).get("content") or []

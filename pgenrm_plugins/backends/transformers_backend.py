@@ -4,25 +4,28 @@ Why it is fast enough to be the default:
 - `generate` batches every sample of every request with the same sampling settings. Each row
   draws from its own seeded generator (`SeededSampler`), so a chain, and the reward built on
   it, never depends on what else was in the batch.
-- `next_token_probs` finds the prefix that the rows of one call share (every question about one
-  chain repeats the same history, prompt and criteria), runs it once, and feeds only each row's
-  own suffix on top of the cached keys and values. Only the last position's logits are computed.
+- `next_token_probs` lays the rows of one call out as a prefix tree and runs every shared piece
+  once: one user's history and prompt, then each criteria chain, then each completion under it,
+  then only the short question tail of each criterion, each level on top of the cached keys and
+  values of the level above. Only the last position's logits are computed.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import itertools
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pgenrm_plugins.backends.base import BackendStats, Conversation, Generation, GenerationRequest
 from pgenrm_plugins.hookspecs import hookimpl
 
-# Rows sharing fewer tokens than this are not worth a separate prefix pass.
+# Rows sharing fewer tokens than this are not worth a separate pass for what they share.
 MIN_SHARED_PREFIX = 16
 
 
@@ -36,6 +39,8 @@ class TransformersOptions(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_batch_rows: int = Field(16, ge=1, description="rows per forward pass when reading probabilities")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    kept_tokens: int = Field(16384, ge=0, description="tokens of keys and values kept from the last generate call "
+                             "(prompts and chains), so questions about a chain start from it; 0 = keep none")
 
 
 class TransformersBackend:
@@ -65,7 +70,9 @@ class TransformersBackend:
         path, self.model_name = resolve_model_dir(options.model)
         self.manifest = read_manifest(path) if Path(path).is_dir() else None
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        attention = {"attn_implementation": _register_cpu_attention()} if self.device.type == "cpu" else {}
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                          **attention).to(self.device).eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         end = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
@@ -77,6 +84,7 @@ class TransformersBackend:
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.stats = BackendStats()
+        self._kept = KeptPrefixes(options.kept_tokens)
 
     # -- helpers ---------------------------------------------------------------------------
     def _encode(self, messages: Conversation) -> list[int]:
@@ -111,6 +119,7 @@ class TransformersBackend:
         rows = [(i, k) for i, r in enumerate(requests) for k in range(r.n)]
         rows.sort(key=lambda row: _sampling_key(requests[row[0]]))
         results: list[list[Generation]] = [[] for _ in requests]
+        self._kept.clear()
         for _, group in itertools.groupby(rows, key=lambda row: _sampling_key(requests[row[0]])):
             group = list(group)
             for start in range(0, len(group), self.options.max_batch_rows):
@@ -122,29 +131,54 @@ class TransformersBackend:
     def _run(self, requests: Sequence[GenerationRequest], rows: list[tuple[int, int]]) -> list[Generation]:
         torch = self.torch
         first = requests[rows[0][0]]
-        encoded = [self._encode(requests[i].messages)
-                   + self.tokenizer.encode(requests[i].prefill, add_special_tokens=False) for i, _ in rows]
-        ids, mask = self._left_pad(encoded)
+        prompts = {i: self._encode(requests[i].messages)
+                   + self.tokenizer.encode(requests[i].prefill, add_special_tokens=False) for i, _ in rows}
+        unique = list(prompts)
+        ids, mask = self._left_pad([prompts[i] for i in unique])
         kwargs = dict(do_sample=False, max_new_tokens=first.max_new_tokens,
                       eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
-        if first.temperature > 0:
-            seeds = [(requests[i].seed or 0) + k for i, k in rows]
-            sampler = SeededSampler(seeds, first.temperature, first.top_p, self.device)
-            kwargs["logits_processor"] = self._processors([sampler])
-        if first.stop:
-            kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
+        # A preallocated cache, written in place: a growing one copies all its keys and values at
+        # every new token (on CPU that copying was 80% of the decoding time).
+        cache = self._static_cache(ids.shape[1] + first.max_new_tokens)
         with torch.inference_mode():
+            if len(unique) < len(rows):
+                # The samples of one request (Ind-N) share their whole prompt: prefill it once and
+                # give every sample the keys and values of all but its last token.
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                                 position_ids=positions[:, :-1], use_cache=True)
+                where = {i: u for u, i in enumerate(unique)}
+                owner = torch.tensor([where[i] for i, _ in rows], device=self.device)
+                for layer, shared in enumerate(getattr(out, self._cache_arg).layers):
+                    cache.update(shared.keys[owner], shared.values[owner], layer)
+                ids, mask = ids[owner], mask[owner]
+            kwargs[self._cache_arg] = cache
+            if first.temperature > 0:
+                seeds = [(requests[i].seed or 0) + k for i, k in rows]
+                sampler = SeededSampler(seeds, first.temperature, first.top_p, self.device)
+                kwargs["logits_processor"] = self._processors([sampler])
+            if first.stop:
+                kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         width = ids.shape[1]
         gens = [self._generated(row, width, requests[i].prefill) for row, (i, _) in zip(out, rows)]
+        for j, (row, (i, _)) in enumerate(zip(out, rows)):
+            # Keys and values exist for the prompt and every generated token but the last.
+            chain = row[width:width + max(gens[j].tokens - 1, 0)].tolist()
+            self._kept.keep(prompts[i] + chain, cache, j, width - len(prompts[i]))
         self.stats.generate_calls += 1
-        self.stats.prompt_tokens += sum(len(e) for e in encoded)
+        self.stats.prompt_tokens += sum(len(prompts[i]) for i in unique)
+        self._count_reused(sum(len(prompts[i]) for i, _ in rows) - sum(len(prompts[i]) for i in unique))
         self.stats.generated_tokens += sum(g.tokens for g in gens)
         return gens
 
+    def _static_cache(self, length: int):
+        from transformers import StaticCache
+
+        return StaticCache(config=self.model.config, max_cache_len=length)
+
     def next_token_probs(self, conversations: Sequence[Conversation],
                          candidates: Sequence[str]) -> list[dict[str, float]]:
-        torch = self.torch
         cand_ids = []
         for c in candidates:
             ids = self.tokenizer.encode(c, add_special_tokens=False)
@@ -154,38 +188,43 @@ class TransformersBackend:
             cand_ids.append(ids[0])
         rows = [self._encode(m) for m in conversations]
         self.stats.prob_calls += 1
-        root = shared_prefix_len(rows)  # e.g. history + prompt + criteria chain
-        cache = None
-        if root:
-            with torch.inference_mode():
-                prefix = torch.tensor([rows[0][:root]], device=self.device)
-                cache = getattr(self.model(input_ids=prefix, use_cache=True), self._cache_arg)
-            self.stats.prompt_tokens += root
-            self._count_reused(root * (len(rows) - 1))
-        probs: list[dict[str, float]] = []
-        for start in range(0, len(rows), self.options.max_batch_rows):
-            logits = self._chunk_logits(rows[start:start + self.options.max_batch_rows], root, cache)
-            p = torch.softmax(logits.float(), dim=-1)[:, cand_ids]
-            probs.extend(dict(zip(candidates, row)) for row in p.cpu().tolist())
+        probs: list[dict[str, float] | None] = [None] * len(rows)
+        before = self.stats.prompt_tokens
+        # Rows that continue what the last generate call computed (a chain and its prompt) start
+        # from its kept keys and values; the rest from nothing (a prefix of length 0).
+        picks = [self._kept.longest(r) for r in rows]
+        starts = sorted(set(picks))
+        cache, mask = self._kept.batch(starts, self.device)
+        rest = [r[length:] for r, (_, length) in zip(rows, picks)]
+        nodes, parents = [], []
+        for p, start in enumerate(starts):
+            tree = _subtrees(rest, [i for i, pick in enumerate(picks) if pick == start], 0)
+            nodes += tree
+            parents += [p] * len(tree)
+        self._walk(nodes, cache, mask, parents, cand_ids, candidates, probs)
+        self._count_reused(sum(len(r) for r in rows) - (self.stats.prompt_tokens - before))
         return probs
 
-    def _chunk_logits(self, rows: list[list[int]], root: int, cache):
-        """Last-token logits of `rows`, which all start with the `root` tokens held in `cache`.
+    def _walk(self, nodes: list[_Node], cache, past_mask, parent_rows: list[int], cand_ids, candidates, probs) -> None:
+        """Run `nodes` (each continuing row `parent_rows[j]` of `cache`) in batches, read the
+        candidates' probabilities where rows end, then their children on top of the new cache.
 
-        A second level of sharing: consecutive rows that also share a stem after the root (one
-        completion asked about several criteria) run that stem once, then only their own tails."""
+        Every shared prefix of the call is computed once: e.g. history and prompt once per
+        request, the criteria chain once per chain, a completion once per chain, then only one
+        short question tail per criterion."""
         torch = self.torch
-        runs = _runs_sharing_a_stem(rows, root)
-        root_mask = torch.ones((len(runs), root), dtype=torch.long, device=self.device)
-        if len(runs) == len(rows):  # nothing more to share
-            return self._extend([r[root:] for r in rows], root_mask, _repeat(cache, len(rows)))[0]
-        stems = [rows[members[0]][root:stem] for stem, members in runs]
-        _, stem_cache, stem_mask = self._extend(stems, root_mask, _repeat(cache, len(runs)), keep_cache=True)
-        owner = torch.tensor([k for k, (_, members) in enumerate(runs) for _ in members], device=self.device)
-        stem_cache.batch_select_indices(owner)
-        tails = [rows[i][stem:] for stem, members in runs for i in members]
-        self._count_reused(sum((len(members) - 1) * (stem - root) for stem, members in runs))
-        return self._extend(tails, stem_mask[owner], stem_cache)[0]
+        for chunk in _batches([len(n.tokens) for n in nodes], self.options.max_batch_rows):
+            owner = torch.tensor([parent_rows[j] for j in chunk], device=self.device)
+            keep = any(nodes[j].children for j in chunk)
+            logits, new_cache, mask = self._extend([nodes[j].tokens for j in chunk], past_mask[owner],
+                                                   _select(cache, owner), keep_cache=keep)
+            p = torch.softmax(logits.float(), dim=-1)[:, cand_ids].cpu().tolist()
+            for pos, j in enumerate(chunk):
+                for r in nodes[j].rows:
+                    probs[r] = dict(zip(candidates, p[pos]))
+            if keep:
+                kids = [(child, pos) for pos, j in enumerate(chunk) for child in nodes[j].children]
+                self._walk([c for c, _ in kids], new_cache, mask, [pos for _, pos in kids], cand_ids, candidates, probs)
 
     def _extend(self, pieces: list[list[int]], past_mask, cache, keep_cache: bool = False):
         """Run left-padded `pieces` on top of `cache` (attention mask `past_mask`, one row per piece).
@@ -211,6 +250,36 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+CPU_ATTENTION = "pgenrm_sdpa_gqa"
+
+
+def _register_cpu_attention() -> str:
+    """Register (once) an SDPA attention that keeps grouped keys and values grouped under a padding
+    mask, and return its name. Transformers' `sdpa` copies them out to every query head whenever
+    there is a mask (it lets the kernel share them only mask-free, a limit of CUDA's kernels); with
+    SmolLM2's 3 key-value heads for 9 query heads that copying was most of a CPU decoding step, and
+    torch's CPU kernel takes the mask and `enable_gqa` together."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if CPU_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(CPU_ATTENTION, _sdpa_gqa)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(CPU_ATTENTION, sdpa_mask)
+    return CPU_ATTENTION
+
+
+def _sdpa_gqa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
+              **_kwargs):
+    import torch
+
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+        is_causal=bool(query.shape[2] > 1 and attention_mask is None and causal),
+        enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _sampling_key(r: GenerationRequest):
@@ -246,46 +315,130 @@ class SeededSampler:
         return scores + gumbel
 
 
-def _repeat(cache, rows: int):
-    """A copy of a one-row cache for `rows` rows (the forward pass appends to it in place)."""
+def _select(cache, rows):
+    """A new cache holding `rows` of `cache` (a tensor of indices, repeats allowed); `cache` itself
+    is left as it was, for the other batches that continue it."""
     if cache is None:
         return None
-    cache = copy.deepcopy(cache)
-    cache.batch_repeat_interleave(rows)
-    return cache
+    from transformers import DynamicCache
+
+    selected = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        selected.update(layer.keys[rows], layer.values[rows], i)
+    return selected
 
 
-def _runs_sharing_a_stem(rows: list[list[int]], root: int) -> list[tuple[int, list[int]]]:
-    """Consecutive rows grouped by a common stem after `root`: [(stem end, [row indices])].
-    A row that shares less than MIN_SHARED_PREFIX more tokens with its run starts a new run."""
-    runs: list[tuple[int, list[int]]] = []
-    for i, row in enumerate(rows):
-        if runs:
-            members = runs[-1][1]
-            stem = shared_prefix_len([rows[m] for m in members] + [row])
-            if stem - root >= MIN_SHARED_PREFIX:
-                runs[-1] = (stem, members + [i])
-                continue
-        runs.append((len(row) - 1, [i]))
-    return runs
+# A batch is cut where padding would make it this much larger than its rows' own tokens.
+MAX_PADDING = 1.25
 
 
-def shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own; 0 when
-    too short to be worth a separate pass."""
-    if len(rows) < 2:
-        return 0
-    shared = min(_common_prefix(rows[0], r) for r in rows[1:])
-    shared = min(shared, *(len(r) - 1 for r in rows))
-    return shared if shared >= MIN_SHARED_PREFIX else 0
+def _batches(lengths: list[int], max_rows: int) -> list[list[int]]:
+    """Indices of `lengths` in batches of at most `max_rows`, shortest first, each cut before
+    left padding would grow it past MAX_PADDING times its real tokens."""
+    batches: list[list[int]] = []
+    real = 0
+    for j in sorted(range(len(lengths)), key=lengths.__getitem__):
+        batch = batches[-1] if batches else []
+        if batch and len(batch) < max_rows and (len(batch) + 1) * lengths[j] <= MAX_PADDING * (real + lengths[j]):
+            batch.append(j)
+            real += lengths[j]
+        else:
+            batches.append([j])
+            real = lengths[j]
+    return batches
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for k in range(n):
-        if a[k] != b[k]:
-            return k
-    return n
+class KeptPrefixes:
+    """Keys and values of the rows of the last `generate` call (prompt and chain), at most `budget`
+    tokens of them: a probability read whose rows continue a chain (every question about it) starts
+    from there instead of computing the history, the prompt and the chain again."""
+
+    def __init__(self, budget: int):
+        self.budget, self.tokens = budget, 0
+        self.rows: list[tuple[np.ndarray, list, list]] = []  # (tokens, keys per layer, values per layer)
+
+    def clear(self) -> None:
+        self.rows, self.tokens = [], 0
+
+    def keep(self, tokens: list[int], cache, row: int, start: int) -> None:
+        """Keep `tokens`, whose keys and values are row `row` of `cache` from position `start` on."""
+        if self.tokens + len(tokens) > self.budget or len(tokens) < MIN_SHARED_PREFIX:
+            return
+        end = start + len(tokens)
+        self.rows.append((np.asarray(tokens), [layer.keys[row, :, start:end].clone() for layer in cache.layers],
+                          [layer.values[row, :, start:end].clone() for layer in cache.layers]))
+        self.tokens += len(tokens)
+
+    def longest(self, tokens: list[int]) -> tuple[int, int]:
+        """(kept row, length) of the longest kept prefix of `tokens`, leaving it one token of its
+        own; (-1, 0) when none is worth it."""
+        best, row = (-1, 0), np.asarray(tokens)
+        for k, (kept, _, _) in enumerate(self.rows):
+            n = min(len(kept), len(row) - 1)
+            differ = np.flatnonzero(kept[:n] != row[:n])
+            length = int(differ[0]) if len(differ) else n
+            if length >= max(best[1] + 1, MIN_SHARED_PREFIX):
+                best = (k, length)
+        return best
+
+    def batch(self, picks: list[tuple[int, int]], device):
+        """A cache of one row per (kept row, length) pick, left-padded, and its attention mask; a
+        pick of length 0 is a row of padding only (None when every pick is)."""
+        import torch
+        from transformers import DynamicCache
+
+        width = max(length for _, length in picks)
+        mask = torch.zeros((len(picks), width), dtype=torch.long, device=device)
+        if width == 0:
+            return None, mask
+        cache = DynamicCache()
+        first = next(k for k, length in picks if length)
+        for layer, (keys, values) in enumerate(zip(self.rows[first][1], self.rows[first][2])):
+            k_out = keys.new_zeros((len(picks), keys.shape[0], width, keys.shape[2]))
+            v_out = values.new_zeros((len(picks), values.shape[0], width, values.shape[2]))
+            for p, (k, length) in enumerate(picks):
+                if length:
+                    k_out[p, :, width - length:] = self.rows[k][1][layer][:, :length]
+                    v_out[p, :, width - length:] = self.rows[k][2][layer][:, :length]
+            cache.update(k_out, v_out, layer)
+        for p, (_, length) in enumerate(picks):
+            if length:
+                mask[p, width - length:] = 1
+        return cache, mask
+
+
+@dataclass
+class _Node:
+    """A piece of token rows in a prefix tree: `tokens` is shared by every row below the node,
+    `rows` end right after it (the rows whose next-token probabilities are read here)."""
+
+    tokens: list[int]
+    rows: list[int] = field(default_factory=list)
+    children: list[_Node] = field(default_factory=list)
+
+
+def prefix_tree(rows: Sequence[Sequence[int]]) -> list[_Node]:
+    """The rows as a radix tree (top-level nodes returned). A node of fewer than MIN_SHARED_PREFIX
+    tokens is folded into its children: a separate pass for a few tokens costs more than it saves."""
+    return _subtrees(rows, list(range(len(rows))), 0)
+
+
+def _subtrees(rows, members: list[int], start: int) -> list[_Node]:
+    by_next: dict[int, list[int]] = {}
+    for i in members:
+        by_next.setdefault(rows[i][start], []).append(i)
+    nodes = []
+    for group in by_next.values():
+        end = start + len(os.path.commonprefix([rows[i][start:] for i in group]))
+        node = _Node(list(rows[group[0]][start:end]), [i for i in group if len(rows[i]) == end])
+        node.children = _subtrees(rows, [i for i in group if len(rows[i]) > end], end)
+        if node.children and len(node.tokens) < MIN_SHARED_PREFIX:
+            if node.rows:
+                nodes.append(_Node(node.tokens, node.rows))
+            nodes.extend(_Node(node.tokens + c.tokens, c.rows, c.children) for c in node.children)
+        else:
+            nodes.append(node)
+    return nodes
 
 
 @hookimpl

@@ -78,9 +78,11 @@ def grpo_batch(prompts: int = 8, completions: int = 8) -> list[ScoreRequest]:
 
 
 SETUPS = {
-    "paper (pairwise chains)": {"reward": {"mode": "pairwise", "reader": "parse"}},
-    "group + parse": {"reward": {"mode": "group", "reader": "parse"}},
-    "group + logprob": {"reward": {"mode": "group", "reader": "logprob"}},
+    "paper (pairwise chains)": {"reward": {"mode": "pairwise", "reader": "parse", "criteria": "generated"}},
+    "group + parse": {"reward": {"mode": "group", "reader": "parse", "criteria": "generated"}},
+    "group + logprob": {"reward": {"mode": "group", "reader": "logprob", "criteria": "generated"}},
+    # The embedded judge's own format (direct-v1): no chain, one digit per completion per history view.
+    "group, no chain (criteria: none)": {"reward": {"mode": "group", "reader": "logprob", "criteria": "none"}},
 }
 # `pgenrm bench pairs`: a pairwise-only judge's two rewards against group mode (docs/p-genrm-8b.md)
 PAIR_SETUPS = {

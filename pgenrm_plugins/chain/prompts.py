@@ -259,11 +259,13 @@ def score_followup(chain_conversation: list[dict], chain_text: str, response: st
 def criterion_question(chain_conversation: list[dict], chain_text: str, response: str, criterion: str, *,
                        max_chars=1500) -> list[dict]:
     """After a criteria chain: how well does `response` meet `criterion`? Answered by one digit,
-    whose probabilities the scorer reads. Every question of a group shares the chain's prefix."""
+    whose probabilities the scorer reads. The instruction comes first and the criterion's name
+    last: every question about one chain shares the chain and the instruction, every question
+    about one response shares the response too, and each criterion costs the judge only its name."""
     user = (
-        f"A reply to the current conversation:\n{_responses_block([response], max_chars)}\n\n"
-        f'For this user, how well does Response A meet the criterion "{criterion}"? '
-        "Answer with one digit from 1 (not at all) to 9 (perfectly)."
+        "For this user, how well does the reply below meet the criterion named after it? "
+        "Answer with one digit from 1 (not at all) to 9 (perfectly).\n\n"
+        f"{_responses_block([response], max_chars)}\n\nCriterion: {criterion}"
     )
     return _after(chain_conversation, chain_text, user)
 

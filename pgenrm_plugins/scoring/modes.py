@@ -274,19 +274,21 @@ class RewardModes:
 
     def _read_probabilities(self, reqs, tallies, usable) -> None:
         """Each criterion's score = expected digit under the judge's next-token distribution.
+        Every question of the batch goes in one backend call, so the backend can share what they
+        share (a request's history and prompt across its chains, a chain across completions).
         Raises NotImplementedError (before touching any tally) if the backend has no probabilities."""
-        for ri, conv, text, criteria in usable:
-            r = reqs[ri]
-            rows = [
-                prompts.criterion_question(conv, text, completion, c.name, max_chars=self.config.reward.max_chars)
-                for completion in r.completions
-                for c in criteria
-            ]
-            probs = self.backend.next_token_probs(rows, prompts.DIGITS)
-            t, k = tallies[ri], len(criteria)
+        rows = [
+            prompts.criterion_question(conv, text, completion, c.name, max_chars=self.config.reward.max_chars)
+            for ri, conv, text, criteria in usable
+            for completion in reqs[ri].completions
+            for c in criteria
+        ]
+        probs = iter(self.backend.next_token_probs(rows, prompts.DIGITS) if rows else [])
+        for ri, _conv, _text, criteria in usable:
+            t = tallies[ri]
             t.reader = "logprob"
-            for ci in range(len(r.completions)):
-                values = [expected_digit(p) for p in probs[ci * k:(ci + 1) * k]]
+            for ci in range(len(reqs[ri].completions)):
+                values = [expected_digit(next(probs)) for _ in criteria]
                 if any(v is None for v in values):
                     t.failures["no_digit_probability"] += 1
                     continue
