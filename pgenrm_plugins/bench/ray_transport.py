@@ -40,7 +40,7 @@ def _answer(body: dict) -> dict:
 
 
 def _deployment():
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from ray import serve
 
     api = FastAPI()
@@ -49,8 +49,8 @@ def _deployment():
     @serve.ingress(api)
     class Answerer:
         @api.post("/v1/score")
-        async def http(self, request: Request) -> dict:
-            return _answer(await request.json())
+        async def http(self, body: dict) -> dict:  # a dict parameter is the JSON body
+            return _answer(body)
 
         async def score(self, body: dict) -> dict:
             return _answer(body)
