@@ -70,9 +70,8 @@ class TransformersBackend:
         path, self.model_name = resolve_model_dir(options.model)
         self.manifest = read_manifest(path) if Path(path).is_dir() else None
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        attention = {"attn_implementation": _register_cpu_attention()} if self.device.type == "cpu" else {}
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
-                                                          **attention).to(self.device).eval()
+                                                          **attention_options(self.device.type)).to(self.device).eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         end = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
@@ -255,19 +254,24 @@ class TransformersBackend:
 CPU_ATTENTION = "pgenrm_sdpa_gqa"
 
 
-def _register_cpu_attention() -> str:
-    """Register (once) an SDPA attention that keeps grouped keys and values grouped under a padding
-    mask, and return its name. Transformers' `sdpa` copies them out to every query head whenever
-    there is a mask (it lets the kernel share them only mask-free, a limit of CUDA's kernels); with
-    SmolLM2's 3 key-value heads for 9 query heads that copying was most of a CPU decoding step, and
-    torch's CPU kernel takes the mask and `enable_gqa` together."""
+def attention_options(device_type: str) -> dict:
+    """`from_pretrained` keyword arguments for the attention to use on `device_type`.
+
+    On CPU: an SDPA attention that keeps grouped keys and values grouped under a padding mask
+    (registered once). Transformers' `sdpa` copies them out to every query head whenever there is
+    a mask (it lets the kernel share them only mask-free, a limit of CUDA's kernels); with SmolLM2's
+    3 key-value heads for 9 query heads that copying was most of a CPU decoding step, and torch's
+    CPU kernel takes the mask and `enable_gqa` together, forward and backward. Elsewhere:
+    transformers' own choice."""
+    if device_type != "cpu":
+        return {}
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     if CPU_ATTENTION not in AttentionInterface._global_mapping:
         AttentionInterface.register(CPU_ATTENTION, _sdpa_gqa)
         ALL_MASK_ATTENTION_FUNCTIONS.register(CPU_ATTENTION, sdpa_mask)
-    return CPU_ATTENTION
+    return {"attn_implementation": CPU_ATTENTION}
 
 
 def _sdpa_gqa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,

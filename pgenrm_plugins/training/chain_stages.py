@@ -229,7 +229,10 @@ def _load_base(base_dir: str):
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    from pgenrm_plugins.backends.transformers_backend import attention_options
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the TRL trainer will put the model
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options(device))
     return model, tokenizer
 
 

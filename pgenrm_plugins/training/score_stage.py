@@ -137,7 +137,10 @@ def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    from pgenrm_plugins.backends.transformers_backend import attention_options
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where Trainer will put the model
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options(device))
     layers = model.config.num_hidden_layers
     top = min(settings.lora_layers, layers)
     lora = LoraConfig(
