@@ -51,6 +51,7 @@ def test_batches_are_cut_before_padding_dominates():
 def test_candidates_must_be_single_tokens(judge):
     with pytest.raises(ValueError, match="candidate '10' is 2 tokens"):
         judge.next_token_probs([[{"role": "user", "content": "Score?"}]], ["1", "10"])
+    assert judge.next_token_probs([], prompts.DIGITS) == []
 
 
 def test_seeded_samples_do_not_depend_on_batch_mates(judge):
