@@ -6,8 +6,8 @@ Why it is fast enough to be the default:
   it, never depends on what else was in the batch.
 - `next_token_probs` lays the rows of one call out as a prefix tree and runs every shared piece
   once: one user's history and prompt, then each criteria chain, then each completion under it,
-  then only the short question tail of each criterion, each level on top of the cached keys and
-  values of the level above. Only the last position's logits are computed.
+  then only each criterion's name, each level on top of the cached keys and values of the level
+  above. Only the last position's logits are computed.
 """
 
 from __future__ import annotations
@@ -148,8 +148,7 @@ class TransformersBackend:
                                  position_ids=positions[:, :-1], use_cache=True)
                 where = {i: u for u, i in enumerate(unique)}
                 owner = torch.tensor([where[i] for i, _ in rows], device=self.device)
-                for layer, shared in enumerate(getattr(out, self._cache_arg).layers):
-                    cache.update(shared.keys[owner], shared.values[owner], layer)
+                _select(getattr(out, self._cache_arg), owner, into=cache)
                 ids, mask = ids[owner], mask[owner]
             kwargs[self._cache_arg] = cache
             if first.temperature > 0:
@@ -256,8 +255,9 @@ class TransformersBackend:
 CPU_ATTENTION = "pgenrm_sdpa_gqa"
 
 
-def attention_options(device_type: str) -> dict:
-    """`from_pretrained` keyword arguments for the attention to use on `device_type`.
+def attention_options(device_type: str | None = None) -> dict:
+    """`from_pretrained` keyword arguments for the attention to use on `device_type` (default:
+    where a trainer will put the model, CUDA when there is one).
 
     On CPU: an SDPA attention that keeps grouped keys and values grouped under a padding mask
     (registered once). Transformers' `sdpa` copies them out to every query head whenever there is
@@ -265,6 +265,10 @@ def attention_options(device_type: str) -> dict:
     3 key-value heads for 9 query heads that copying was most of a CPU decoding step, and torch's
     CPU kernel takes the mask and `enable_gqa` together, forward and backward. Elsewhere:
     transformers' own choice."""
+    if device_type is None:
+        import torch
+
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if device_type != "cpu":
         return {}
     from transformers import AttentionInterface
@@ -321,17 +325,19 @@ class SeededSampler:
         return scores + gumbel
 
 
-def _select(cache, rows):
-    """A new cache holding `rows` of `cache` (a tensor of indices, repeats allowed); `cache` itself
-    is left as it was, for the other batches that continue it."""
+def _select(cache, rows, into=None):
+    """`rows` of `cache` (a tensor of indices, repeats allowed) written into `into` (default: a new
+    growing cache), which is returned; `cache` itself is left as it was, for the other batches
+    that continue it."""
     if cache is None:
         return None
-    from transformers import DynamicCache
+    if into is None:
+        from transformers import DynamicCache
 
-    selected = DynamicCache()
+        into = DynamicCache()
     for i, layer in enumerate(cache.layers):
-        selected.update(layer.keys[rows], layer.values[rows], i)
-    return selected
+        into.update(layer.keys[rows], layer.values[rows], i)
+    return into
 
 
 # A batch is cut where padding would make it this much larger than its rows' own tokens.

@@ -231,8 +231,7 @@ def _load_base(base_dir: str):
         tokenizer.pad_token = tokenizer.eos_token
     from pgenrm_plugins.backends.transformers_backend import attention_options
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the TRL trainer will put the model
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options(device))
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options())
     return model, tokenizer
 
 

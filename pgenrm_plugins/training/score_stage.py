@@ -139,8 +139,7 @@ def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints:
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     from pgenrm_plugins.backends.transformers_backend import attention_options
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # where Trainer will put the model
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options(device))
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options())
     layers = model.config.num_hidden_layers
     top = min(settings.lora_layers, layers)
     lora = LoraConfig(
