@@ -182,3 +182,32 @@ def test_prototype_settings_score_with_neighbours(rows, judge, first_run, tmp_pa
     assert pro["placements"] == {"stored": 4, "cold_start": 2}
     assert pro["correct"] + pro["wrong"] + pro["tie"] + pro["failed"] == 6 and pro["failed"] == 0
     assert (tmp_path / "rep" / "accuracy_vs_k.png").is_file()
+
+
+def test_types_view_reads_a_type_from_the_pairs_a_view_shows(tmp_path):
+    """The `types-view` yardstick: a posterior over the generator's latent types from the pairs one
+    judge view shows. Many pairs of one type give that type's weights; none give the types' mean,
+    which is what a cold-start user gets, and a view of 0 pairs reads nobody's history."""
+    import numpy as np
+
+    from pgenrm_plugins.bench.accuracy.predictors import _type_posterior_weights, reference_predictors
+    from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, TYPES
+
+    bench = generate(n_users=40, rows_per_user=10, seed=3)
+    truth, names = bench.truth, list(ATTRIBUTES)
+    types = np.array([[TYPES[t]["weights"][a] for a in names] for t in TYPES])
+    skimmer = types[list(TYPES).index("skimmer")]
+    # a skimmer's choices: the shorter, listed, plainer answer of every pair
+    diffs = [np.array(d, dtype=float) for d in ([-2, 0, 0, 0, 0], [0, 2, 0, 0, 0], [0, 0, 0, -2, -2])] * 3
+    assert np.allclose(_type_posterior_weights(truth, diffs, names), skimmer, atol=0.05)
+    assert np.allclose(_type_posterior_weights(truth, [], names), types.mean(axis=0))
+
+    from pgenrm_plugins.datasets.bench import load_bench
+
+    data = load_bench(write_bench(tmp_path / "rows.jsonl", bench)[0])
+    test = [(i, r) for i, r in enumerate(data.rows) if r.split == "test"]
+    four = reference_predictors(test, data, truth, view_pairs=4)["types-view"]
+    none = reference_predictors(test, data, truth, view_pairs=0)["types-view"]
+    assert "last 4 train pairs" in four["description"]
+    assert four["judgements"] == none["judgements"] == 2 * len(test)
+    assert four["accuracy"] > none["accuracy"]  # reading four pairs beats reading none

@@ -1,7 +1,9 @@
 """Reference predictors that read the synthetic users' latent attributes instead of the text:
 `oracle` (each user's true weights: the ceiling), `attr-user` (a logistic regression on the user's
-own train pairs) and `attr-global` (one logistic regression on everyone's train pairs). They need
-the truth file that `pgenrm data synth` writes next to the rows.
+own train pairs), `attr-global` (one logistic regression on everyone's train pairs) and
+`types-view` (the best a reader of one judge view can do: a posterior over the population's latent
+types from the pairs that view shows). They need the truth file that `pgenrm data synth` writes
+next to the rows.
 """
 
 from __future__ import annotations
@@ -18,10 +20,31 @@ def _attr_vector(attrs: dict[str, int], names: Sequence[str]) -> np.ndarray:
     return np.array([attrs[a] for a in names], dtype=float)
 
 
+def _by_user(rows: Iterable[BenchRow]) -> dict[str, list[BenchRow]]:
+    out: dict[str, list[BenchRow]] = {}
+    for r in rows:
+        out.setdefault(r.user_id, []).append(r)
+    return out
+
+
+def _type_posterior_weights(truth: dict, diffs: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """Posterior-mean weights over the generator's latent types (uniform prior), given a user's
+    (chosen - rejected) attribute differences and the generator's choice model. Per-user noise
+    around a type is ignored, so this is a yardstick, not an exact Bayes posterior."""
+    types = np.array([[t["weights"][a] for a in names] for t in truth["types"].values()])
+    sharpness = float(truth["params"]["sharpness"])
+    log_lik = np.zeros(len(types))
+    for d in diffs:
+        log_lik -= np.logaddexp(0.0, -sharpness * (types @ d))  # log sigmoid(s * w.d)
+    post = np.exp(log_lik - log_lik.max())
+    return (post / post.sum()) @ types
+
+
 def reference_predictors(test_rows: Sequence[tuple[int, BenchRow]], data: BenchData, truth: dict,
-                         seed: int = 0) -> dict[str, Any]:
+                         seed: int = 0, view_pairs: int = 4) -> dict[str, Any]:
     """Accuracy of predictors that see the latent attributes instead of the text (see module doc).
-    Rows the truth does not know (edited files) are skipped and counted."""
+    Rows the truth does not know (edited files) are skipped and counted. `view_pairs`: how many of
+    a user's most recent train pairs one judge view shows (`reward.max_history`)."""
     from sklearn.linear_model import LogisticRegression
 
     from pgenrm_plugins.datasets.synthetic import row_key
@@ -48,17 +71,24 @@ def reference_predictors(test_rows: Sequence[tuple[int, BenchRow]], data: BenchD
         return LogisticRegression(fit_intercept=False, C=1.0).fit(x, y).coef_[0]
 
     train = data.split("train")
+
     w_global = fit(diffs(train))
-    w_user = {u: fit(diffs([r for r in train if r.user_id == u])) for u in {r.user_id for r in train}}
+    w_user = {u: fit(diffs(rows)) for u, rows in _by_user(train).items()}
+    w_view = {u: _type_posterior_weights(truth, diffs(rows)[-view_pairs:] if view_pairs else [], names)
+              for u, rows in _by_user(train).items()}
+    w_prior = _type_posterior_weights(truth, [], names)  # no history: the types' mean
     predictors = {
         "oracle": lambda u: np.array([truth["users"][u]["weights"][a] for a in names]) if u in truth["users"] else None,
         "attr-user": lambda u: w_user.get(u) if w_user.get(u) is not None else w_global,
         "attr-global": lambda u: w_global,
+        "types-view": lambda u: w_view.get(u, w_prior),
     }
     descriptions = {
         "oracle": "each user's true latent weights (the ceiling: users choose with noise)",
         "attr-user": "logistic regression on the user's own train pairs' attributes (cold start: attr-global)",
         "attr-global": "one logistic regression on all users' train pairs' attributes (one global preference)",
+        "types-view": (f"posterior over the population's latent types from the user's last {view_pairs} train pairs' "
+                       "attributes, what one judge view shows (cold start: the types' mean)"),
     }
     out: dict[str, Any] = {}
     for name, weights_of in predictors.items():

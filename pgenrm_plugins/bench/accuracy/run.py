@@ -268,7 +268,8 @@ def _report(run: _Run, data_path, bad_rows: list[dict], truth_file: Path, result
         "config": run.base.model_dump(mode="json"),
         "store": run.store_section,
         "settings": results,
-        "references": reference_predictors(test_rows, data, truth, run.seed) if truth else {},
+        "references": (reference_predictors(test_rows, data, truth, run.seed, view_pairs=run.base.reward.max_history)
+                       if truth else {}),
         "cache": {"path": str(cache.path), **cache.stats.extra, "generated_tokens": cache.stats.generated_tokens,
                   "generate_calls": cache.stats.generate_calls, "prob_calls": cache.stats.prob_calls},
         "method": METHOD_NOTE,
