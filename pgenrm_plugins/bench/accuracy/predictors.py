@@ -71,11 +71,11 @@ def reference_predictors(test_rows: Sequence[tuple[int, BenchRow]], data: BenchD
         return LogisticRegression(fit_intercept=False, C=1.0).fit(x, y).coef_[0]
 
     train = data.split("train")
-
+    train_of = _by_user(train)
     w_global = fit(diffs(train))
-    w_user = {u: fit(diffs(rows)) for u, rows in _by_user(train).items()}
+    w_user = {u: fit(diffs(rows)) for u, rows in train_of.items()}
     w_view = {u: _type_posterior_weights(truth, diffs(rows)[-view_pairs:] if view_pairs else [], names)
-              for u, rows in _by_user(train).items()}
+              for u, rows in train_of.items()}
     w_prior = _type_posterior_weights(truth, [], names)  # no history: the types' mean
     predictors = {
         "oracle": lambda u: np.array([truth["users"][u]["weights"][a] for a in names]) if u in truth["users"] else None,
