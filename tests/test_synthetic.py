@@ -162,3 +162,20 @@ def test_vary_holds_attributes_fixed_and_alt_rendering_writes_them_differently()
         generate(n_users=3, rows_per_user=4, vary=("colour",))
     with pytest.raises(ValueError, match="rendering 'fancy'"):
         generate(n_users=3, rows_per_user=4, rendering="fancy")
+
+
+def test_diffs_sets_how_many_attributes_a_choice_turns_on(tmp_path):
+    from pgenrm_plugins import plugins
+    from pgenrm_plugins.cli import app
+
+    one = generate(n_users=6, rows_per_user=6, seed=4, diffs=(1,))
+    assert {sum(t["chosen"][a] != t["rejected"][a] for a in ATTRIBUTES) for t in one.truth["rows"]} == {1}
+    assert one.truth["params"]["diffs"] == [1]
+    mixed = generate(n_users=20, rows_per_user=6, seed=4)  # the default draw: one to three, mostly two
+    assert {sum(t["chosen"][a] != t["rejected"][a] for a in ATTRIBUTES) for t in mixed.truth["rows"]} == {1, 2, 3}
+    with pytest.raises(ValueError, match="diffs"):
+        generate(n_users=3, rows_per_user=4, diffs=(0,))
+    plugins.register_commands(app)
+    bad = CliRunner().invoke(app, ["data", "synth", "--users", "3", "--out", str(tmp_path / "r.jsonl"),
+                                   "--diffs", "one"])
+    assert bad.exit_code == 2 and "--diffs" in bad.output

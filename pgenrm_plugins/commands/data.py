@@ -8,8 +8,15 @@ from typing import Optional
 import typer
 
 from pgenrm_plugins.commands import err, fail
-from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, RENDERINGS, TYPES, generate, write_bench
+from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, DEFAULT_DIFFS, RENDERINGS, TYPES, generate, write_bench
 from pgenrm_plugins.hookspecs import hookimpl
+
+
+def parse_diffs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.split(",") if d.strip())
+    except ValueError:
+        raise ValueError(f"--diffs {text!r}: expected comma-separated whole numbers, e.g. 1,2,2,3") from None
 
 
 @hookimpl
@@ -36,6 +43,9 @@ def register_commands(cli):
         vary: str = typer.Option(",".join(ATTRIBUTES), help="Comma-separated attributes the two answers of a row "
                                                             "may differ on; train without one and test with only it "
                                                             "to hold it out."),
+        diffs: str = typer.Option(",".join(map(str, DEFAULT_DIFFS)), help="How many attributes a row's two answers "
+                                  "differ on, drawn per row from this comma-separated list (1: every choice turns on "
+                                  "one attribute)."),
         rendering: str = typer.Option("default", help=f"How attributes are written: {', '.join(RENDERINGS)} (alt: "
                                                        "bullets, other openers, sign-offs and caveat leads)."),
     ):
@@ -43,7 +53,8 @@ def register_commands(cli):
         try:
             bench = generate(users, rows_per_user, seed, test_per_user=test_per_user, val_per_user=val_per_user,
                              cold_start_fraction=cold_start, n_types=types, user_noise=noise, sharpness=sharpness,
-                             vary=tuple(a.strip() for a in vary.split(",") if a.strip()), rendering=rendering)
+                             vary=tuple(a.strip() for a in vary.split(",") if a.strip()), rendering=rendering,
+                             diffs=parse_diffs(diffs))
             rows_path, truth_path = write_bench(out, bench)
         except ValueError as exc:
             fail(exc)

@@ -79,6 +79,9 @@ _ALT = {
     "bullets": ("- ", "* ", "• "),
 }
 RENDERINGS = ("default", "alt")
+# How many attributes the two answers of a row differ on, drawn per row from this list: mostly two.
+# `diffs=(1,)` makes every choice turn on one attribute, the plainest evidence a history can show.
+DEFAULT_DIFFS = (1, 2, 2, 3)
 
 _CONTRACTIONS = [
     ("do not", "don't"), ("does not", "doesn't"), ("is not", "isn't"), ("are not", "aren't"),
@@ -169,6 +172,7 @@ def generate(
     sharpness: float = 3.0,
     vary: tuple[str, ...] | list[str] = ATTRIBUTES,
     rendering: str = "default",
+    diffs: tuple[int, ...] | list[int] = DEFAULT_DIFFS,
 ) -> SyntheticBench:
     """Rows plus the latent truth. Deterministic for a given set of arguments.
 
@@ -186,6 +190,10 @@ def generate(
         raise ValueError(f"vary: {', '.join(unknown) or 'empty'}; expected attributes among {', '.join(ATTRIBUTES)}")
     if rendering not in RENDERINGS:
         raise ValueError(f"rendering {rendering!r}: expected one of {', '.join(RENDERINGS)}")
+    diffs = tuple(diffs)
+    if not diffs or any(not 1 <= d <= len(ATTRIBUTES) for d in diffs):
+        raise ValueError(f"diffs {list(diffs)}: each must be between 1 and {len(ATTRIBUTES)} (attributes a row's "
+                         "two answers differ on)")
     test_n = test_per_user if test_per_user is not None else max(1, rows_per_user // 4)
     if test_n < 1 or test_n + val_per_user >= rows_per_user:
         raise ValueError(f"rows_per_user={rows_per_user} leaves no train rows after {test_n} test "
@@ -218,7 +226,7 @@ def generate(
             topic = topics[j % len(topics)]
             a = {name: rng.choice((-1, 1)) for name in ATTRIBUTES}
             b = dict(a)
-            for name in rng.sample(vary, min(len(vary), rng.choice((1, 2, 2, 3)))):
+            for name in rng.sample(vary, min(len(vary), rng.choice(diffs))):
                 b[name] = -b[name]
             p_a = 1.0 / (1.0 + math.exp(-sharpness * (utility(weights, a) - utility(weights, b))))
             picked_a = rng.random() < p_a
@@ -240,7 +248,8 @@ def generate(
         "generator": "pgenrm_plugins.datasets.synthetic",
         "params": {"n_users": n_users, "rows_per_user": rows_per_user, "seed": seed, "test_per_user": test_n,
                    "val_per_user": val_per_user, "cold_start_fraction": cold_start_fraction, "n_types": n_types,
-                   "user_noise": user_noise, "sharpness": sharpness, "vary": list(vary), "rendering": rendering},
+                   "user_noise": user_noise, "sharpness": sharpness, "vary": list(vary), "rendering": rendering,
+                   "diffs": list(diffs)},
         "attributes": list(ATTRIBUTES),
         "types": {name: TYPES[name] for name in type_names},
         "users": users,
