@@ -211,3 +211,31 @@ def test_types_view_reads_a_type_from_the_pairs_a_view_shows(tmp_path):
     assert "last 4 train pairs" in four["description"]
     assert four["judgements"] == none["judgements"] == 2 * len(test)
     assert four["accuracy"] > none["accuracy"]  # reading four pairs beats reading none
+
+
+def test_contrast_overlap_reads_the_view_s_contrast_lines(tmp_path):
+    """The `contrast-overlap` yardstick reads text, not truth: a reply that has what the user's
+    chosen answers had (and their rejected ones lacked) wins; with no history every pair ties."""
+    from pgenrm_plugins.bench.accuracy.predictors import contrast_overlap
+    from pgenrm_plugins.datasets.bench import load_bench
+
+    def row(user, split, question, chosen, rejected):
+        return {"user_id": user, "split": split, "context": [{"role": "user", "content": question}],
+                "chosen": {"role": "assistant", "content": chosen},
+                "rejected": {"role": "assistant", "content": rejected}}
+
+    base = "Save a part of each pay cheque, keep costs low and hold a broad mix of funds for years."
+    example = " For example, a fund tracking a global index spreads the risk."
+    rows = [row("likes-examples", "train", "How do I invest?", base + example, base),
+            row("likes-examples", "train", "How do I save?", base + " For example, ten percent a month.", base),
+            row("likes-examples", "test", "How do I budget?", base + " For example, a weekly envelope.", base),
+            row("new-user", "test", "How do I budget?", base + " For example, a weekly envelope.", base)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_bench(path)
+    test = [(i, r) for i, r in enumerate(data.rows) if r.split == "test"]
+    result = contrast_overlap(test, data, view_pairs=4)
+    assert result["reads"] == "text" and result["judgements"] == 4
+    assert result["by_group"]["warm"]["accuracy"] == 1.0  # the user's choices showed examples winning
+    assert result["tie"] == 2  # the cold-start user has nothing to read
+    assert contrast_overlap(test, data, view_pairs=0)["tie"] == 4

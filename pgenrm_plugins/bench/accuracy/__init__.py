@@ -35,7 +35,7 @@ The parts: `settings` (the grammar and `--store`), `stats` (the per-user bootstr
 (`run_accuracy`, step by step).
 """
 
-from pgenrm_plugins.bench.accuracy.predictors import reference_predictors
+from pgenrm_plugins.bench.accuracy.predictors import contrast_overlap, reference_predictors
 from pgenrm_plugins.bench.accuracy.report import METHOD_NOTE, markdown, plot, print_summary, write_report
 from pgenrm_plugins.bench.accuracy.run import global_history, judgement, run_accuracy
 from pgenrm_plugins.bench.accuracy.settings import (
@@ -53,7 +53,7 @@ from pgenrm_plugins.bench.accuracy.stats import BOOTSTRAP, bootstrap_ci, summari
 
 __all__ = [
     "BOOTSTRAP", "DEFAULT_PROTOTYPE_SETTINGS", "DEFAULT_SETTINGS", "METHOD_NOTE", "MODES", "READERS",
-    "AccuracyError", "Setting", "bootstrap_ci", "global_history", "judgement", "markdown", "parse_setting",
-    "parse_settings", "plot", "print_summary", "reference_predictors", "run_accuracy", "store_config",
+    "AccuracyError", "Setting", "bootstrap_ci", "contrast_overlap", "global_history", "judgement", "markdown",
+    "parse_setting", "parse_settings", "plot", "print_summary", "reference_predictors", "run_accuracy", "store_config",
     "summarize", "write_report",
 ]

@@ -4,10 +4,16 @@ own train pairs), `attr-global` (one logistic regression on everyone's train pai
 `types-view` (the best a reader of one judge view can do: a posterior over the population's latent
 types from the pairs that view shows). They need the truth file that `pgenrm data synth` writes
 next to the rows.
+
+`contrast-overlap` reads the text instead, and needs no truth: the words of the contrast lines one
+judge view shows (what only the chosen and only the rejected response of each past pair says),
+matched against a reply. It is what a bag of words makes of the judge's own evidence, the least a
+trained judge should reach.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -18,6 +24,13 @@ from pgenrm_plugins.datasets.bench import BenchData, BenchRow
 
 def _attr_vector(attrs: dict[str, int], names: Sequence[str]) -> np.ndarray:
     return np.array([attrs[a] for a in names], dtype=float)
+
+
+def _records(records: list[dict], index: int, row: BenchRow, margin: float) -> None:
+    """One pair's outcome, in both orders alike (these readers see no position)."""
+    outcome = "tie" if margin == 0 else ("correct" if margin > 0 else "wrong")
+    for chosen_first in (True, False):
+        records.append({"row": index, "user_id": row.user_id, "chosen_first": chosen_first, "outcome": outcome})
 
 
 def _by_user(rows: Iterable[BenchRow]) -> dict[str, list[BenchRow]]:
@@ -99,10 +112,45 @@ def reference_predictors(test_rows: Sequence[tuple[int, BenchRow]], data: BenchD
             if t is None or w is None:
                 unknown += t is None
                 continue
-            d = float(w @ (_attr_vector(t["chosen"], names) - _attr_vector(t["rejected"], names)))
-            outcome = "tie" if d == 0 else ("correct" if d > 0 else "wrong")
-            for chosen_first in (True, False):  # no position: both orders alike
-                records.append({"row": index, "user_id": row.user_id, "chosen_first": chosen_first, "outcome": outcome})
-        out[name] = {"description": descriptions[name], **summarize(records, seed), "rows_unknown_to_truth": unknown,
-                     "by_group": _groups(records, truth, data, seed)}
+            _records(records, index, row, float(w @ (_attr_vector(t["chosen"], names)
+                                                      - _attr_vector(t["rejected"], names))))
+        out[name] = {"description": descriptions[name], "reads": "truth", **summarize(records, seed),
+                     "rows_unknown_to_truth": unknown, "by_group": _groups(records, truth, data, seed)}
     return out
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in _WORD.findall(text)}
+
+
+def _resemblance(reply: set[str], fragments: Sequence[str]) -> float:
+    """The mean share of a fragment's words that the reply has."""
+    shares = [len(f & reply) / len(f) for f in map(_words, fragments) if f]
+    return sum(shares) / len(shares) if shares else 0.0
+
+
+def contrast_overlap(test_rows: Sequence[tuple[int, BenchRow]], data: BenchData, truth: dict | None = None,
+                     seed: int = 0, view_pairs: int = 4) -> dict[str, Any]:
+    """Accuracy of the bag-of-words reader of one judge view (see module doc): a reply scores the
+    sum, over the view's pairs, of how much it resembles the chosen side's contrast lines less how
+    much it resembles the rejected side's."""
+    from pgenrm_plugins.chain.prompts import contrast
+
+    evidence = {u: [c for c in (contrast(p.chosen, p.rejected) for p in (h[-view_pairs:] if view_pairs else []))
+                    if c is not None]
+                for u, h in data.histories("train").items()}
+
+    def score(user: str, reply: str) -> float:
+        words = _words(reply)
+        return sum(_resemblance(words, plus) - _resemblance(words, minus) for plus, minus in evidence.get(user, []))
+
+    records: list[dict] = []
+    for index, row in test_rows:
+        _records(records, index, row, score(row.user_id, row.chosen.content) - score(row.user_id, row.rejected.content))
+    return {"description": (f"word overlap of a reply with the contrast lines of the user's last {view_pairs} train "
+                            "pairs (chosen side less rejected side), what one judge view shows; no truth needed "
+                            "(cold start: a tie)"),
+            "reads": "text", **summarize(records, seed), "by_group": _groups(records, truth, data, seed)}

@@ -50,10 +50,11 @@ def markdown(report: dict) -> str:
             f"{s['criteria_fallbacks_per_judgement']:.2f} | {s['generated_tokens_per_judgement']:.0f} "
             f"| {s['judgements']} |")
     if report["references"]:
-        lines += ["", "Reference predictors that read the latent attributes (synthetic truth), not the text:", "",
-                  "| predictor | what it knows | accuracy [95% CI] |", "|---|---|---|"]
+        lines += ["", "Reference predictors, for scale (`truth`: they read the synthetic users' latent attributes, "
+                  "not the text):", "",
+                  "| predictor | reads | what it knows | accuracy [95% CI] |", "|---|---|---|---|"]
         for name, r in report["references"].items():
-            lines.append(f"| `{name}` | {r['description']} | {_fmt_acc(r)} |")
+            lines.append(f"| `{name}` | {r.get('reads', 'truth')} | {r['description']} | {_fmt_acc(r)} |")
     groups = sorted({g for s in [*report["settings"].values(), *report["references"].values()]
                      for g in s.get("by_group", {})})
     if groups:
@@ -161,7 +162,7 @@ def print_summary(report: dict, console: Console) -> None:
                       f"{s['accuracy_chosen_first']:.3f} / {s['accuracy_chosen_second']:.3f}", str(s["tie"]),
                       str(s["failed"]), str(s["new_chains"]))
     for name, r in report["references"].items():
-        table.add_row(f"[dim]{name} (truth)[/dim]", _fmt_acc(r), "-", "-", str(r["tie"]), "-", "-")
+        table.add_row(f"[dim]{name} ({r.get('reads', 'truth')})[/dim]", _fmt_acc(r), "-", "-", str(r["tie"]), "-", "-")
     console.print(table)
     if report["bad_rows"]:
         console.print(f"[yellow]{len(report['bad_rows'])} row(s) of {report['data']} could not be read; "

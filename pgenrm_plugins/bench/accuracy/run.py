@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pgenrm_plugins.backends.cache import SEED_OFFSET_BACKENDS, CachingBackend
-from pgenrm_plugins.bench.accuracy.predictors import reference_predictors
+from pgenrm_plugins.bench.accuracy.predictors import contrast_overlap, reference_predictors
 from pgenrm_plugins.bench.accuracy.report import METHOD_NOTE, print_summary, write_report
 from pgenrm_plugins.bench.accuracy.settings import (
     DEFAULT_PROTOTYPE_SETTINGS,
@@ -268,8 +268,10 @@ def _report(run: _Run, data_path, bad_rows: list[dict], truth_file: Path, result
         "config": run.base.model_dump(mode="json"),
         "store": run.store_section,
         "settings": results,
-        "references": (reference_predictors(test_rows, data, truth, run.seed, view_pairs=run.base.reward.max_history)
-                       if truth else {}),
+        "references": {**(reference_predictors(test_rows, data, truth, run.seed, view_pairs=run.base.reward.max_history)
+                          if truth else {}),
+                       "contrast-overlap": contrast_overlap(test_rows, data, truth, run.seed,
+                                                            view_pairs=run.base.reward.max_history)},
         "cache": {"path": str(cache.path), **cache.stats.extra, "generated_tokens": cache.stats.generated_tokens,
                   "generate_calls": cache.stats.generate_calls, "prob_calls": cache.stats.prob_calls},
         "method": METHOD_NOTE,
