@@ -184,3 +184,22 @@ def test_a_service_killed_mid_step_gives_counted_neutral_rewards():
     [result] = out["r"]
     assert result.rewards == [0.5, 0.5] and result.components.failure_kinds == {"service_unavailable": 1}
     assert client.unavailable == 2 and len(scorer.calls) == 1  # never scored twice
+
+
+def test_a_shared_batcher_left_open_shuts_down_when_dropped():
+    """An owner that never calls close() leaves no loop thread (and no pending worker task, which
+    the interpreter would report at exit) behind: dropping the batcher drains and stops it."""
+    import gc
+
+    from pgenrm_plugins.frameworks.coalescing import SharedBatcher
+
+    batcher = SharedBatcher(lambda requests: [])
+    thread = batcher._thread
+    assert thread.is_alive()
+    del batcher
+    gc.collect()
+    assert not thread.is_alive()
+    closed = SharedBatcher(lambda requests: [])
+    closed.close()
+    closed.close()  # twice is harmless
+    assert not closed._thread.is_alive()

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,19 @@ class SampleReward:
         return cls(float(neutral_value), sample_logs(None))
 
 
+def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, batcher: Batcher) -> None:
+    """Drain and stop a batcher's loop thread (its owner closed it, dropped it, or the interpreter exits)."""
+    if loop.is_closed():
+        return
+    if threading.current_thread() is thread:  # dropped on its own thread: cannot wait for itself
+        loop.call_soon(loop.stop)
+        return
+    asyncio.run_coroutine_threadsafe(batcher.stop(), loop).result()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
 class SharedBatcher:
     """The service's `Batcher` on its own event loop thread: `score` from any thread, `ascore` from
     any event loop; concurrent callers share one batching window."""
@@ -65,6 +79,9 @@ class SharedBatcher:
         self.batcher = Batcher(score, max_wait_ms=max_wait_ms, max_batch_requests=max_batch_requests,
                                identity=identity, cache=cache)
         self._call(self.batcher.start())
+        # Run at close, when dropped unclosed, or at exit: a loop left running would die with the
+        # interpreter, its worker task still pending.
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self.batcher)
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -80,12 +97,7 @@ class SharedBatcher:
         return self.batcher.batches
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._call(self.batcher.stop()).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        self._finalizer()
 
 
 class SampleScorer(WithLazyScorer):
