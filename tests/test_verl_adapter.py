@@ -133,7 +133,14 @@ def run_worker(config, data):
     from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 
     worker = RewardLoopWorker(config)
-    return worker, worker.loop.run_until_complete(worker.compute_score_batch(data))
+    try:
+        return worker, worker.loop.run_until_complete(worker.compute_score_batch(data))
+    except BaseException:  # verl's gather leaves the other samples' tasks pending: end them here
+        pending = asyncio.all_tasks(worker.loop)
+        for task in pending:
+            task.cancel()
+        worker.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        raise
 
 
 def check_outputs(outputs):
