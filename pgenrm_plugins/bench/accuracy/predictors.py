@@ -138,8 +138,9 @@ def contrast_overlap(test_rows: Sequence[tuple[int, BenchRow]], data: BenchData,
     sum, over the view's pairs, of how much it resembles the chosen side's contrast lines less how
     much it resembles the rejected side's."""
     from pgenrm_plugins.chain.prompts import contrast
+    from pgenrm_plugins.scoring.modes import history_view
 
-    evidence = {u: [c for c in (contrast(p.chosen, p.rejected) for p in (h[-view_pairs:] if view_pairs else []))
+    evidence = {u: [c for c in (contrast(p.chosen, p.rejected) for p in history_view(h, view_pairs, seed, 0))
                     if c is not None]
                 for u, h in data.histories("train").items()}
 

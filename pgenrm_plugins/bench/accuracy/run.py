@@ -256,6 +256,7 @@ def _report(run: _Run, data_path, bad_rows: list[dict], truth_file: Path, result
             started: float) -> dict[str, Any]:
     """report.json's content: the data, the config, every setting's summary, the references, the cache."""
     data, test_rows, truth, cache = run.data, run.test_rows, run.truth, run.cache
+    view = run.base.reward.max_history  # the pairs one judge view shows
     return {
         "data": str(data_path),
         "truth": str(truth_file) if truth else None,
@@ -268,10 +269,8 @@ def _report(run: _Run, data_path, bad_rows: list[dict], truth_file: Path, result
         "config": run.base.model_dump(mode="json"),
         "store": run.store_section,
         "settings": results,
-        "references": {**(reference_predictors(test_rows, data, truth, run.seed, view_pairs=run.base.reward.max_history)
-                          if truth else {}),
-                       "contrast-overlap": contrast_overlap(test_rows, data, truth, run.seed,
-                                                            view_pairs=run.base.reward.max_history)},
+        "references": {**(reference_predictors(test_rows, data, truth, run.seed, view_pairs=view) if truth else {}),
+                       "contrast-overlap": contrast_overlap(test_rows, data, truth, run.seed, view_pairs=view)},
         "cache": {"path": str(cache.path), **cache.stats.extra, "generated_tokens": cache.stats.generated_tokens,
                   "generate_calls": cache.stats.generate_calls, "prob_calls": cache.stats.prob_calls},
         "method": METHOD_NOTE,
