@@ -26,7 +26,7 @@ LAYERS = [6, 12, 18, 24, 30]
 VIEW, MAX_CHARS = 4, 450
 
 
-def test_pairs(path, limit=None):
+def split_test_pairs(path, limit=None):
     bench = load_bench(path)
     histories = bench.histories("train")
     found = [(list(histories[r.user_id])[-VIEW:], r) for r in bench.split("test") if r.user_id in histories]
@@ -61,8 +61,8 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in prompts.DIGITS]
     started = time.time()
-    fit_on = [features(model, tokenizer, digit_ids, v, r) for v, r in test_pairs(args.train, args.pairs)]
-    scored = [features(model, tokenizer, digit_ids, v, r) for v, r in test_pairs(args.heldout)]
+    fit_on = [features(model, tokenizer, digit_ids, v, r) for v, r in split_test_pairs(args.train, args.pairs)]
+    scored = [features(model, tokenizer, digit_ids, v, r) for v, r in split_test_pairs(args.heldout)]
     print(f"{len(fit_on)} train and {len(scored)} held-out pairs in {time.time() - started:.0f} s")
     print(f"the base's own digit (log p(9) - log p(1)): held-out {np.mean([o > 0 for _, o in scored]):.3f}")
     for i, layer in enumerate(LAYERS):
