@@ -86,6 +86,11 @@ class RewardConfig(StrictModel):
       none      - no chain: each completion gets one digit right after the history and the
                   conversation (`prompts.direct_question`); Ind-N reads N seeded orderings of the
                   history instead of N sampled chains. The trained embedded judge's format.
+      synthesis - the judge writes the user's persona and weighted criteria once per user and
+                  history version (cached, no conversation in it); each completion is then checked
+                  against each criterion in a short context with no history, one digit read by
+                  probability, and the weights combine them (chain/synthesis.py). Ind-N reads N
+                  syntheses. The embedded default judge's format.
       auto      - what the judge was trained for (its manifest), else `generated`.
     compare (criteria none): each completion is judged against every other completion of its
       request, both orders, one digit per ordered pair ("A over B"); its reward is its mean share.
@@ -105,7 +110,7 @@ class RewardConfig(StrictModel):
 
     mode: Literal["pairwise", "pointwise", "group", "tournament"] = "group"
     reader: Literal["auto", "logprob", "parse"] = "auto"
-    criteria: Literal["auto", "generated", "none"] = "auto"
+    criteria: Literal["auto", "generated", "none", "synthesis"] = "auto"
     failure_policy: Literal["raise", "neutral"] = "neutral"
     neutral_value: float = Field(0.5, ge=0.0, le=1.0)
     max_history: int = Field(8, ge=0, le=256, description="most recent history pairs shown to the judge")

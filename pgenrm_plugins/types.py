@@ -134,6 +134,7 @@ class Components(BaseModel):
     comparisons: int = 0  # pairwise, tournament: pairs judged (each order counted)
     position_swaps: int = 0  # comparisons that showed the scored completion second
     generated_tokens: int = 0
+    syntheses_reused: int = 0  # criteria synthesis: syntheses read from the cache instead of written
     criteria: list[tuple[str, float]] | None = None
     evaluation: str | None = None
     merged_completions: int | None = None  # set when the result was cut out of a merged request's

@@ -75,7 +75,7 @@ class PairVerdict:
     criteria: tuple[Criterion, ...] = ()
 
 
-FailureKind = Literal["no_json", "invalid_json", "missing_field", "bad_value"]
+FailureKind = Literal["no_json", "invalid_json", "missing_field", "bad_value", "no_criteria"]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from pgenrm_plugins.commands import err, fail
+from pgenrm_plugins.datasets.bench import users_file_for
 from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, DEFAULT_DIFFS, RENDERINGS, TYPES, generate, write_bench
 from pgenrm_plugins.hookspecs import hookimpl
 
@@ -35,7 +36,10 @@ def register_commands(cli):
         test_per_user: Optional[int] = typer.Option(None, help="Test rows per user "
                                                                "(default: a quarter of rows_per_user)."),
         val_per_user: int = typer.Option(0, min=0, help="Val rows per user."),
-        cold_start: float = typer.Option(0.2, min=0.0, max=0.99, help="Fraction of users with no train rows."),
+        cold_start: float = typer.Option(0.2, min=0.0, max=0.99, help="Fraction of cold-start users (few train "
+                                                                      "rows, see --cold-start-pairs)."),
+        cold_start_pairs: int = typer.Option(1, min=0, help="Train rows of a cold-start user (0: no history at "
+                                                            "all, reported as no-history)."),
         types: int = typer.Option(len(TYPES), min=1, max=len(TYPES), help="How many latent types to use."),
         noise: float = typer.Option(0.25, min=0.0, help="Per-user noise around the type's weights (std)."),
         sharpness: float = typer.Option(3.0, min=0.0, help="How strictly choices follow the weights "
@@ -54,7 +58,7 @@ def register_commands(cli):
             bench = generate(users, rows_per_user, seed, test_per_user=test_per_user, val_per_user=val_per_user,
                              cold_start_fraction=cold_start, n_types=types, user_noise=noise, sharpness=sharpness,
                              vary=tuple(a.strip() for a in vary.split(",") if a.strip()), rendering=rendering,
-                             diffs=parse_diffs(diffs))
+                             diffs=parse_diffs(diffs), cold_start_pairs=cold_start_pairs)
             rows_path, truth_path = write_bench(out, bench)
         except ValueError as exc:
             fail(exc)
@@ -62,7 +66,8 @@ def register_commands(cli):
         n_cold = sum(u["cold_start"] for u in bench.truth["users"].values())
         err.print(
             f"wrote {len(bench.rows)} rows ({counts['train']} train, {counts['val']} val, {counts['test']} test) "
-            f"of {users} users ({n_cold} cold-start, {types} types) to {rows_path}; truth in {truth_path}",
+            f"of {users} users ({n_cold} cold-start, {types} types) to {rows_path}; stated preferences in "
+            f"{users_file_for(rows_path)}; truth in {truth_path}",
             highlight=False,
         )
 

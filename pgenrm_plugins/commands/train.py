@@ -215,6 +215,46 @@ def register_commands(cli):
         err.print(f"wrote {out}: {m['steps']} GRPO steps, {m['seconds_per_step']} s/step, chains parsed "
                   f"{m['format_rate_this_run']}, right {m['outcome_rate_this_run']}", highlight=False)
 
+    @train_app.command("synthesis")
+    def synthesis(
+        data: Path = typer.Option(..., "--data", help="Rows from `pgenrm data synth` (the truth file beside them is "
+                                                      "teacher 'stated''s privileged input); train split used."),
+        out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); "
+                                                          "checkpoints in OUT/checkpoints."),
+        base: str = typer.Option("embedded", help="Base causal LM: 'embedded' (SmolLM2-135M-Instruct), "
+                                                  "an HF folder or id."),
+        steps: int = typer.Option(600, min=1, help="Optimizer steps."),
+        batch_size: int = typer.Option(8, min=1, help="Examples per device step."),
+        grad_accum: int = typer.Option(1, min=1, help="Device steps per optimizer step."),
+        learning_rate: float = typer.Option(5e-4, help="LoRA learning rate (cosine schedule)."),
+        lora_rank: int = typer.Option(16, min=1),
+        lora_layers: int = typer.Option(30, min=1, help="LoRA on the top N decoder layers."),
+        max_history: int = typer.Option(8, min=1, help="Most past pairs in a view (the judge's reward.max_history)."),
+        max_chars: int = typer.Option(1200, min=64, help="Each text cut to this (the judge's reward.max_chars)."),
+        check_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of examples that check one reply "
+                                                                       "against one criterion (the rest: syntheses)."),
+        persona_rate: float = typer.Option(0.3, min=0.0, max=1.0, help="How often a synthesis example shows the "
+                                                                        "user's stated persona."),
+        save_steps: int = typer.Option(50, min=1, help="Checkpoint every N steps."),
+        seed: int = typer.Option(0),
+        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
+        fresh: bool = typer.Option(False, help="Delete OUT/checkpoints first instead of resuming."),
+    ):
+        """The synthesis judge (the embedded default's stage): persona and weighted criteria from the history,
+        learnt from teacher 'stated', and one digit per (reply, criterion). Runs on CUDA when there is one."""
+        from pgenrm_plugins.training.run import command_line, train_synthesis
+        from pgenrm_plugins.training.synthesis_stage import SynthesisSettings
+
+        settings = SynthesisSettings(steps=steps, batch_size=batch_size, grad_accum=grad_accum,
+                                     learning_rate=learning_rate, lora_rank=lora_rank, lora_layers=lora_layers,
+                                     max_history=max_history, max_chars=max_chars, check_share=check_share,
+                                     persona_rate=persona_rate, save_steps=save_steps, seed=seed, threads=threads)
+        with exit_on_bad_input():
+            manifest = train_synthesis(data, out, settings, base=base, fresh=fresh, command=command_line())
+        m = manifest["metrics"]
+        err.print(f"wrote {out}: {m['steps']} steps on {m['device']}, loss {m['first_loss']} -> {m['final_loss']}",
+                  highlight=False)
+
     @train_app.command("eval")
     def evaluate_cmd(
         judge: Path = typer.Option(..., "--judge", help="A judge folder from `pgenrm train`."),
@@ -222,11 +262,35 @@ def register_commands(cli):
                                                       "(train rows = history, test rows scored)."),
         rows: int = typer.Option(64, min=1, help="Test rows to score."),
         chains: int = typer.Option(1, min=1, help="History views per judgement (Ind-N)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
     ):
-        """Pairwise accuracy of a judge on held-out users (quick check; `pgenrm bench accuracy` is the full one)."""
+        """Pairwise accuracy of a judge on held-out users (quick check; `pgenrm bench accuracy` is the full one).
+        A synthesis judge is measured step by step: synthesis recovery, the check step's ceiling, end to end."""
+        import json
+
+        from pgenrm_plugins.judge import read_manifest
         from pgenrm_plugins.training.run import evaluate
 
+        if (read_manifest(judge) or {}).get("criteria") == "synthesis":
+            from pgenrm_plugins.training.synthesis_eval import evaluate_synthesis
+
+            with exit_on_bad_input():
+                result = evaluate_synthesis(judge, data, max_rows=rows)
+            rec = result["recovery"]
+            err.print(f"end to end {result['end_to_end']:.3f}, ceiling (teacher's synthesis) {result['ceiling']:.3f} "
+                      f"on {result['pairs']} pairs; synthesis recovery {rec['agreement']} "
+                      f"({rec.get('agree', 0)} of {rec.get('claimed', 0)} claims on the right side, "
+                      f"{rec.get('wrong_side', 0)} wrong side, {rec.get('missed', 0)} missed, "
+                      f"{rec.get('unsupported', 0)} unsupported, {rec.get('unparsed', 0)} unparsed)", highlight=False)
+            for group, g in result["by_group"].items():
+                err.print(f"  {group}: end to end {g['end_to_end']:.3f}, ceiling {g['ceiling']:.3f} "
+                          f"({g['pairs']} pairs)", highlight=False)
+            if json_out:
+                json_out.write_text(json.dumps(result, indent=1))
+            return
         result = evaluate(judge, data, max_rows=rows, chains=chains)
+        if json_out:
+            json_out.write_text(json.dumps(result, indent=1))
         err.print(f"accuracy {result['accuracy']:.3f} on {result['pairs']} pairs "
                   f"(mean margin {result['mean_margin']:+.4f})",
                   highlight=False)

@@ -12,7 +12,14 @@ attributes, each +1 or -1:
 A user is a weight per attribute: their latent type's weights plus per-user noise. For each row
 two answers to the same question are drawn and the user picks one by Bradley-Terry on the weighted
 attributes, P(pick a) = sigmoid(sharpness * w.(a - b)): mostly their taste, sometimes not.
-Some users are cold-start: they have test rows but no train rows (no history).
+Some users are cold-start: they have test rows and only `cold_start_pairs` train rows (the paper's
+"new users with limited feedback"; 0 makes them no-history users).
+
+Users also *state* their preferences, partially and in words, as PRISM's survey does: each user's
+`self_description` is written from their weights (a few phrasings per attribute; strong preferences
+only, some left unsaid, some users say nothing). It goes to a users file next to the rows
+(`rows.jsonl` -> `rows.users.jsonl`) that `load_bench` joins by `user_id`; a judge never needs it
+at scoring time, and training may read it.
 
 Two options make sets that test whether a judge reads preferences or memorises them:
 - `vary`: the attributes on which the two answers of a row may differ (default all). Training on
@@ -38,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from pgenrm_plugins.datasets.answer_bank import BANK, Topic
+from pgenrm_plugins.datasets.bench import users_file_for
 
 ATTRIBUTES = ("length", "structure", "tone", "examples", "caveats")
 
@@ -79,6 +87,41 @@ _ALT = {
     "bullets": ("- ", "* ", "• "),
 }
 RENDERINGS = ("default", "alt")
+
+# Each attribute's two sides as a criterion a judge can check one reply against (name,
+# description, and the words of a persona), and as a user would say it (several phrasings: users
+# do not all say it alike).
+CRITERIA: dict[tuple[str, int], tuple[str, str, str]] = {
+    ("length", 1): ("Thorough", "covers every main point in detail", "thorough detail"),
+    ("length", -1): ("Brief", "a short answer with only the key points", "short answers"),
+    ("structure", 1): ("Listed", "the points laid out as a numbered list", "numbered lists"),
+    ("structure", -1): ("Prose", "flowing paragraphs, no list", "flowing prose"),
+    ("tone", 1): ("Formal", "a formal register, no contractions or chatty opener", "a formal tone"),
+    ("tone", -1): ("Casual", "a relaxed, chatty tone with contractions", "a casual tone"),
+    ("examples", 1): ("Example", "includes a concrete example", "concrete examples"),
+    ("examples", -1): ("No example", "gets to the point without an example", "no examples"),
+    ("caveats", 1): ("Caveats", "says when the advice may not hold", "caveats"),
+    ("caveats", -1): ("No caveats", "no warnings or disclaimers", "no caveats"),
+}
+_STATED: dict[tuple[str, int], tuple[str, ...]] = {
+    ("length", 1): ("I like thorough answers that cover everything.", "Give me the full picture, details included.",
+                    "I prefer detailed replies."),
+    ("length", -1): ("Keep it short.", "I prefer brief answers.", "I have no time for long replies."),
+    ("structure", 1): ("Numbered lists help me.", "I like answers laid out as steps.", "Structure it as a list."),
+    ("structure", -1): ("I prefer flowing prose to lists.", "Write in paragraphs, not bullet points.",
+                        "Lists feel robotic to me."),
+    ("tone", 1): ("I appreciate a formal, professional tone.", "Please stay formal.",
+                  "I like replies that sound professional."),
+    ("tone", -1): ("Talk to me like a friend.", "A casual, relaxed tone suits me.", "No need to be formal with me."),
+    ("examples", 1): ("Concrete examples help me understand.", "Show me an example.", "I learn best from examples."),
+    ("examples", -1): ("Skip the examples.", "I don't need examples.", "Examples just slow me down."),
+    ("caveats", 1): ("Tell me when advice might not apply.", "I want to know the caveats.",
+                     "Warn me about exceptions."),
+    ("caveats", -1): ("No need for warnings or disclaimers.", "Spare me the caveats.", "Don't hedge everything."),
+}
+STATED_MIN_WEIGHT = 0.3  # weaker preferences go unsaid
+STATED_SHARE = 0.6  # each strong preference is stated with this chance
+SILENT_USERS = 0.2  # share of users who state nothing at all
 # How many attributes the two answers of a row differ on, drawn per row from this list: mostly two.
 # `diffs=(1,)` makes every choice turn on one attribute, the plainest evidence a history can show.
 DEFAULT_DIFFS = (1, 2, 2, 3)
@@ -127,6 +170,22 @@ def render_answer(topic: Topic, attrs: dict[str, int], rng: random.Random, rende
     return _contract(text) if tone == "casual" else text
 
 
+def side(weight: float) -> int:
+    return 1 if weight > 0 else -1
+
+
+def stated_preferences(weights: dict[str, float], rng: random.Random) -> tuple[str | None, list[str]]:
+    """What a user says about their taste: some of their strong preferences, in one of a few
+    phrasings each, in a random order; None for a user who says nothing. Also the attributes said."""
+    if rng.random() < SILENT_USERS:
+        return None, []
+    said = [a for a in ATTRIBUTES if abs(weights[a]) >= STATED_MIN_WEIGHT and rng.random() < STATED_SHARE]
+    rng.shuffle(said)
+    if not said:
+        return None, []
+    return " ".join(rng.choice(_STATED[(a, side(weights[a]))]) for a in said), said
+
+
 def detect_attributes(text: str) -> dict[str, int]:
     """The attributes as they show in the text itself (no metadata): numbered lines, contractions
     and chatty openers, 'For example', a caveat lead. Length is not detectable from one answer
@@ -173,11 +232,13 @@ def generate(
     vary: tuple[str, ...] | list[str] = ATTRIBUTES,
     rendering: str = "default",
     diffs: tuple[int, ...] | list[int] = DEFAULT_DIFFS,
+    cold_start_pairs: int = 1,
 ) -> SyntheticBench:
     """Rows plus the latent truth. Deterministic for a given set of arguments.
 
     Warm users get `rows_per_user` rows: `test_per_user` test (default a quarter, at least one),
-    `val_per_user` val, the rest train. Cold-start users get the test and val rows only."""
+    `val_per_user` val, the rest train. Cold-start users get the test and val rows and
+    `cold_start_pairs` train rows (0: no history at all)."""
     if n_users < 1 or rows_per_user < 2:
         raise ValueError("n_users must be >= 1 and rows_per_user >= 2 (at least one train and one test row)")
     if not 1 <= n_types <= len(TYPES):
@@ -194,11 +255,15 @@ def generate(
     if not diffs or any(not 1 <= d <= len(ATTRIBUTES) for d in diffs):
         raise ValueError(f"diffs {list(diffs)}: each must be between 1 and {len(ATTRIBUTES)} (attributes a row's "
                          "two answers differ on)")
+    if not 0 <= cold_start_pairs < rows_per_user:
+        raise ValueError(f"cold_start_pairs={cold_start_pairs}: must be between 0 and rows_per_user - 1")
     test_n = test_per_user if test_per_user is not None else max(1, rows_per_user // 4)
     if test_n < 1 or test_n + val_per_user >= rows_per_user:
         raise ValueError(f"rows_per_user={rows_per_user} leaves no train rows after {test_n} test "
                          f"and {val_per_user} val rows")
     rng = random.Random(seed)
+    # Stated preferences draw from their own generator: the rows of a seed stay what they were.
+    said_rng = random.Random(f"stated-{seed}")
     type_names = list(TYPES)[:n_types]
     order = list(range(n_users))
     rng.shuffle(order)
@@ -216,10 +281,12 @@ def generate(
         user_id = f"u{i:0{width}d}"
         kind = user_type[i]
         weights = {a: round(TYPES[kind]["weights"][a] + rng.gauss(0.0, user_noise), 4) for a in ATTRIBUTES}
-        users[user_id] = {"type": kind, "weights": weights, "cold_start": i in cold}
+        persona, said = stated_preferences(weights, said_rng)
+        users[user_id] = {"type": kind, "weights": weights, "cold_start": i in cold, "stated": said,
+                          "self_description": persona}
         splits = ["test"] * test_n + ["val"] * val_per_user
-        if i not in cold:
-            splits = ["train"] * (rows_per_user - len(splits)) + splits
+        train_n = cold_start_pairs if i in cold else rows_per_user - len(splits)
+        splits = ["train"] * train_n + splits
         topics = list(BANK)
         rng.shuffle(topics)
         for j, split in enumerate(splits):
@@ -249,7 +316,7 @@ def generate(
         "params": {"n_users": n_users, "rows_per_user": rows_per_user, "seed": seed, "test_per_user": test_n,
                    "val_per_user": val_per_user, "cold_start_fraction": cold_start_fraction, "n_types": n_types,
                    "user_noise": user_noise, "sharpness": sharpness, "vary": list(vary), "rendering": rendering,
-                   "diffs": list(diffs)},
+                   "diffs": list(diffs), "cold_start_pairs": cold_start_pairs},
         "attributes": list(ATTRIBUTES),
         "types": {name: TYPES[name] for name in type_names},
         "users": users,
@@ -261,6 +328,12 @@ def generate(
 def generate_rows(n_users: int = 20, rows_per_user: int = 10, seed: int = 0, **options: Any) -> list[dict[str, Any]]:
     """PersonalRewardBench rows of `n_users` synthetic users (see `generate` for the options)."""
     return generate(n_users=n_users, rows_per_user=rows_per_user, seed=seed, **options).rows
+
+
+def user_rows(bench: SyntheticBench) -> list[dict[str, Any]]:
+    """The users file's rows, in PRISM's survey field names: one per user who stated anything."""
+    return [{"user_id": u, "self_description": info["self_description"]}
+            for u, info in bench.truth["users"].items() if info.get("self_description")]
 
 
 def truth_path_for(rows_path: str | Path) -> Path:
@@ -306,8 +379,10 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def write_bench(path: str | Path, bench: SyntheticBench) -> tuple[Path, Path]:
-    """The rows, and the truth next to them (`truth_path_for`)."""
+    """The rows, the users' stated preferences (`users_file_for`) and the truth next to them
+    (`truth_path_for`)."""
     rows_path = write_rows(path, bench.rows)
+    write_rows(users_file_for(rows_path), user_rows(bench))
     truth_path = truth_path_for(rows_path)
     _write_atomically(truth_path, lambda tmp: tmp.write_text(json.dumps(bench.truth, indent=1), encoding="utf-8"))
     return rows_path, truth_path

@@ -24,13 +24,15 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Protocol, Sequence
 
-import faiss
 import numpy as np
 
 from pgenrm_plugins.prototypes.base import Lookup, Neighbour, StoreError
 from pgenrm_plugins.prototypes.common import as_unit_vector
+
+if TYPE_CHECKING:  # faiss is imported where an index is built: registering a store needs none
+    import faiss
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,8 @@ class _Part:
 
 
 def _ivf(quantizer: faiss.IndexFlatIP, storage: str) -> faiss.IndexIVF:
+    import faiss
+
     d, k = quantizer.d, quantizer.ntotal
     if storage == "fp32":
         return faiss.IndexIVFFlat(quantizer, d, k, faiss.METRIC_INNER_PRODUCT)
@@ -158,6 +162,8 @@ def _part(quantizer: faiss.IndexFlatIP, storage: str, ids: Sequence[str], protos
           vectors: np.ndarray) -> _Part:
     """An index over members sorted by prototype, each list filled once from its own slice (the
     members stay in the lists the store assigned, which after refinement need not be the nearest)."""
+    import faiss
+
     index = _ivf(quantizer, storage)
     if not index.is_trained:  # SQ8: the per-dimension range of the members themselves
         index.train(vectors if len(vectors) else np.zeros((1, quantizer.d), np.float32))
@@ -248,6 +254,8 @@ class MemberIndex:
                 self._loading, self._seen, self.last_error = None, None, exc
 
     def _load(self) -> _State | None:
+        import faiss
+
         t0 = time.perf_counter()
         members = self.source.load_members()
         t1 = time.perf_counter()

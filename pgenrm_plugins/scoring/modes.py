@@ -7,6 +7,9 @@
                completion scored against those criteria
     group, `reward.criteria: none`: no chain; one digit per completion right after the history
                and the conversation (or, with `reward.compare`, per ordered pair of completions)
+    group, `reward.criteria: synthesis`: persona and weighted criteria written once per user and
+               history version (cached), then one digit per (completion, criterion) in a short
+               context with no history in it (chain/synthesis.py)
 
 Every chain is sampled N times (`sampling.chains`, Ind-N); a completion's value is the mean over the
 chains that scored it. Chains that fail to parse are counted, never silently dropped. In group mode
@@ -24,12 +27,13 @@ import json
 import logging
 import math
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from pgenrm_plugins.backends.base import Backend, GenerationRequest
 from pgenrm_plugins.chain import prompts
+from pgenrm_plugins.chain import synthesis as synthesis_chain
 from pgenrm_plugins.chain.formats import ChainFormat
 from pgenrm_plugins.chain.parser import Criterion, ParseFailure, parse_chain, parse_criteria
 from pgenrm_plugins.config import PGenRMConfig
@@ -41,6 +45,8 @@ log = logging.getLogger(__name__)
 # in the judge's context, so its persona keeps steering the score.
 FALLBACK_CRITERION = Criterion("fit to this user's preferences", 100.0)
 SCORE_STOP = (prompts.CLOSE,)
+SYNTHESIS_CACHE = 4096  # syntheses kept per scorer: one per (history version, view), any user
+SYNTHESIS_TOKENS = 160  # a synthesis is a persona line and a few criteria lines
 
 
 @dataclass
@@ -58,6 +64,7 @@ class Tally:
     position_swaps: int = 0
     evaluation: str | None = None
     criteria: list | None = None
+    syntheses_reused: int = 0
 
     def add_chain(self, generation) -> None:
         self.chains_sampled += 1
@@ -120,6 +127,9 @@ class RewardModes:
         # Learned once and never unlearned: a backend that gave no token probabilities will not
         # start to (asking again would cost an OpenAI-compatible server a request per call).
         self._no_probabilities = False
+        # Syntheses by what they were written from (history view, persona, sampling): a user's
+        # next request, a GRPO step's other prompts and prototype neighbours reuse them.
+        self._syntheses: OrderedDict[str, str] = OrderedDict()
 
     def run(self, reqs: list[ScoreRequest]) -> list[Tally]:
         tallies = [Tally(per_completion=[[] for _ in r.completions]) for r in reqs]
@@ -132,6 +142,8 @@ class RewardModes:
             self._comparisons(reqs, tallies)
         elif self.criteria == "none":
             self._direct(reqs, tallies)
+        elif self.criteria == "synthesis":
+            self._synthesized(reqs, tallies)
         else:
             self._groups(reqs, tallies)
         return tallies
@@ -356,6 +368,66 @@ class RewardModes:
                     if value is not None:
                         t.per_completion[ci].append(value)
 
+    # -- synthesis: persona and criteria once per user and history version ------------------
+    def _synthesized(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
+        """Ind-N = N syntheses per request (view 0 greedy from the most recent pairs, view k > 0
+        sampled from a seeded view), each from the cache when the same history view was read
+        before; then every (completion, criterion) once, whatever user holds the criterion; a
+        completion's value under one synthesis is its criteria's weighted mean digit."""
+        rc, s = self.config.reward, self.config.sampling
+        views = [[self._synthesis_request(r, k) for k in range(s.chains)] for r in reqs]
+        missing = {key: req for per in views for key, req in per if key not in self._syntheses}
+        fresh: dict[str, int] = {}  # written in this call: key -> tokens, counted at its first use
+        if missing:
+            for (key, _), (g,) in zip(missing.items(), self.backend.generate(list(missing.values()))):
+                self._syntheses[key], fresh[key] = g.text, g.tokens
+                while len(self._syntheses) > SYNTHESIS_CACHE:
+                    self._syntheses.popitem(last=False)
+        scored = []  # (request index, criteria)
+        for ri, per in enumerate(views):
+            t = tallies[ri]
+            t.reader = "logprob"
+            for key, _ in per:
+                text = self._syntheses[key]
+                self._syntheses.move_to_end(key)
+                if key in fresh:
+                    t.chains_sampled += 1
+                    t.generated_tokens += fresh.pop(key)
+                else:
+                    t.syntheses_reused += 1
+                t.evaluation = t.evaluation or text
+                parsed = synthesis_chain.parse_synthesis(text)
+                if isinstance(parsed, ParseFailure):
+                    t.failures[parsed.kind] += 1
+                    t.criteria_fallbacks += 1
+                    criteria = (synthesis_chain.SOUND,)
+                else:
+                    criteria = parsed.criteria
+                    t.add_criteria(criteria)
+                scored.append((ri, criteria))
+        for (ri, _), values in zip(scored, check_criteria(self.backend, [(reqs[ri], c) for ri, c in scored],
+                                                         rc.max_chars)):
+            t = tallies[ri]
+            for ci, value in enumerate(values):
+                if value is None:
+                    t.failures["no_digit_probability"] += 1
+                else:
+                    t.per_completion[ci].append(value)
+
+    def _synthesis_request(self, r: ScoreRequest, k: int) -> tuple[str, GenerationRequest]:
+        """(cache key, generation request) of view k of the request's history. The key holds what
+        the synthesis is written from, never the user id: a changed history is a new key."""
+        rc, s = self.config.reward, self.config.sampling
+        seed = content_seed(s.seed, r.persona, r.model_dump(mode="json", include={"history"}))
+        history = history_view(r.history, rc.max_history, seed, k)
+        temperature = 0.0 if k == 0 else s.temperature
+        messages = synthesis_chain.synthesis_messages(history, r.persona, max_items=rc.max_history,
+                                                      max_chars=rc.max_chars, render=rc.history_render)
+        request = GenerationRequest(messages, n=1, max_new_tokens=min(s.max_new_tokens, SYNTHESIS_TOKENS),
+                                    temperature=temperature, top_p=s.top_p, seed=content_seed(seed, k))
+        key = json.dumps([messages, request.max_new_tokens, temperature, s.top_p, request.seed], sort_keys=True)
+        return key, request
+
     # -- shared pieces ------------------------------------------------------------------------
     def _chain_request(self, messages, request: ScoreRequest, shown: Sequence[str] = (),
                        prefill: str = prompts.CHAIN_PREFILL,
@@ -367,6 +439,41 @@ class RewardModes:
             messages, n=s.chains, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
             top_p=s.top_p, seed=seed, stop=stop, prefill=prefill,
         )
+
+
+def check_criteria(backend: Backend, jobs: Sequence[tuple[ScoreRequest, Sequence[Criterion]]],
+                   max_chars: int) -> list[list[float | None]]:
+    """For each (request, criteria): each completion's weighted mean digit over the criteria, in
+    [0, 1] (None where the backend gave no digit probability). Every (conversation, completion,
+    criterion) is asked once, in one backend call: users who share a criterion share its row."""
+    rows: dict[tuple[str, str, str], int] = {}
+    conversations = []
+    keys = []
+    for r, criteria in jobs:
+        prompt = json.dumps(r.model_dump(mode="json", include={"prompt"}))
+        keys.append([[(prompt, completion, c.name) for c in criteria] for completion in r.completions])
+        for completion, row_keys in zip(r.completions, keys[-1]):
+            for key, c in zip(row_keys, criteria):
+                if key not in rows:
+                    rows[key] = len(conversations)
+                    conversations.append(synthesis_chain.criterion_messages(r.prompt, completion, c.name,
+                                                                            max_chars=max_chars))
+    try:
+        probs = backend.next_token_probs(conversations, prompts.DIGITS) if conversations else []
+    except NotImplementedError:
+        raise ValueError(f"reward.criteria: synthesis reads token probabilities, which backend {backend.name!r} "
+                         "does not give; use a backend with logprobs") from None
+    digits = [expected_digit(p) for p in probs]
+    out = []
+    for (_, criteria), per_completion in zip(jobs, keys):
+        weight = sum(c.weight for c in criteria)
+        values = []
+        for row_keys in per_completion:
+            ds = [digits[rows[key]] for key in row_keys]
+            values.append(None if any(d is None for d in ds) else
+                          _to_unit(sum(c.weight * d for c, d in zip(criteria, ds)) / weight, 1, 9))
+        out.append(values)
+    return out
 
 
 def _shares(order: list[tuple[int, int]], values: list[float | None], n: int) -> list[list[float]]:

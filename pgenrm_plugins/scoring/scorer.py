@@ -46,8 +46,8 @@ class Scorer:
         self.config = with_judge_defaults(load_config(config))
         self.backend = backend if backend is not None else self.config.backend.build("backend")
         self.criteria = resolve_criteria(self.config)
-        if self.criteria == "none" and self.config.reward.reader == "parse":
-            raise ValueError("reward.criteria: none reads one digit's probabilities, so it needs reward.reader: "
+        if self.criteria in ("none", "synthesis") and self.config.reward.reader == "parse":
+            raise ValueError(f"reward.criteria: {self.criteria} reads digit probabilities, so it needs reward.reader: "
                              "logprob or auto (or set reward.criteria: generated to parse generated scores)")
         self.format = chain_format(self.config.chain.format)
         if self.format.pairwise_only and self.config.reward.mode not in ("pairwise", "tournament"):
@@ -134,6 +134,7 @@ class Scorer:
             comparisons=sum(t.comparisons for t in tallies),
             position_swaps=sum(t.position_swaps for t in tallies),
             generated_tokens=sum(t.generated_tokens for t in tallies),
+            syntheses_reused=sum(t.syntheses_reused for t in tallies),
             criteria=next((t.criteria for t in tallies if t.criteria), None),
             evaluation=next((t.evaluation for t in tallies if t.evaluation), None),
         )

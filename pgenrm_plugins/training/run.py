@@ -1,7 +1,10 @@
 """`pgenrm train`: the Python API behind the command. Each stage writes a judge folder (a LoRA
 adapter + `pgenrm_judge.json`) that the transformers backend loads by path.
 
-    train_score(data, out)    the score slot of `reward.criteria: none` (the CPU default's stage)
+    train_score(data, out)      the score slot of `reward.criteria: none` (judge J's stage)
+    train_synthesis(data, out)  the synthesis judge (`reward.criteria: synthesis`, the embedded
+                                default): persona and weighted criteria from the history, then
+                                one digit per (reply, criterion); teacher `stated`
 
 Runs are resumable: checkpoints go to `OUT/checkpoints` every `save_steps`; running the same
 command again continues from the newest one (same items, same schedule, same seed).
@@ -116,6 +119,70 @@ def train_score(
     return manifest
 
 
+def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: str = "embedded",
+                    fresh: bool = False, progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train the synthesis judge on the train rows of `data` (teacher `stated`: the truth file beside
+    synthetic rows); write it to `out`; return its manifest. Resumes from OUT/checkpoints."""
+    import shutil
+
+    from pgenrm_plugins.datasets.synthetic import load_truth
+    from pgenrm_plugins.training.score_stage import latest_checkpoint
+    from pgenrm_plugins.training.synthesis_stage import FORMAT as SYNTHESIS_FORMAT
+    from pgenrm_plugins.training.synthesis_stage import (
+        StatedTeacher,
+        SynthesisExamples,
+        SynthesisSettings,
+        build_trainer,
+    )
+
+    settings = settings or SynthesisSettings()
+    out = Path(out)
+    checkpoints = out / "checkpoints"
+    if fresh and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    bench = load_bench(data, strict=True)
+    teacher = StatedTeacher(bench, load_truth(data))
+    trainer, model, _ = build_trainer(SynthesisExamples(teacher, settings), settings, checkpoints,
+                                      base_model_dir(base), progress=progress)
+    resume = latest_checkpoint(checkpoints)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    manifest: dict[str, Any] = {
+        "format": SYNTHESIS_FORMAT,
+        "criteria": "synthesis",
+        "reader": "logprob",
+        "stage": "synthesis",
+        "base": base,
+        "teacher": "stated",
+        "objective": "per-example mean token cross-entropy: history view -> the teacher's synthesis, and "
+                     "(conversation, reply, criterion) -> 9 met / 1 not met",
+        "data": str(data),
+        "data_hash": file_hash(data),
+        "train_users": len(teacher.user_ids),
+        "seed": settings.seed,
+        "settings": asdict(settings),
+        "scoring": {"reward": {"criteria": "synthesis", "max_history": settings.max_history,
+                               "max_chars": settings.max_chars, "history_render": "contrast"},
+                    "sampling": {"chains": 1}},
+        "command": " ".join(shlex.quote(a) for a in (command or ["pgenrm", "train", "synthesis", "..."])),
+        "metrics": {
+            "steps": trainer.state.global_step,
+            "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None,
+            "train_seconds_this_run": round(seconds, 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "train_loss": getattr(result, "training_loss", None),
+            "device": "cuda" if trainer.args.device.type == "cuda" else "cpu",
+        },
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
 def evaluate(judge: str | Path, data: str | Path, *, max_rows: int = 64, threads: int | None = None,
              chains: int = 1) -> dict[str, Any]:
     """Pairwise accuracy of a judge folder on the test rows of `data` (each user's train rows are the
@@ -133,7 +200,7 @@ def evaluate(judge: str | Path, data: str | Path, *, max_rows: int = 64, threads
         options["threads"] = threads
     scorer = Scorer({"backend": {"name": "transformers", "options": options},
                      "sampling": {"chains": chains},
-                     "reward": {"mode": "group", "criteria": "none"}})
+                     "reward": {"mode": "group"}})  # the rest as the judge's manifest says
     try:
         results = scorer.score([{"user_id": r.user_id, "history": [h.model_dump() for h in histories[r.user_id]],
                                  "prompt": [m.model_dump() for m in r.context],
@@ -149,4 +216,4 @@ def command_line() -> list[str]:
     return ["pgenrm", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("pgenrm") else list(sys.argv)
 
 
-__all__ = ["train_score", "evaluate", "FORMAT"]
+__all__ = ["train_score", "train_synthesis", "evaluate", "FORMAT"]

@@ -125,29 +125,37 @@ def item_loss(model, item: dict[str, Any], digit_ids, bt_weight: float, cache_ar
     return loss
 
 
+def lora_model(base_dir: str, rank: int, alpha: int, layers: int):
+    """The base causal LM with a LoRA adapter (peft) on every projection of its top `layers` layers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pgenrm_plugins.backends.transformers_backend import attention_options
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options())
+    total = model.config.num_hidden_layers
+    top = min(layers, total)
+    lora = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        layers_to_transform=list(range(total - top, total)),
+    )
+    return get_peft_model(model, lora)
+
+
 def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints: Path, base_dir: str,
                   progress: bool = True):
     """A `transformers.Trainer` over LoRA on the base judge, with the shared-prefix loss."""
     import inspect
 
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    from pgenrm_plugins.backends.transformers_backend import attention_options
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options())
-    layers = model.config.num_hidden_layers
-    top = min(settings.lora_layers, layers)
-    lora = LoraConfig(
-        r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        layers_to_transform=list(range(layers - top, layers)),
-    )
-    model = get_peft_model(model, lora)
+    model = lora_model(base_dir, settings.lora_rank, settings.lora_alpha, settings.lora_layers)
     dataset = ItemDataset(source, tokenizer, settings.steps * settings.grad_accum, settings.max_chars,
                           settings.history_render)
     params = inspect.signature(model.get_base_model().forward).parameters

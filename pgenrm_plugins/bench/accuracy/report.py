@@ -58,7 +58,8 @@ def markdown(report: dict) -> str:
     groups = sorted({g for s in [*report["settings"].values(), *report["references"].values()]
                      for g in s.get("by_group", {})})
     if groups:
-        lines += ["", "By group (warm users have train rows; cold-start users have none):", "",
+        lines += ["", ("By group (warm users have 3 or more train rows, cold-start users 1 or 2, "
+                         "no-history users none):"), "",
                   "| setting | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
         for name, s in [*report["settings"].items(), *report["references"].items()]:
             cells = [_fmt_acc(s["by_group"][g]) + f" (n={s['by_group'][g]['judgements']})"

@@ -314,7 +314,8 @@ def run_accuracy(
         close_inner=backend is None,
     )
     histories = data.histories("train")
-    run = _Run(data, test_rows, truth, histories, global_history(data, base.reward.max_history, seed), set(histories),
+    warm = {u for u, g in data.groups().items() if g == "warm"}
+    run = _Run(data, test_rows, truth, histories, global_history(data, base.reward.max_history, seed), warm,
                base, store_section, cache, batch_rows, seed)
     results: dict[str, Any] = {}
     all_records: dict[str, list[dict]] = {}

@@ -69,11 +69,12 @@ def summarize(records: Sequence[dict], seed: int = 0) -> dict[str, Any]:
 
 
 def _groups(records: Sequence[dict], truth: dict | None, data: BenchData, seed: int) -> dict[str, Any]:
-    """Accuracy of warm vs cold-start users, and per latent type when the truth is known."""
-    warm_users = set(data.histories("train"))
+    """Accuracy of warm, cold-start and no-history users (`datasets.bench.user_group`), and per
+    latent type when the truth is known."""
+    user_groups = data.groups()
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        groups["cold_start" if r["user_id"] not in warm_users else "warm"].append(r)
+        groups[user_groups.get(r["user_id"], "no_history")].append(r)
         if truth and r["user_id"] in truth.get("users", {}):
             groups["type:" + truth["users"][r["user_id"]]["type"]].append(r)
     return {g: {k: v for k, v in summarize(rs, seed).items() if k in ("accuracy", "ci95", "judgements", "users")}

@@ -1,0 +1,112 @@
+"""Each step of a synthesis judge measured alone, on held-out users of `pgenrm data synth`:
+
+    recovery   the synthesis the judge writes from a user's history (view 0, no persona) against
+               teacher `stated`'s for the same view: of the attributes the teacher claims, how many
+               the judge names on the same side, on the wrong side, or not at all; and the ones it
+               claims that the view does not support
+    ceiling    the test pairs scored against the *teacher's* synthesis: how far the check step
+               alone carries (the best the first step could hand it)
+    end to end the test pairs scored as `pgenrm score` would (Ind-1, no persona)
+
+A judgement is right when the chosen reply gets the higher reward; a tie is wrong. Users are
+grouped as `datasets.bench.user_group` says (warm, cold_start, no_history).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from pgenrm_plugins.chain import synthesis as chain
+from pgenrm_plugins.chain.parser import ParseFailure
+from pgenrm_plugins.datasets.bench import load_bench
+from pgenrm_plugins.datasets.synthetic import CRITERIA, load_truth
+from pgenrm_plugins.training.synthesis_stage import StatedTeacher
+
+_SIDES = {name: key for key, (name, _, _) in CRITERIA.items()}  # criterion name -> (attribute, side)
+
+
+def claims(text: str) -> dict[str, int]:
+    """attribute -> side, of the criteria a synthesis names (criteria of other names are skipped)."""
+    parsed = chain.parse_synthesis(text)
+    if isinstance(parsed, ParseFailure):
+        return {}
+    out = {}
+    for c in parsed.criteria:
+        key = _SIDES.get(c.name.split(":")[0].strip())
+        if key and key[0] not in out:
+            out[key[0]] = key[1]
+    return out
+
+
+def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | None = None,
+                       options: dict[str, Any] | None = None) -> dict[str, Any]:
+    import torch
+
+    from pgenrm_plugins.scoring import Scorer
+    from pgenrm_plugins.scoring.modes import check_criteria
+
+    bench = load_bench(data, strict=True)
+    teacher = StatedTeacher(bench, load_truth(data))
+    groups = bench.groups()
+    histories = bench.histories("train")
+    rows = bench.split("test")[:max_rows]
+    wide = {"max_batch_rows": 128} if torch.cuda.is_available() else {}  # a GPU reads many rows at once
+    scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(judge), **wide, **(options or {})}},
+                     "sampling": {"chains": 1}, "reward": {"mode": "group"}})
+    if scorer.criteria != "synthesis":
+        raise ValueError(f"{judge}: not a synthesis judge (its manifest reads criteria {scorer.criteria!r})")
+    view = scorer.config.reward.max_history
+    try:
+        requests = [{"user_id": r.user_id, "history": [h.model_dump() for h in histories.get(r.user_id, [])],
+                     "prompt": [m.model_dump() for m in r.context],
+                     "completions": [r.chosen.content, r.rejected.content]} for r in rows]
+        results = scorer.score(requests)
+        taught = {u: teacher.synthesis(u, teacher.pairs.get(u, [])[-view:], False) for u in {r.user_id for r in rows}}
+        ceiling = check_criteria(scorer.backend, [(scorer_request, chain.parse_synthesis(taught[r.user_id]).criteria)
+                                                  for r, scorer_request in zip(rows, _validated(requests))],
+                                 scorer.config.reward.max_chars)
+    finally:
+        scorer.close()
+    right: dict[str, Counter] = defaultdict(Counter)
+    recovery: Counter = Counter()
+    seen = set()
+    for r, result, best in zip(rows, results, ceiling):
+        group = groups.get(r.user_id, "no_history")
+        right[group]["pairs"] += 1
+        right[group]["end_to_end"] += result.rewards[0] > result.rewards[1]
+        right[group]["ceiling"] += best[0] is not None and best[1] is not None and best[0] > best[1]
+        if r.user_id in seen or group == "no_history":
+            continue
+        seen.add(r.user_id)
+        wanted, written = claims(taught[r.user_id]), claims(result.components.evaluation or "")
+        recovery["users"] += 1
+        recovery["unparsed"] += isinstance(chain.parse_synthesis(result.components.evaluation or ""), ParseFailure)
+        for attribute, side in wanted.items():
+            recovery["claimed"] += 1
+            recovery["agree" if written.get(attribute) == side else "missed" if attribute not in written
+                     else "wrong_side"] += 1
+        recovery["unsupported"] += sum(a not in wanted for a in written)
+    by_group = {g: {"pairs": c["pairs"], "end_to_end": round(c["end_to_end"] / c["pairs"], 4),
+                    "ceiling": round(c["ceiling"] / c["pairs"], 4)} for g, c in sorted(right.items())}
+    total = sum(c["pairs"] for c in right.values())
+    return {
+        "data": str(data), "judge": str(judge), "pairs": total,
+        "end_to_end": round(sum(c["end_to_end"] for c in right.values()) / total, 4),
+        "ceiling": round(sum(c["ceiling"] for c in right.values()) / total, 4),
+        "by_group": by_group,
+        "recovery": {**recovery, "agreement": round(recovery["agree"] / recovery["claimed"], 4)
+                     if recovery["claimed"] else None},
+        "example": {"user": rows[0].user_id, "teacher": taught[rows[0].user_id],
+                    "written": results[0].components.evaluation} if rows else None,
+    }
+
+
+def _validated(requests):
+    from pgenrm_plugins.types import ScoreRequest
+
+    return [ScoreRequest.model_validate(r) for r in requests]
+
+
+__all__ = ["evaluate_synthesis", "claims"]

@@ -1,0 +1,252 @@
+"""The synthesis judge's training (`pgenrm train synthesis`): the paper's PSI, with the user's
+stated preferences as the teacher's privileged input, and the scoring step it feeds.
+
+One LoRA adapter learns two densely supervised steps (chain/synthesis.py), mixed in every batch:
+
+    synthesis  a view of a user's past choices (1 to `max_history` pairs, contrast-rendered,
+               sometimes with their stated persona) -> the teacher's synthesis: persona and
+               weighted criteria, token by token
+    check      (conversation, reply, one criterion) -> one digit: 9 if the reply meets it, 1 if it
+               does not; a broken copy of a reply (cut off, looping, empty) meets nothing
+
+Teacher `stated` writes the synthesis from what the user *said* they want (for the generator's
+users: their latent weights, the truth behind their words), limited to what the judge is shown:
+an attribute is claimed only when a pair in the view turns on it or the shown persona states it.
+Its weights are the user's, renormalised over what is claimed; the `Sound` criterion closes every
+synthesis. The check targets come from the replies' own attributes. A user with nothing shown gets
+"nothing known yet" and `Sound` alone.
+
+Examples are a pure function of (rows, truth, settings, index), so a resumed run draws what an
+uninterrupted one would. Each example is one (prompt, target) sequence and the loss is each
+example's mean token cross-entropy on its target (a one-digit check weighs what a synthesis does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from pgenrm_plugins.chain import synthesis as chain
+from pgenrm_plugins.chain.parser import Criterion
+from pgenrm_plugins.datasets.bench import BenchData
+from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, CRITERIA, row_key, side
+from pgenrm_plugins.training.items import HIGH, LOW, degenerate
+from pgenrm_plugins.types import HistoryItem
+
+FORMAT = "synthesis-v1"
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    steps: int = 600
+    batch_size: int = 8  # examples per device step
+    grad_accum: int = 1
+    learning_rate: float = 5e-4
+    lora_rank: int = 16
+    lora_layers: int = 30  # LoRA on the top N decoder layers
+    max_history: int = 8  # most pairs in a view (becomes reward.max_history)
+    max_chars: int = 1200  # each text cut to this (becomes reward.max_chars)
+    check_share: float = 0.5  # share of examples that are checks (the rest: syntheses)
+    persona_rate: float = 0.3  # a synthesis example shows the user's stated persona this often
+    empty_rate: float = 0.05  # ... and shows no history at all this often
+    degenerate_rate: float = 0.15  # a check is of a broken copy this often
+    save_steps: int = 50
+    seed: int = 0
+    threads: int | None = None
+
+
+def teacher_synthesis(weights: dict[str, float], claimed: set[str]) -> str:
+    """Teacher `stated`: persona and criteria for the `claimed` attributes, weighted by the user's
+    own weights (90 shared among them in steps of 5, at least 5 each), strongest first; `Sound`
+    (10) last. Nothing claimed: nothing known, `Sound` alone."""
+    order = sorted((a for a in ATTRIBUTES if a in claimed), key=lambda a: -abs(weights[a]))
+    if not order:
+        return chain.format_synthesis(chain.NOTHING_KNOWN, [Criterion(chain.SOUND.name, 100.0)])
+    total = sum(abs(weights[a]) for a in order) or 1.0
+    share = [max(5, 5 * round(18 * abs(weights[a]) / total)) for a in order]
+    share[0] += 90 - sum(share)  # the strongest takes the rounding
+    if share[0] < 5:  # many small claims: even shares instead
+        share = [90 // len(order)] * len(order)
+        share[0] += 90 - sum(share)
+    criteria = []
+    for a, w in zip(order, share):
+        name, description, _ = CRITERIA[(a, side(weights[a]))]
+        criteria.append(Criterion(f"{name}: {description}", float(w)))
+    words = [CRITERIA[(a, side(weights[a]))][2] for a in order]
+    persona = "wants " + (words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]) + "."
+    return chain.format_synthesis(persona, [*criteria, chain.SOUND])
+
+
+@dataclass(frozen=True)
+class Pair:
+    item: HistoryItem
+    chosen: dict[str, int]
+    rejected: dict[str, int]
+
+    def turns_on(self) -> set[str]:
+        return {a for a in ATTRIBUTES if self.chosen[a] != self.rejected[a]}
+
+
+class StatedTeacher:
+    """What teacher `stated` knows of the generator's users: their weights, what they said, and
+    each train pair's attributes (from the truth file next to the rows)."""
+
+    def __init__(self, data: BenchData, truth: dict[str, Any] | None):
+        if not truth:
+            raise ValueError("teacher 'stated' writes syntheses from the users' stated preferences and the truth "
+                             "behind them: give rows from `pgenrm data synth` with their NAME.truth.json beside them")
+        by_key = {r["key"]: r for r in truth["rows"]}
+        self.users = truth["users"]
+        self.personas = data.personas()
+        self.pairs: dict[str, list[Pair]] = {}
+        for row in data.split("train"):
+            t = by_key.get(row_key(row.model_dump(mode="json")))
+            if t is None:
+                raise ValueError(f"user {row.user_id}: a train row has no entry in the truth file (rows and truth "
+                                 "from different runs?); regenerate both with `pgenrm data synth`")
+            self.pairs.setdefault(row.user_id, []).append(Pair(row.history_item(), t["chosen"], t["rejected"]))
+        if not self.pairs:
+            raise ValueError("no train rows: nothing to learn from")
+        self.user_ids = sorted(self.pairs)
+
+    def synthesis(self, user: str, view: list[Pair], persona_shown: bool) -> str:
+        claimed = set().union(*(p.turns_on() for p in view)) if view else set()
+        if persona_shown:
+            claimed |= set(self.users[user].get("stated") or ())
+        return teacher_synthesis(self.users[user]["weights"], claimed)
+
+
+class SynthesisExamples:
+    """index -> (conversation, target text); a pure function of the index."""
+
+    def __init__(self, teacher: StatedTeacher, settings: SynthesisSettings):
+        self.teacher, self.settings = teacher, settings
+        self.criteria = [(a, d) for a in ATTRIBUTES for d in (1, -1)]
+
+    def example(self, index: int) -> tuple[list[dict[str, str]], str]:
+        s = self.settings
+        rng = random.Random(int.from_bytes(hashlib.blake2b(json.dumps([s.seed, index]).encode(),
+                                                            digest_size=8).digest(), "big"))
+        user = self.teacher.user_ids[rng.randrange(len(self.teacher.user_ids))]
+        pairs = self.teacher.pairs[user]
+        if rng.random() < s.check_share:
+            return self._check(rng, rng.choice(pairs))
+        persona = self.teacher.personas.get(user) if rng.random() < s.persona_rate else None
+        view: list[Pair] = []
+        if rng.random() >= s.empty_rate:
+            view = rng.sample(pairs, rng.randint(1, min(s.max_history, len(pairs))))
+        messages = chain.synthesis_messages([p.item for p in view], persona, max_items=s.max_history,
+                                            max_chars=s.max_chars)
+        return messages, self.teacher.synthesis(user, view, persona is not None)
+
+    def _check(self, rng: random.Random, pair: Pair) -> tuple[list[dict[str, str]], str]:
+        chosen = rng.random() < 0.5
+        reply, attrs = (pair.item.chosen, pair.chosen) if chosen else (pair.item.rejected, pair.rejected)
+        broken = rng.random() < self.settings.degenerate_rate
+        if broken:
+            reply = degenerate(reply, rng) or "."
+        pick = rng.randrange(len(self.criteria) + 1)
+        if pick == len(self.criteria):
+            criterion, met = chain.SOUND.name, True
+        else:
+            attribute, direction = self.criteria[pick]
+            name, description, _ = CRITERIA[(attribute, direction)]
+            criterion, met = f"{name}: {description}", attrs[attribute] == direction
+        messages = chain.criterion_messages(pair.item.prompt, reply, criterion, max_chars=self.settings.max_chars)
+        return messages, HIGH if met and not broken else LOW
+
+
+class TokenizedExamples:
+    """`Trainer`-facing dataset: index -> input ids and labels (-100 on the prompt)."""
+
+    def __init__(self, examples: SynthesisExamples, tokenizer, length: int):
+        self.examples, self.tokenizer, self.length = examples, tokenizer, length
+        self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        from pgenrm_plugins.training.score_stage import encode
+
+        messages, target = self.examples.example(index)
+        prompt = encode(self.tokenizer, messages)
+        answer = self.tokenizer(target, add_special_tokens=False)["input_ids"]
+        if len(target) > 1:  # a synthesis ends its turn; a digit is read, not ended
+            answer = [*answer, self.end]
+        return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
+
+
+def collate(batch: list[dict[str, list[int]]], pad_id: int):
+    import torch
+
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, b in enumerate(batch):  # right padding: training reads every position
+        n = len(b["input_ids"])
+        ids[i, :n] = torch.tensor(b["input_ids"])
+        labels[i, :n] = torch.tensor(b["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def example_loss(model, inputs):
+    """Each example's mean cross-entropy over its target tokens, averaged over the batch. The
+    vocabulary projection runs on the target positions alone: a prompt of hundreds of tokens would
+    otherwise cost a 49k-wide row of logits each."""
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model()
+    hidden = base.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    labels = inputs["labels"][:, 1:]
+    keep = labels != -100
+    tokens = F.cross_entropy(base.lm_head(hidden[:, :-1][keep]).float(), labels[keep], reduction="none")
+    per_example = torch.zeros(labels.shape[0], device=tokens.device).index_add(0, keep.nonzero()[:, 0], tokens)
+    return (per_example / keep.sum(dim=1).clamp(min=1)).mean()
+
+
+def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, checkpoints, base_dir: str,
+                  progress: bool = True):
+    """A `transformers.Trainer` over LoRA on the base judge, with the per-example loss."""
+    from functools import partial
+
+    import torch
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from pgenrm_plugins.training.score_stage import lora_model
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    cuda = torch.cuda.is_available()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = lora_model(base_dir, settings.lora_rank, 2 * settings.lora_rank, settings.lora_layers)
+    dataset = TokenizedExamples(examples, tokenizer, settings.steps * settings.batch_size * settings.grad_accum)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else dataset.end
+
+    class SynthesisTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = example_loss(model, inputs)
+            return (loss, None) if return_outputs else loss
+
+    args = TrainingArguments(
+        output_dir=str(checkpoints), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
+        lr_scheduler_type="cosine", warmup_steps=max(1, settings.steps // 20), weight_decay=0.0,
+        logging_steps=max(1, min(10, settings.steps // 10)), save_steps=settings.save_steps, save_total_limit=2,
+        use_cpu=not cuda, report_to=[], seed=settings.seed, data_seed=settings.seed,
+        dataloader_num_workers=4 if cuda else 0, remove_unused_columns=False, disable_tqdm=not progress,
+        bf16=cuda, fp16=False,
+    )
+    trainer = SynthesisTrainer(model=model, args=args, train_dataset=dataset,
+                               data_collator=partial(collate, pad_id=pad))
+    return trainer, model, tokenizer
+
+
+__all__ = ["FORMAT", "SynthesisSettings", "StatedTeacher", "SynthesisExamples", "teacher_synthesis",
+           "build_trainer"]
