@@ -11,6 +11,9 @@ back into (user, prompt) groups, scores all groups in ONE `Scorer.score` call (s
 derives the persona and criteria once per group and every completion of the group is judged
 against the same criteria), and hands back one float per completion in TRL's order.
 
+TRL's `AsyncGRPOTrainer` (experimental) calls it the same way, one group at a time, in a rollout
+process it spawns: the reward pickles as its config and builds its judge there on the first call.
+
 `PGenRMReward.__call__` is a coroutine: TRL sees it (`trl.trainer.utils.is_async_callable` checks
 `__call__`) and runs it on its background event loop next to the other async reward functions,
 while the judge itself runs in a worker thread (`asyncio.to_thread`) so it never blocks that loop.
@@ -92,6 +95,16 @@ class PGenRMReward(WithLazyScorer):
     def __init__(self, config=None, *, backend=None, scorer=None, name: str = "pgenrm"):
         self.__name__ = name
         self._judge = LazyScorer(config, backend=backend, scorer=scorer, validate_now=True)
+        self._score_lock = threading.Lock()
+
+    # TRL's AsyncGRPOTrainer pickles its reward functions into a spawned rollout process: the name and
+    # the judge's config travel, the judge and the lock are made again where the reward is first called.
+    def __getstate__(self) -> dict:
+        return {"name": self.__name__, "judge": self._judge}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__name__ = state["name"]
+        self._judge = state["judge"]
         self._score_lock = threading.Lock()
 
     def __repr__(self) -> str:
