@@ -1,7 +1,7 @@
 """Long runs keep their work: `pgenrm score` killed with SIGKILL and rerun gives the file one
 uninterrupted run gives, scoring only the missing lines; a resumed run with other settings or
-another input refuses and names the difference. All on the real embedded judge, with few, short
-requests."""
+another input refuses and names the difference; `pgenrm bench accuracy` interrupted and rerun gives
+the same report. All on the real embedded judge, with few, short requests."""
 
 import json
 import os
@@ -11,9 +11,12 @@ import sys
 import time
 
 import pytest
+from conftest import make_config
 from typer.testing import CliRunner
 
 from pgenrm_plugins import cli
+from pgenrm_plugins.bench.accuracy import AccuracyError, run_accuracy
+from pgenrm_plugins.datasets.synthetic import generate, write_bench
 from pgenrm_plugins.requests_io import InOrder, complete_lines, run_record_path
 
 runner = CliRunner()
@@ -131,3 +134,66 @@ def test_resume_refuses_other_settings_or_input_and_restart_starts_over(tmp_path
     run_record_path(out).unlink()  # a file this command did not write is never appended to
     unknown = _score("-i", str(tmp_path / "in.jsonl"), "-c", str(tmp_path / "more.yaml"), "-o", out)
     assert unknown.exit_code == 2 and "out.jsonl.run.json" in unknown.output
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptedJudge:
+    """The session's judge, stopped (as a killed job is) at its first call once `batches` judged
+    batches are in progress.jsonl."""
+
+    def __init__(self, judge, progress, batches: int):
+        self.judge, self.progress, self.batches = judge, progress, batches
+
+    def __getattr__(self, name):
+        return getattr(self.judge, name)
+
+    def _check(self):
+        if self.progress.is_file() and self.progress.read_text().count("\n") >= self.batches:
+            raise Interrupted
+
+    def generate(self, requests):
+        self._check()
+        return self.judge.generate(requests)
+
+    def next_token_probs(self, conversations, candidates):
+        self._check()
+        return self.judge.next_token_probs(conversations, candidates)
+
+
+def _same_result(report: dict) -> dict:
+    """What a report says about the judgements, without this run's timing and cache counters."""
+    per_run = {"seconds", "new_chains", "new_probability_reads", "new_generated_tokens"}
+    return {"settings": {name: {k: v for k, v in s.items() if k not in per_run}
+                         for name, s in report["settings"].items()},
+            "references": report["references"], "test_rows": report["test_rows"]}
+
+
+def test_interrupted_accuracy_run_resumes_per_setting_and_row(judge, tmp_path):
+    bench = generate(n_users=3, rows_per_user=3, seed=5, test_per_user=1, cold_start_fraction=0.34)
+    rows, _ = write_bench(tmp_path / "rows.jsonl", bench)
+    tiny = make_config(sampling={"chains": 1, "max_new_tokens": 24}, reward={"max_history": 2, "max_chars": 240})
+    grid = {"config": tiny, "settings": ["no-history", "ind-1"], "batch_rows": 1}  # 3 test rows: 3 batches each
+
+    whole = run_accuracy(rows, tmp_path / "whole", backend=judge, **grid)
+
+    resumed_dir = tmp_path / "resumed"  # its own judge cache: the judge really works again
+    with pytest.raises(Interrupted):
+        run_accuracy(rows, resumed_dir, backend=InterruptedJudge(judge, resumed_dir / "progress.jsonl", 4), **grid)
+    with open(resumed_dir / "progress.jsonl", "a") as f:
+        f.write('{"setting": "ind-1", "start": 1, "rec')  # a batch cut off by the kill
+    resumed = run_accuracy(rows, resumed_dir, backend=judge, **grid)
+    # no-history finished before the interruption, ind-1 had judged its first row
+    assert resumed["resumed_rows"] == {"no-history": 3, "ind-1": 1}
+    assert _same_result(resumed) == _same_result(whole)
+    assert "read back from progress.jsonl" in (resumed_dir / "report.md").read_text()
+
+    other = {**grid, "config": make_config(sampling={"chains": 1, "max_new_tokens": 16},
+                                           reward={"max_history": 2, "max_chars": 240})}
+    with pytest.raises(AccuracyError, match="sampling.max_new_tokens: 24 -> 16"):
+        run_accuracy(rows, resumed_dir, backend=judge, **other)
+    again = run_accuracy(rows, resumed_dir, backend=judge, restart=True, **grid)  # answered by the judge cache
+    assert again["resumed_rows"] == {"no-history": 0, "ind-1": 0} and again["cache"]["chain_misses"] == 0
+    assert _same_result(again) == _same_result(whole)
