@@ -118,14 +118,19 @@ def bench_accuracy(
     cache: Optional[Path] = typer.Option(None, help="Judge-output cache (SQLite); default: REPORT/judge-cache.sqlite. "
                                                     "Reruns reuse it."),
     max_test_rows: Optional[int] = typer.Option(None, min=1, help="Judge only the first this many test rows."),
+    restart: bool = typer.Option(False, "--restart", help="Judge every row again instead of resuming "
+                                                          "REPORT/progress.jsonl."),
 ):
-    """Personalized pairwise accuracy on the test split: both orders, ties and failures counted, 95% CIs."""
+    """Personalized pairwise accuracy on the test split: both orders, ties and failures counted, 95% CIs.
+
+    Each judged batch of rows is kept in REPORT/progress.jsonl: rerunning an interrupted command
+    judges only what is missing, setting by setting."""
     from pgenrm_plugins.bench.accuracy import AccuracyError, run_accuracy
     from pgenrm_plugins.config import ConfigError
 
     try:
         run_accuracy(data, report, config=str(config) if config else None, store=store, settings=settings,
-                     truth_path=truth, cache_path=cache, max_test_rows=max_test_rows)
+                     truth_path=truth, cache_path=cache, max_test_rows=max_test_rows, restart=restart)
     except (AccuracyError, ConfigError, FileNotFoundError, plugins.UnknownPluginError) as exc:
         fail(str(exc))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,9 +21,12 @@ def score(
     input: Path = typer.Option(..., "--input", "-i", help="Requests, one JSON object per line (.jsonl) "
                                                           "or row (.parquet)."),
     config: Optional[Path] = config_option(),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here (JSONL); default: stdout."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here (JSONL); default: stdout. "
+                                                                      "A rerun resumes an unfinished OUTPUT."),
     batch_size: int = typer.Option(8, min=1, help="Requests scored together in one backend call."),
     show: bool = typer.Option(False, help="Print a table of rewards and the first evaluation chain of each request."),
+    restart: bool = typer.Option(False, "--restart", help="Score every line again, replacing OUTPUT, instead of "
+                                                          "resuming it."),
 ):
     """Score completions for users: one result line per request line, in the same order.
 
@@ -30,45 +34,119 @@ def score(
     "prompt": "..." or [{"role": "user", "content": "..."}], "completions": ["...", "..."],
     "reference": "..." (pairwise mode)}. A result line: {"rewards": [...], "components": {...}},
     or {"line": N, "error": "..."} for a line that could not be read.
-    """
-    from rich.progress import Progress
 
-    from pgenrm_plugins.requests_io import LineError, read_requests
+    Lines are written as they are scored. OUTPUT.run.json records the input's hash and the scoring
+    settings; rerunning the same command after a kill keeps OUTPUT's lines and scores the rest.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pgenrm_plugins.frameworks.batching import scoring_identity
+    from pgenrm_plugins.requests_io import InOrder, LineError, file_sha256, iter_rows, read_requests
 
     try:
-        items = list(read_requests(input))
+        total = sum(1 for _ in iter_rows(input))  # streamed: only counted, for the progress bar
+        input_sha256 = file_sha256(input)
     except (FileNotFoundError, plugins.UnknownPluginError, ImportError) as exc:
         fail(str(exc))
-    for item in items:
-        if isinstance(item, LineError):
-            err.print(f"[yellow]skipped[/yellow] {input}: {item}", highlight=False)
+    done, record = _resume_point(output, input, input_sha256, restart) if output else (0, None)
     scorer = load_scorer_or_fail(config)
-    results: list[dict] = [
-        {"line": item.line, "error": item.message} if isinstance(item, LineError) else {} for item in items
-    ]
-    todo = [i for i, item in enumerate(items) if not isinstance(item, LineError)]
-    with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("scoring", total=len(todo))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            for i, result in zip(chunk, scorer.score([items[i] for i in chunk])):
-                results[i] = result.model_dump()
-            progress.advance(task, len(chunk))
     if output:
+        settings, store_version = json.loads(scoring_identity(scorer))
+        run = {"input": str(input), "input_sha256": input_sha256, "settings": settings, "store_version": store_version}
         output.parent.mkdir(parents=True, exist_ok=True)
-    out = open(output, "w", encoding="utf-8") if output else sys.stdout
-    try:
-        for r in results:
-            out.write(json.dumps(r) + "\n")
-    finally:
-        if output:
-            out.close()
-    if show:
-        _show(items, results)
-    bad = sum(isinstance(item, LineError) for item in items)
+        _check_or_write_record(output, record, run)
+    if done:
+        err.print(f"resuming {output}: {done} of {total} lines already scored, scoring the other {total - done}",
+                  highlight=False)
+    out = open(output, "a", encoding="utf-8") if output else sys.stdout
+    writer = InOrder(out, next_index=done)
+    batch: list[tuple[int, object]] = []
+    bad = scored = rewards = 0
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    # Batches can take minutes on a CPU: estimate the time left over the whole run, not rich's last 30 s.
+    with Progress(*columns, console=err, transient=True, speed_estimate_period=24 * 3600) as progress:
+        task = progress.add_task("scoring", total=total, completed=done, rate="")
+        started = time.perf_counter()
+
+        def score_batch():
+            nonlocal scored, rewards
+            results = [r.model_dump() for r in scorer.score([item for _, item in batch])]
+            writer.put({i: json.dumps(r) + "\n" for (i, _), r in zip(batch, results)})
+            if show:
+                _show([item for _, item in batch], results)
+            scored += len(batch)
+            rewards += sum(len(r["rewards"]) for r in results)
+            batch.clear()
+            progress.update(task, completed=writer.next,
+                            rate=f"{rewards / (time.perf_counter() - started):.2f} rewards/s")
+
+        try:
+            for index, item in enumerate(read_requests(input)):
+                bad += isinstance(item, LineError)
+                if index < done:  # already in OUTPUT
+                    continue
+                if isinstance(item, LineError):
+                    err.print(f"[yellow]skipped[/yellow] {input}: {item}", highlight=False)
+                    writer.put({index: json.dumps({"line": item.line, "error": item.message}) + "\n"})
+                else:
+                    batch.append((index, item))
+                # A bad line waits for the batch above it; enough of them score the batch early, so what
+                # waits stays bounded. Batches depend only on the input: a resumed run scores the same ones.
+                if len(batch) >= batch_size or (batch and len(writer.waiting) >= batch_size):
+                    score_batch()
+            if batch:
+                score_batch()
+            progress.update(task, completed=writer.next)
+        finally:
+            if output:
+                out.close()
+    seconds = time.perf_counter() - started
+    err.print(f"scored {scored} requests ({rewards} rewards) in {seconds:.1f} s, "
+              f"{rewards / seconds if seconds else 0:.2f} rewards/s" + (f"; kept the {done} lines already in {output}"
+                                                                        if done else ""), highlight=False)
     if bad:
-        err.print(f"{bad} of {len(items)} lines could not be read; their result lines carry the error.")
+        err.print(f"{bad} of {total} lines could not be read; their result lines carry the error.")
         raise typer.Exit(1)
+
+
+def _resume_point(output: Path, input: Path, input_sha256: str, restart: bool) -> tuple[int, dict | None]:
+    """How many of OUTPUT's lines a run may keep, and the record of the run that wrote them. Refuses
+    an OUTPUT of another input, or one with no record, before the judge is loaded."""
+    from pgenrm_plugins.requests_io import complete_lines, read_run_record, run_record_path
+
+    if restart:
+        output.unlink(missing_ok=True)
+        run_record_path(output).unlink(missing_ok=True)
+    if not output.exists():
+        return 0, None
+    record = read_run_record(output)
+    again = "pass --restart to score every line again into it, or choose another --output"
+    if record is None:
+        fail(f"{output} exists, and no {run_record_path(output).name} beside it says what it was scored from: {again}")
+    if record["input_sha256"] != input_sha256:
+        fail(f"{output} holds results of another input: it was scored from {record['input']} (sha256 "
+             f"{record['input_sha256'][:12]}...), and {input} has sha256 {input_sha256[:12]}...: {again}")
+    try:
+        return complete_lines(output), record
+    except ValueError as exc:
+        fail(f"{exc}; or {again}")
+
+
+def _check_or_write_record(output: Path, record: dict | None, run: dict) -> None:
+    """Resuming: the settings must be the ones OUTPUT's lines were scored with, else the error names
+    each difference. Starting: record this run's input and settings before the first line."""
+    from pgenrm_plugins.requests_io import differences, run_record_path, write_run_record
+
+    if record is None:
+        write_run_record(output, run)
+        return
+    changed = differences({k: record.get(k) for k in ("settings", "store_version")},
+                          {k: run[k] for k in ("settings", "store_version")})
+    if changed:
+        fail(f"{output} was scored with other settings than this run's ({run_record_path(output).name}): "
+             f"{'; '.join(changed)}. Rerun with the config it was scored with, pass --restart to score every line "
+             "again, or choose another --output")
 
 
 def _show(items, results) -> None:

@@ -74,6 +74,10 @@ def markdown(report: dict) -> str:
     lines += ["", f"Judge cache `{c['path']}`: chains {c['chain_hits']} hit / {c['chain_misses']} new, "
               f"probability reads {c['prob_hits']} hit / {c['prob_misses']} new; "
               f"{c['generated_tokens']} tokens generated in this run; {report['seconds']} s.", ""]
+    resumed = {name: rows for name, rows in report.get("resumed_rows", {}).items() if rows}
+    if resumed:
+        lines += ["Resumed: " + ", ".join(f"`{name}` {rows} rows" for name, rows in resumed.items())
+                  + " read back from progress.jsonl (judged by an earlier run that was interrupted).", ""]
     return "\n".join(lines)
 
 

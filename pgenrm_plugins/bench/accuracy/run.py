@@ -2,6 +2,11 @@
 the two requests of every test row (chosen shown first, then second), score them through the
 shared judge cache, collect one record per judgement and summarize; finally compare every setting
 with no-history and write the report.
+
+Each scored batch of rows is appended to REPORT/progress.jsonl as it is done (its records and
+counts), with REPORT/progress.jsonl.run.json saying which data and settings they belong to. A rerun
+into the same folder reads them back and judges only the batches that are missing, per setting;
+the summaries are computed from the same batches either way, so the report is the same.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -32,7 +37,17 @@ from pgenrm_plugins.bench.accuracy.settings import (
 from pgenrm_plugins.bench.accuracy.stats import _groups, _user_counts, bootstrap_ci, summarize
 from pgenrm_plugins.config import load_config
 from pgenrm_plugins.datasets.bench import BenchData, BenchRow, load_bench
+from pgenrm_plugins.frameworks.batching import scoring_identity
 from pgenrm_plugins.frameworks.logs import sample_logs
+from pgenrm_plugins.requests_io import (
+    complete_lines,
+    differences,
+    file_sha256,
+    iter_jsonl,
+    read_run_record,
+    run_record_path,
+    write_run_record,
+)
 from pgenrm_plugins.types import HistoryItem, ScoreRequest
 
 
@@ -104,15 +119,33 @@ class _Run:
     cache: CachingBackend
     batch_rows: int
     seed: int
+    progress: "_Progress"
+
+
+@dataclass
+class _Progress:
+    """REPORT/progress.jsonl: one line per judged batch of rows, appended as it is done, and its record."""
+    path: Path
+    record: dict  # the data's hash, the seed, and each setting's scoring identity
+    done: dict[str, dict[tuple[int, int], dict]]  # setting -> (first row, end) of a batch -> that batch's part
+    out: IO[str]
+    reused: dict[str, int]  # setting -> rows read back in this run
 
 
 @dataclass
 class _Tally:
-    """One setting's judgements as they are scored."""
+    """One setting's judgements, added batch by batch (scored now or read back: the same sums)."""
     records: list[dict]
     components: defaultdict
     placements: Counter
     readers: Counter  # what read the scores, as each result reports it
+
+    def add(self, part: dict) -> None:
+        self.records += part["records"]
+        for key, value in part["components"].items():
+            self.components[key] += value
+        self.placements.update(part["placements"])
+        self.readers.update(part["readers"])
 
 
 def _load_rows(data_path, truth_path, max_test_rows: int | None, console: Console):
@@ -172,9 +205,12 @@ def _chunk_requests(run: _Run, setting: Setting, chunk, mode: str) -> list[Score
     return reqs
 
 
-def _collect(run: _Run, tally: _Tally, chunk, scored, mode: str) -> None:
-    """One record per scored order, and the chain counts the judge reported."""
-    records, components, placements = tally.records, tally.components, tally.placements
+def _collect(run: _Run, chunk, scored, mode: str) -> dict:
+    """A batch's part: one record per scored order, and the chain counts the judge reported."""
+    records: list[dict] = []
+    components: defaultdict = defaultdict(float)
+    placements: Counter = Counter()
+    readers: Counter = Counter()
     for j, (index, row) in enumerate(chunk):
         for chosen_first, result in zip((True, False), scored[2 * j:2 * j + 2]):
             c = result.components
@@ -185,12 +221,14 @@ def _collect(run: _Run, tally: _Tally, chunk, scored, mode: str) -> None:
                 "cold_start": row.user_id not in run.warm_users,
                 "neighbours": c.neighbours is not None,
             })
-            tally.readers[c.reader] += 1
+            readers[c.reader] += 1
             for key, value in sample_logs(result, prefix="").items():  # the numbers every adapter logs
                 components[key] += value
             if c.placement:  # prototype settings: how the user was placed
                 placements[c.placement] += 1
                 components["neighbours_used"] += len(c.neighbours_used)
+    return {"records": records, "components": dict(components), "placements": dict(placements),
+            "readers": dict(readers)}
 
 
 def _setting_summary(run: _Run, setting: Setting, tally: _Tally, mode: str, before, t0: float) -> dict:
@@ -225,20 +263,81 @@ def _run_setting(run: _Run, setting: Setting, progress: Progress) -> tuple[dict,
 
     scorer = Scorer(_setting_config(run, setting), backend=run.cache)
     mode = scorer.config.reward.mode
+    done = _check_setting(run.progress, setting.name, scoring_identity(scorer))
     task = progress.add_task(f"{setting.name:<16}", total=len(run.test_rows))
     before = dict(run.cache.stats.extra), run.cache.stats.generated_tokens
     t0 = time.perf_counter()
     tally = _Tally([], defaultdict(float), Counter(), Counter())
+    reused = 0
     for start in range(0, len(run.test_rows), run.batch_rows):
         chunk = run.test_rows[start:start + run.batch_rows]
-        scored = scorer.score(_chunk_requests(run, setting, chunk, mode))
-        _collect(run, tally, chunk, scored, mode)
+        end = start + len(chunk)
+        part = done.get((start, end))  # the same rows (the data's hash is checked), judged before
+        if part is None:
+            part = _collect(run, chunk, scorer.score(_chunk_requests(run, setting, chunk, mode)), mode)
+            run.progress.out.write(json.dumps({"setting": setting.name, "start": start, "end": end, **part}) + "\n")
+            run.progress.out.flush()
+        else:
+            reused += len(chunk)
+        tally.add(part)
         progress.advance(task, len(chunk))
+    run.progress.reused[setting.name] = reused
     summary = _setting_summary(run, setting, tally, mode, before, t0)
     if getattr(scorer, "store", None) is not None:
         scorer.store.close()  # not scorer.close(): that would close the shared judge
-    progress.update(task, description=f"{setting.name:<16} {summary['accuracy']:.3f}")
+    progress.update(task, description=f"{setting.name:<16} {summary['accuracy']:.3f}"
+                    + (f" ({reused} rows read back from {run.progress.path.name})" if reused else ""))
     return summary, tally.records
+
+
+def _open_progress(report_dir: Path, run_record: dict, restart: bool) -> _Progress:
+    """REPORT/progress.jsonl, read back when it belongs to the same data and seed (else an error that
+    names what differs), started afresh with `restart`; open for appending. More test rows or other
+    batch sizes are fine: a batch is read back only where the same rows are judged again."""
+    path = report_dir / "progress.jsonl"
+    if restart:
+        path.unlink(missing_ok=True)
+        run_record_path(path).unlink(missing_ok=True)
+    record = read_run_record(path) if path.is_file() else None
+    done: dict[str, dict[tuple[int, int], dict]] = defaultdict(dict)
+    if record is None:  # lines that no record vouches for are not read back
+        path.unlink(missing_ok=True)
+        record = {**run_record, "settings": {}}
+    else:
+        changed = differences({k: record.get(k) for k in run_record}, run_record)
+        if changed:
+            raise AccuracyError(f"{path} holds judgements of another run: {'; '.join(changed)}. "
+                                f"{_AGAIN} (or rerun as it was)")
+        try:
+            complete_lines(path)  # a batch cut off by a kill is judged again
+        except ValueError as exc:
+            raise AccuracyError(f"{exc}; or pass --restart") from None
+        for _, line in iter_jsonl(path):
+            done[line["setting"]][line["start"], line["end"]] = line
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_run_record(path, record)
+    return _Progress(path, record, done, open(path, "a", encoding="utf-8"), {})
+
+
+_AGAIN = ("Pass --restart to judge every row again (the judge cache still answers what it holds), "
+          "or choose another --report")
+
+
+def _check_setting(progress: _Progress, name: str, identity: str) -> dict[tuple[int, int], dict]:
+    """The batches of `name` already judged with this scoring identity; a changed config, judge or
+    prototype store is an error naming each difference."""
+    settings, store_version = json.loads(identity)
+    current = {"settings": settings, "store_version": store_version}
+    recorded = progress.record["settings"].get(name)
+    if recorded is None:
+        progress.record["settings"][name] = current
+        write_run_record(progress.path, progress.record)
+        return {}
+    changed = differences(recorded, current)
+    if changed:
+        raise AccuracyError(f"{progress.path}: setting {name} was judged with other settings: "
+                            f"{'; '.join(changed)}. {_AGAIN}")
+    return progress.done.get(name, {})
 
 
 def _compare_to_no_history(results: dict[str, Any], all_records: dict[str, list[dict]], seed: int) -> None:
@@ -273,6 +372,7 @@ def _report(run: _Run, data_path, bad_rows: list[dict], truth_file: Path, result
                        "contrast-overlap": contrast_overlap(test_rows, data, truth, run.seed, view_pairs=view)},
         "cache": {"path": str(cache.path), **cache.stats.extra, "generated_tokens": cache.stats.generated_tokens,
                   "generate_calls": cache.stats.generate_calls, "prob_calls": cache.stats.prob_calls},
+        "resumed_rows": dict(run.progress.reused),  # per setting: rows an earlier, interrupted run judged
         "method": METHOD_NOTE,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -291,11 +391,13 @@ def run_accuracy(
     seed: int = 0,
     backend=None,
     console: Console | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Run the grid, write report.json, report.md and the plots into `report_dir`, return the report.
 
     `backend`: an already built backend to wrap (tests pass the session's judge); by default the
-    config's backend is built on the first cache miss."""
+    config's backend is built on the first cache miss. An interrupted run into the same
+    `report_dir` resumes from its progress.jsonl; `restart` judges every row again."""
     console = console or Console(stderr=True, width=max(Console(stderr=True).width, 120))
     started = time.perf_counter()
     report_dir = Path(report_dir)
@@ -306,6 +408,7 @@ def run_accuracy(
     base = with_judge_defaults(load_config(config))  # a trained judge's own settings, before the grid copies them
     store_section = store_config(store)
     chosen = _choose_settings(settings, store_section)
+    progress_log = _open_progress(report_dir, {"data_sha256": file_sha256(data_path), "seed": seed}, restart)
     cache = CachingBackend(
         Path(cache_path) if cache_path else report_dir / "judge-cache.sqlite",
         identity=base.backend.model_dump(mode="json"),
@@ -316,7 +419,7 @@ def run_accuracy(
     histories = data.histories("train")
     warm = {u for u, g in data.groups().items() if g == "warm"}
     run = _Run(data, test_rows, truth, histories, global_history(data, base.reward.max_history, seed), warm,
-               base, store_section, cache, batch_rows, seed)
+               base, store_section, cache, batch_rows, seed, progress_log)
     results: dict[str, Any] = {}
     all_records: dict[str, list[dict]] = {}
     try:
@@ -326,6 +429,7 @@ def run_accuracy(
                 results[setting.name], all_records[setting.name] = _run_setting(run, setting, progress)
     finally:
         cache.close()
+        progress_log.out.close()
     _compare_to_no_history(results, all_records, seed)
 
     report = _report(run, data_path, bad_rows, truth_file, results, started)
