@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import string
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -47,8 +48,8 @@ class Recipe(BaseModel):
             raise RecipeError(f"recipe {self.name}: unknown var(s) {', '.join(sorted(unknown))}; "
                               f"known: {', '.join(sorted(self.vars))}")
         values = {**self.vars, **(overrides or {})}
-        # Vars may refer to recipe_dir and to each other (data_file: ${data_dir}/train.parquet).
-        base = {"recipe_dir": str(self.folder)}
+        # Vars may refer to recipe_dir, python (this interpreter) and each other (data_file: ${data_dir}/train.parquet).
+        base = {"recipe_dir": str(self.folder), "python": sys.executable}
         for _ in range(4):
             values = {k: string.Template(v).safe_substitute(base, **values) for k, v in values.items()}
         return {**base, **values}
@@ -100,8 +101,29 @@ def first_record(path: Path) -> dict:
 
 
 def preflight(recipe: Recipe, overrides: dict[str, str] | None = None) -> list[str]:
-    """What would make the run fail, each with its fix; empty when the run can start."""
+    """What would make the run fail, each with its fix; empty when the run can start.
+
+    A recipe without a `data_file` var makes its own data (the CPU recipes): no data checks."""
     values = recipe.values(overrides)
+    problems = []
+    if "data_file" in recipe.vars:
+        problems += data_problems(recipe, values)
+    config_path = values.get("pgenrm_config")
+    if config_path:
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            problems.append(f"pgenrm_config: {exc}")
+        else:
+            store_path = (config.store.options.get("path") if config.store and config.store.name == "sqlite" else None)
+            if config.prototypes.enabled and store_path and not Path(store_path).is_file():
+                problems.append(f"prototype store {store_path} does not exist: build it with "
+                                f"`pgenrm prototypes build --data ROWS.jsonl --store {store_path}`")
+    return problems
+
+
+def data_problems(recipe: Recipe, values: dict[str, str]) -> list[str]:
+    """The data file exists, reads, and has the columns the recipe's framework adapter reads."""
     problems = []
     data_file = Path(values.get("data_file", ""))
     columns = plugins.adapter(recipe.framework).dataset.columns
@@ -120,17 +142,6 @@ def preflight(recipe: Recipe, overrides: dict[str, str] | None = None) -> list[s
             elif missing:
                 problems.append(f"data_file {data_file} lacks column(s) {', '.join(missing)} that the "
                                 f"{recipe.framework} adapter reads: {fix}")
-    config_path = values.get("pgenrm_config")
-    if config_path:
-        try:
-            config = load_config(config_path)
-        except ConfigError as exc:
-            problems.append(f"pgenrm_config: {exc}")
-        else:
-            store_path = (config.store.options.get("path") if config.store and config.store.name == "sqlite" else None)
-            if config.prototypes.enabled and store_path and not Path(store_path).is_file():
-                problems.append(f"prototype store {store_path} does not exist: build it with "
-                                f"`pgenrm prototypes build --data ROWS.jsonl --store {store_path}`")
     return problems
 
 

@@ -60,6 +60,8 @@ def register_commands(cli):
         try:
             recipe = load_recipe(name)
             values = recipe.values(parse_sets(sets))
+            if "data_file" not in values:
+                raise RecipeError(f"recipe {name} makes its own data: run it with `pgenrm recipe run {name}`")
             bench = load_bench(data, strict=strict)
             for error in bench.errors:
                 console.print(f"[yellow]skipped[/yellow] {data}: {error}")
