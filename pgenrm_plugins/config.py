@@ -117,6 +117,9 @@ class RewardConfig(StrictModel):
     max_chars: int = Field(1500, ge=64, description="longer texts are cut to this many characters")
     history_render: Literal["full", "contrast"] = Field(
         "full", description="history pairs in full, or only where chosen and rejected differ (see prompts.contrast)")
+    verify: bool = Field(True, description="criteria synthesis: weigh each written criterion by how it separates "
+                                           "the user's own past choices (signed: a criterion their choices go "
+                                           "against counts against a reply that meets it)")
     compare: bool = Field(False, description="criteria none: judge each completion against each other one of its "
                                              "request (both orders) instead of alone")
     pair_order: Literal["auto", "fixed", "both", "shuffled"] = "auto"

@@ -129,7 +129,7 @@ class RewardModes:
         self._no_probabilities = False
         # Syntheses by what they were written from (history view, persona, sampling): a user's
         # next request, a GRPO step's other prompts and prototype neighbours reuse them.
-        self._syntheses: OrderedDict[str, str] = OrderedDict()
+        self._syntheses: OrderedDict[str, _Synthesis] = OrderedDict()
 
     def run(self, reqs: list[ScoreRequest]) -> list[Tally]:
         tallies = [Tally(per_completion=[[] for _ in r.completions]) for r in reqs]
@@ -372,51 +372,64 @@ class RewardModes:
     def _synthesized(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
         """Ind-N = N syntheses per request (view 0 greedy from the most recent pairs, view k > 0
         sampled from a seeded view), each from the cache when the same history view was read
-        before; then every (completion, criterion) once, whatever user holds the criterion; a
-        completion's value under one synthesis is its criteria's weighted mean digit."""
+        before. With `reward.verify`, each synthesis's criteria are checked against the pairs of
+        the view it was written from (`verify_criteria`), once, cached with it. Then every
+        (completion, criterion) is asked once, whatever user holds the criterion, in the same
+        backend call as the verification."""
         rc, s = self.config.reward, self.config.sampling
         views = [[self._synthesis_request(r, k) for k in range(s.chains)] for r in reqs]
-        missing = {key: req for per in views for key, req in per if key not in self._syntheses}
+        missing = {key: req for per in views for key, req, _ in per if key not in self._syntheses}
         fresh: dict[str, int] = {}  # written in this call: key -> tokens, counted at its first use
         if missing:
             for (key, _), (g,) in zip(missing.items(), self.backend.generate(list(missing.values()))):
-                self._syntheses[key], fresh[key] = g.text, g.tokens
+                self._syntheses[key], fresh[key] = _Synthesis(g.text), g.tokens
                 while len(self._syntheses) > SYNTHESIS_CACHE:
                     self._syntheses.popitem(last=False)
-        scored = []  # (request index, criteria)
+        scored = []  # (request index, synthesis)
+        to_verify: dict[str, tuple[_Synthesis, list[HistoryItem]]] = {}
         for ri, per in enumerate(views):
             t = tallies[ri]
             t.reader = "logprob"
-            for key, _ in per:
-                text = self._syntheses[key]
+            for key, _, history in per:
+                synthesis = self._syntheses[key]
                 self._syntheses.move_to_end(key)
                 if key in fresh:
                     t.chains_sampled += 1
                     t.generated_tokens += fresh.pop(key)
                 else:
                     t.syntheses_reused += 1
-                t.evaluation = t.evaluation or text
-                parsed = synthesis_chain.parse_synthesis(text)
-                if isinstance(parsed, ParseFailure):
-                    t.failures[parsed.kind] += 1
+                t.evaluation = t.evaluation or synthesis.text
+                if isinstance(synthesis.parsed, ParseFailure):
+                    t.failures[synthesis.parsed.kind] += 1
                     t.criteria_fallbacks += 1
-                    criteria = (synthesis_chain.SOUND,)
                 else:
-                    criteria = parsed.criteria
-                    t.add_criteria(criteria)
-                scored.append((ri, criteria))
-        for (ri, _), values in zip(scored, check_criteria(self.backend, [(reqs[ri], c) for ri, c in scored],
-                                                         rc.max_chars)):
+                    t.add_criteria(synthesis.parsed.criteria)
+                if rc.verify and synthesis.weights is None:
+                    to_verify[key] = (synthesis, history)
+                scored.append((ri, synthesis))
+        # one backend call: the verification checks, then every completion's checks
+        verification = [(h.prompt, side, c.name) for syn, history in to_verify.values() for h in history
+                        for c in syn.criteria for side in (h.chosen, h.rejected)]
+        asked = [(reqs[ri].prompt, completion, c.name) for ri, syn in scored for completion in reqs[ri].completions
+                 for c in syn.criteria]
+        digits = iter(criterion_digits(self.backend, verification + asked, rc.max_chars))
+        for syn, history in to_verify.values():
+            found = [[(next(digits), next(digits)) for _ in syn.criteria] for _ in history]
+            syn.weights = verify_criteria(syn.criteria, found)
+        for ri, syn in scored:
             t = tallies[ri]
-            for ci, value in enumerate(values):
+            weights = syn.weights if rc.verify else [c.weight for c in syn.criteria]
+            for ci in range(len(reqs[ri].completions)):
+                value = combine(weights, [next(digits) for _ in syn.criteria])
                 if value is None:
                     t.failures["no_digit_probability"] += 1
                 else:
                     t.per_completion[ci].append(value)
 
-    def _synthesis_request(self, r: ScoreRequest, k: int) -> tuple[str, GenerationRequest]:
-        """(cache key, generation request) of view k of the request's history. The key holds what
-        the synthesis is written from, never the user id: a changed history is a new key."""
+    def _synthesis_request(self, r: ScoreRequest, k: int) -> tuple[str, GenerationRequest, list[HistoryItem]]:
+        """(cache key, generation request, the history view) of view k of the request's history.
+        The key holds what the synthesis is written from, never the user id: a changed history is a
+        new key."""
         rc, s = self.config.reward, self.config.sampling
         seed = content_seed(s.seed, r.persona, r.model_dump(mode="json", include={"history"}))
         history = history_view(r.history, rc.max_history, seed, k)
@@ -426,7 +439,7 @@ class RewardModes:
         request = GenerationRequest(messages, n=1, max_new_tokens=min(s.max_new_tokens, SYNTHESIS_TOKENS),
                                     temperature=temperature, top_p=s.top_p, seed=content_seed(seed, k))
         key = json.dumps([messages, request.max_new_tokens, temperature, s.top_p, request.seed], sort_keys=True)
-        return key, request
+        return key, request, history
 
     # -- shared pieces ------------------------------------------------------------------------
     def _chain_request(self, messages, request: ScoreRequest, shown: Sequence[str] = (),
@@ -441,39 +454,80 @@ class RewardModes:
         )
 
 
-def check_criteria(backend: Backend, jobs: Sequence[tuple[ScoreRequest, Sequence[Criterion]]],
-                   max_chars: int) -> list[list[float | None]]:
-    """For each (request, criteria): each completion's weighted mean digit over the criteria, in
-    [0, 1] (None where the backend gave no digit probability). Every (conversation, completion,
-    criterion) is asked once, in one backend call: users who share a criterion share its row."""
+class _Synthesis:
+    """A written synthesis, its criteria (`SOUND` alone when it cannot be read), and the weights
+    its verification against the history it was written from gave them (None: not verified yet)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.parsed = synthesis_chain.parse_synthesis(text)
+        self.criteria = (synthesis_chain.SOUND,) if isinstance(self.parsed, ParseFailure) else self.parsed.criteria
+        self.weights: list[float] | None = None
+
+
+def criterion_digits(backend: Backend, checks: Sequence[tuple[Any, str, str]], max_chars: int) -> list[float | None]:
+    """E[digit] of each (prompt, reply, criterion) check (None where the backend gave no digit
+    probability). Each distinct check is asked once, all in one backend call: users who share a
+    criterion share its row, and the backend shares a reply's prefix across its criteria."""
     rows: dict[tuple[str, str, str], int] = {}
     conversations = []
-    keys = []
-    for r, criteria in jobs:
-        prompt = json.dumps(r.model_dump(mode="json", include={"prompt"}))
-        keys.append([[(prompt, completion, c.name) for c in criteria] for completion in r.completions])
-        for completion, row_keys in zip(r.completions, keys[-1]):
-            for key, c in zip(row_keys, criteria):
-                if key not in rows:
-                    rows[key] = len(conversations)
-                    conversations.append(synthesis_chain.criterion_messages(r.prompt, completion, c.name,
-                                                                            max_chars=max_chars))
+    index = []
+    for prompt, reply, criterion in checks:
+        key = (json.dumps(prompt if isinstance(prompt, str) else [dict(m) for m in prompt], default=str), reply,
+               criterion)
+        if key not in rows:
+            rows[key] = len(conversations)
+            conversations.append(synthesis_chain.criterion_messages(prompt, reply, criterion, max_chars=max_chars))
+        index.append(rows[key])
     try:
         probs = backend.next_token_probs(conversations, prompts.DIGITS) if conversations else []
     except NotImplementedError:
         raise ValueError(f"reward.criteria: synthesis reads token probabilities, which backend {backend.name!r} "
                          "does not give; use a backend with logprobs") from None
     digits = [expected_digit(p) for p in probs]
-    out = []
-    for (_, criteria), per_completion in zip(jobs, keys):
-        weight = sum(c.weight for c in criteria)
-        values = []
-        for row_keys in per_completion:
-            ds = [digits[rows[key]] for key in row_keys]
-            values.append(None if any(d is None for d in ds) else
-                          _to_unit(sum(c.weight * d for c, d in zip(criteria, ds)) / weight, 1, 9))
-        out.append(values)
-    return out
+    return [digits[i] for i in index]
+
+
+def verify_criteria(criteria: Sequence[Criterion], found: Sequence[Sequence[tuple[float | None, float | None]]]
+                    ) -> list[float]:
+    """Signed weights: each criterion's weight times its support in the user's own past choices,
+    the mean over the pairs of (digit of the chosen reply - digit of the rejected one) / 8, in
+    [-1, 1]. A criterion the user's choices go against counts against a reply that meets it; one
+    they never turn on counts for little. `Sound` keeps its weight: it is not a taste, and two
+    sound replies tie on it. No history (nothing to verify): the written weights."""
+    if not found:
+        return [c.weight for c in criteria]
+    weights = []
+    for i, c in enumerate(criteria):
+        if c.name == synthesis_chain.SOUND.name:
+            weights.append(c.weight)
+            continue
+        gaps = [(chosen - rejected) / 8 for chosen, rejected in (pair[i] for pair in found)
+                if chosen is not None and rejected is not None]
+        weights.append(c.weight * sum(gaps) / len(gaps) if gaps else 0.0)
+    return weights
+
+
+def combine(weights: Sequence[float], digits: Sequence[float | None]) -> float | None:
+    """A reply's value in [0, 1] from its criteria's digits and (signed) weights: 0 when it fails
+    every criterion it should meet and meets every one it should not, 1 the other way round."""
+    if any(d is None for d in digits):
+        return None
+    met = [(d - 1) / 8 for d in digits]
+    positive = sum(w for w in weights if w > 0)
+    negative = -sum(w for w in weights if w < 0)
+    if positive + negative <= 1e-9:
+        return 0.5
+    return min(1.0, max(0.0, (sum(w * m for w, m in zip(weights, met)) + negative) / (positive + negative)))
+
+
+def check_criteria(backend: Backend, jobs: Sequence[tuple[ScoreRequest, Sequence[Criterion]]],
+                   max_chars: int) -> list[list[float | None]]:
+    """For each (request, criteria): each completion's value under the criteria's own weights."""
+    digits = iter(criterion_digits(backend, [(r.prompt, completion, c.name) for r, criteria in jobs
+                                             for completion in r.completions for c in criteria], max_chars))
+    return [[combine([c.weight for c in criteria], [next(digits) for _ in criteria]) for _ in r.completions]
+            for r, criteria in jobs]
 
 
 def _shares(order: list[tuple[int, int]], values: list[float | None], n: int) -> list[list[float]]:

@@ -1,0 +1,161 @@
+"""The synthesis judge (`reward.criteria: synthesis`): its chain's parser, teacher `stated`, stated
+preferences in the data, the synthesis cache, the verification of criteria against the user's own
+choices, and a tiny real run of `pgenrm train synthesis` whose folder loads and scores. No accuracy
+is asserted: a few steps teach nothing (docs/training.md measures the trained judges)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from pgenrm_plugins.chain import synthesis as chain
+from pgenrm_plugins.chain.parser import Criterion, ParseFailure
+from pgenrm_plugins.datasets.bench import load_bench, persona_text
+from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, generate, stated_preferences, write_bench
+from pgenrm_plugins.scoring.modes import combine, verify_criteria
+from pgenrm_plugins.training.synthesis_eval import claims
+from pgenrm_plugins.training.synthesis_stage import (StatedTeacher, SynthesisExamples, SynthesisSettings,
+                                                     teacher_synthesis)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    path, _ = write_bench(tmp_path_factory.mktemp("synth") / "rows.jsonl",
+                          generate(10, 6, seed=3, cold_start_fraction=0.3, cold_start_pairs=1))
+    return path
+
+
+def test_parser_reads_criteria_and_refuses_a_synthesis_without_any():
+    text = ("Persona: wants short answers.\nCriteria:\n- Brief: a short answer (60)\n- Brief: a short answer (10)\n"
+            "some chatter\n- Example: includes a concrete example (30)\n- Sound: a complete answer (0)")
+    parsed = chain.parse_synthesis(text)
+    assert parsed.persona == "wants short answers."
+    assert [(c.name, c.weight) for c in parsed.criteria] == [("Brief: a short answer", 60.0),
+                                                             ("Example: includes a concrete example", 30.0)]
+    assert chain.parse_synthesis(parsed.text()).criteria == parsed.criteria  # the format round-trips
+    failure = chain.parse_synthesis("Persona: a mystery.\nCriteria:\nnothing here")
+    assert isinstance(failure, ParseFailure) and failure.kind == "no_criteria"
+
+
+def test_teacher_claims_only_what_the_view_shows_with_the_users_own_weights():
+    weights = {"length": -1.0, "structure": 0.5, "tone": 0.1, "examples": -0.2, "caveats": 0.9}
+    text = teacher_synthesis(weights, {"length", "caveats"})
+    assert claims(text) == {"length": -1, "caveats": 1}  # brief (weight < 0), caveats (> 0), nothing else
+    parsed = chain.parse_synthesis(text)
+    assert sum(c.weight for c in parsed.criteria) == 100 and parsed.criteria[-1] == chain.SOUND
+    assert parsed.criteria[0].name.startswith("Brief")  # the strongest weight first
+    nothing = chain.parse_synthesis(teacher_synthesis(weights, set()))
+    assert nothing.persona == chain.NOTHING_KNOWN and [c.name for c in nothing.criteria] == [chain.SOUND.name]
+
+
+def test_synthesis_examples_are_a_function_of_the_index_and_claim_what_the_view_contrasts(rows):
+    from pgenrm_plugins.datasets.synthetic import load_truth
+
+    teacher = StatedTeacher(load_bench(rows), load_truth(rows))
+    examples = SynthesisExamples(teacher, SynthesisSettings(check_share=0.0, persona_rate=0.0, empty_rate=0.0))
+    assert examples.example(5) == examples.example(5)
+    seen_checks = SynthesisExamples(teacher, SynthesisSettings(check_share=1.0, seed=1))
+    digits = {seen_checks.example(i)[1] for i in range(40)}
+    assert digits == {"1", "9"}
+    for i in range(20):
+        messages, target = examples.example(i)
+        assert messages[-1]["content"].startswith("## The user's past choices\n[1] Prompt:")
+        assert not isinstance(chain.parse_synthesis(target), ParseFailure)
+        assert set(claims(target)) <= set(ATTRIBUTES)
+
+
+def test_teacher_needs_the_truth_file(rows, tmp_path):
+    with pytest.raises(ValueError, match="truth"):
+        StatedTeacher(load_bench(rows), None)
+
+
+def test_stated_preferences_are_partial_and_in_words():
+    weights = {"length": -1.0, "structure": 0.8, "tone": -0.2, "examples": -0.5, "caveats": -0.8}
+    said = [stated_preferences(weights, random.Random(i)) for i in range(50)]
+    assert any(text is None for text, _ in said)  # some users say nothing
+    assert all("tone" not in attrs for _, attrs in said)  # a weak preference goes unsaid
+    assert len({text for text, _ in said if text}) > 5  # several phrasings and orders
+
+
+def test_personas_from_a_users_file_and_from_prism_shaped_rows(rows, tmp_path):
+    data = load_bench(rows)
+    truth = json.loads(rows.with_name("rows.truth.json").read_text())
+    stated = {u for u, info in truth["users"].items() if info["self_description"]}
+    assert set(data.personas()) == stated  # the generator's users file, found next to the rows
+    prism = tmp_path / "prism.jsonl"
+    prism.write_text(json.dumps({
+        "user_id": 7, "split": "train", "context": [{"role": "human", "content": "Hi"}],
+        "chosen": {"role": "model", "content": "Hello."}, "rejected": {"role": "model", "content": "Go."},
+        "self_description": "A nurse who reads on night shifts.", "system_string": "Be concise.",
+        "stated_prefs": {"factuality": 90, "creativity": 20}, "choice_attributes": {"fluency": 80},
+    }) + "\n")
+    persona = load_bench(prism, strict=True).personas()["7"]
+    assert persona == ("A nurse who reads on night shifts. Be concise. "
+                       "Rates as important: factuality (90), creativity (20)")
+    assert persona_text({}) is None
+
+
+def test_cold_start_users_have_a_pair_or_two_and_groups_say_so(rows):
+    data = load_bench(rows)
+    truth = json.loads(rows.with_name("rows.truth.json").read_text())
+    histories = data.histories("train")
+    for user, info in truth["users"].items():
+        assert len(histories.get(user, [])) == (1 if info["cold_start"] else 5)
+        assert data.groups()[user] == ("cold_start" if info["cold_start"] else "warm")
+    none = generate(5, 6, seed=1, cold_start_fraction=0.4, cold_start_pairs=0)
+    assert sum(r["split"] == "train" for r in none.rows) == 3 * 5
+
+
+def test_verification_signs_each_criterion_by_the_users_own_choices():
+    brief, listed = Criterion("Brief: short", 50.0), Criterion("Listed: a list", 40.0)
+    # two past pairs: the chosen reply met Brief (9 vs 1) and failed Listed (1 vs 9)
+    found = [[(9.0, 1.0), (1.0, 9.0), (9.0, 9.0)], [(9.0, 1.0), (1.0, 9.0), (9.0, 9.0)]]
+    weights = verify_criteria([brief, listed, chain.SOUND], found)
+    assert weights == [50.0, -40.0, 10.0]  # Listed now counts against a list; Sound keeps its weight
+    assert verify_criteria([brief], []) == [50.0]  # no history: the written weights
+    assert combine(weights, [9.0, 1.0, 9.0]) == 1.0 and combine(weights, [1.0, 9.0, 1.0]) == 0.0
+    assert combine([50.0], [None]) is None and combine([0.0], [5.0]) == 0.5
+
+
+def test_syntheses_are_cached_per_history_version(judge, request_row):
+    from pgenrm_plugins.scoring import Scorer
+
+    # the untrained base writes no readable synthesis; the Sound fallback still scores, and the
+    # cache's behaviour is the same for any judge
+    scorer = Scorer({"backend": {"name": "transformers", "options": {"model": "embedded-base"}},
+                     "sampling": {"chains": 2, "max_new_tokens": 24},
+                     "reward": {"criteria": "synthesis", "max_chars": 300}}, backend=judge)
+    first = scorer.score_one(request_row)
+    assert first.components.chains_sampled == 2 and first.components.syntheses_reused == 0
+    assert all(0.0 <= r <= 1.0 and math.isfinite(r) for r in first.rewards)
+    again = scorer.score_one({**request_row, "prompt": "Another question?"})  # same user, same history
+    assert again.components.chains_sampled == 0 and again.components.syntheses_reused == 2
+    longer = {**request_row, "history": [*request_row["history"],
+                                         {"prompt": "Tea or coffee?", "chosen": "Tea.", "rejected": "Coffee, as "
+                                          "it keeps you awake and tastes of roasted beans."}]}
+    changed = scorer.score_one(longer)  # a new history version: written again
+    assert changed.components.chains_sampled == 2 and changed.components.syntheses_reused == 0
+    assert scorer.score_one(request_row).components.syntheses_reused == 2  # the old version is still cached
+
+
+def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
+    from pgenrm_plugins.judge import read_manifest
+    from pgenrm_plugins.scoring import Scorer
+    from pgenrm_plugins.training.run import train_synthesis
+
+    out = tmp_path / "judge"
+    settings = SynthesisSettings(steps=2, batch_size=2, lora_rank=2, lora_layers=2, max_history=2, max_chars=300,
+                                 save_steps=1)
+    manifest = train_synthesis(rows, out, settings, progress=False)
+    assert manifest["metrics"]["steps"] == 2 and math.isfinite(manifest["metrics"]["final_loss"])
+    assert read_manifest(out)["criteria"] == "synthesis" and (out / "checkpoints" / "checkpoint-2").is_dir()
+    scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
+                     "sampling": {"max_new_tokens": 24}})
+    assert scorer.criteria == "synthesis" and scorer.config.reward.max_history == 2  # from the manifest
+    [result] = scorer.score([{"user_id": "u", "history": [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go."}],
+                              "prompt": "How do I boil an egg?", "completions": ["Boil it 9 minutes.", "Eggs."]}])
+    assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
+    assert result.components.criteria_mode == "synthesis" and result.components.chains_sampled == 1
