@@ -120,6 +120,8 @@ class RewardConfig(StrictModel):
     verify: bool = Field(True, description="criteria synthesis: weigh each written criterion by how it separates "
                                            "the user's own past choices (signed: a criterion their choices go "
                                            "against counts against a reply that meets it)")
+    criterion_first: bool = Field(False, description="criteria synthesis: name the criterion before the reply "
+                                                     "in a check (as the judge was trained; its manifest says)")
     compare: bool = Field(False, description="criteria none: judge each completion against each other one of its "
                                              "request (both orders) instead of alone")
     pair_order: Literal["auto", "fixed", "both", "shuffled"] = "auto"

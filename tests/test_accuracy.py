@@ -36,7 +36,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
-    bench = generate(n_users=3, rows_per_user=3, seed=5, test_per_user=1, cold_start_fraction=0.34)
+    bench = generate(n_users=3, rows_per_user=4, seed=5, test_per_user=1, cold_start_fraction=0.34)
     rows_path, _ = write_bench(folder / "rows.jsonl", bench)
     return rows_path
 
@@ -179,7 +179,7 @@ def test_prototype_settings_score_with_neighbours(rows, judge, first_run, tmp_pa
     pro = out["settings"]["ind-1+pro-2"]
     assert out["settings"]["ind-1"]["new_chains"] == 0  # the self side was cached
     assert pro["judgements"] == 6 and pro["with_neighbours"] == 6 and pro["new_chains"] > 0
-    assert pro["placements"] == {"stored": 4, "cold_start": 2}
+    assert pro["placements"] == {"stored": 6}  # the cold-start user has one pair: a member of the store too
     assert pro["correct"] + pro["wrong"] + pro["tie"] + pro["failed"] == 6 and pro["failed"] == 0
     assert (tmp_path / "rep" / "accuracy_vs_k.png").is_file()
 
@@ -236,6 +236,7 @@ def test_contrast_overlap_reads_the_view_s_contrast_lines(tmp_path):
     test = [(i, r) for i, r in enumerate(data.rows) if r.split == "test"]
     result = contrast_overlap(test, data, view_pairs=4)
     assert result["reads"] == "text" and result["judgements"] == 4
-    assert result["by_group"]["warm"]["accuracy"] == 1.0  # the user's choices showed examples winning
-    assert result["tie"] == 2  # the cold-start user has nothing to read
+    # two pairs make a cold-start user; their choices showed examples winning
+    assert result["by_group"]["cold_start"]["accuracy"] == 1.0
+    assert result["tie"] == 2 and result["by_group"]["no_history"]["judgements"] == 2  # nothing to read
     assert contrast_overlap(test, data, view_pairs=0)["tie"] == 4

@@ -36,6 +36,7 @@ TASK = ("Write the user's persona in one line, then the criteria their choices s
         "'- Name: what it asks (weight)'; the weights sum to 100.")
 CHECK = ("Does the reply meet the criterion named after it? Answer with one digit from 1 (not at all) to 9 "
          "(fully).")
+CHECK_FIRST = "Does the reply meet the criterion? Answer with one digit from 1 (not at all) to 9 (fully)."
 # A criterion every synthesis ends with: a broken reply (cut off, looping, empty) fails it whatever
 # the user's taste, and a user with no history is judged by it alone.
 SOUND = Criterion("Sound: a complete, coherent answer to the question", 10.0)
@@ -85,11 +86,18 @@ def synthesis_messages(history, persona: str | None, *, max_items: int, max_char
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def criterion_messages(prompt, reply: str, criterion: str, *, max_chars: int) -> list[dict[str, str]]:
-    """One reply checked against one criterion. The criterion comes last: every check of one reply
-    shares the conversation and the reply, and each criterion costs only its own words."""
-    user = (f"## The conversation\n{prompts.render_prompt(prompt, max_chars)}\n\n"
-            f"## The reply\n{prompts.clip(reply, max_chars)}\n\n{CHECK}\nCriterion: {criterion}")
+def criterion_messages(prompt, reply: str, criterion: str, *, max_chars: int,
+                       criterion_first: bool = False) -> list[dict[str, str]]:
+    """One reply checked against one criterion. By default the criterion comes last: every check of
+    one reply shares the conversation and the reply, and each criterion costs only its own words.
+    `criterion_first` names it before the reply instead (each check then reads the reply again,
+    knowing what to look for): a judge is read the way it was trained (`reward.criterion_first`)."""
+    conversation = f"## The conversation\n{prompts.render_prompt(prompt, max_chars)}\n\n"
+    reply_block = f"## The reply\n{prompts.clip(reply, max_chars)}\n\n"
+    if criterion_first:
+        user = f"{conversation}Criterion: {criterion}\n\n{reply_block}{CHECK_FIRST}"
+    else:
+        user = f"{conversation}{reply_block}{CHECK}\nCriterion: {criterion}"
     return [{"role": "system", "content": prompts.SYSTEM}, {"role": "user", "content": user}]
 
 

@@ -235,6 +235,8 @@ def register_commands(cli):
                                                                        "against one criterion (the rest: syntheses)."),
         persona_rate: float = typer.Option(0.3, min=0.0, max=1.0, help="How often a synthesis example shows the "
                                                                         "user's stated persona."),
+        criterion_first: bool = typer.Option(False, help="Checks name the criterion before the reply (slower to "
+                                                         "score: a reply is read once per criterion)."),
         save_steps: int = typer.Option(50, min=1, help="Checkpoint every N steps."),
         seed: int = typer.Option(0),
         threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
@@ -248,11 +250,13 @@ def register_commands(cli):
         settings = SynthesisSettings(steps=steps, batch_size=batch_size, grad_accum=grad_accum,
                                      learning_rate=learning_rate, lora_rank=lora_rank, lora_layers=lora_layers,
                                      max_history=max_history, max_chars=max_chars, check_share=check_share,
-                                     persona_rate=persona_rate, save_steps=save_steps, seed=seed, threads=threads)
+                                     persona_rate=persona_rate, criterion_first=criterion_first,
+                                     save_steps=save_steps, seed=seed, threads=threads)
         with exit_on_bad_input():
             manifest = train_synthesis(data, out, settings, base=base, fresh=fresh, command=command_line())
         m = manifest["metrics"]
-        err.print(f"wrote {out}: {m['steps']} steps on {m['device']}, loss {m['first_loss']} -> {m['final_loss']}",
+        err.print(f"wrote {out}: {m['steps']} steps on {m['device']}, loss {m['first_loss']} -> {m['final_loss']} "
+                  f"(last logged: synthesis {m.get('final_synthesis_loss')}, check {m.get('final_check_loss')})",
                   highlight=False)
 
     @train_app.command("eval")
@@ -282,6 +286,9 @@ def register_commands(cli):
                       f"({rec.get('agree', 0)} of {rec.get('claimed', 0)} claims on the right side, "
                       f"{rec.get('wrong_side', 0)} wrong side, {rec.get('missed', 0)} missed, "
                       f"{rec.get('unsupported', 0)} unsupported, {rec.get('unparsed', 0)} unparsed)", highlight=False)
+            c = result["checks"]
+            err.print(f"checks: {c['accuracy']:.3f} right of {c['asked']} (mean digit met {c['mean_digit_met']}, "
+                      f"unmet {c['mean_digit_unmet']})", highlight=False)
             for group, g in result["by_group"].items():
                 err.print(f"  {group}: end to end {g['end_to_end']:.3f}, ceiling {g['ceiling']:.3f} "
                           f"({g['pairs']} pairs)", highlight=False)

@@ -412,7 +412,7 @@ class RewardModes:
                         for c in syn.criteria for side in (h.chosen, h.rejected)]
         asked = [(reqs[ri].prompt, completion, c.name) for ri, syn in scored for completion in reqs[ri].completions
                  for c in syn.criteria]
-        digits = iter(criterion_digits(self.backend, verification + asked, rc.max_chars))
+        digits = iter(criterion_digits(self.backend, verification + asked, rc.max_chars, rc.criterion_first))
         for syn, history in to_verify.values():
             found = [[(next(digits), next(digits)) for _ in syn.criteria] for _ in history]
             syn.weights = verify_criteria(syn.criteria, found)
@@ -465,7 +465,8 @@ class _Synthesis:
         self.weights: list[float] | None = None
 
 
-def criterion_digits(backend: Backend, checks: Sequence[tuple[Any, str, str]], max_chars: int) -> list[float | None]:
+def criterion_digits(backend: Backend, checks: Sequence[tuple[Any, str, str]], max_chars: int,
+                     criterion_first: bool = False) -> list[float | None]:
     """E[digit] of each (prompt, reply, criterion) check (None where the backend gave no digit
     probability). Each distinct check is asked once, all in one backend call: users who share a
     criterion share its row, and the backend shares a reply's prefix across its criteria."""
@@ -477,7 +478,8 @@ def criterion_digits(backend: Backend, checks: Sequence[tuple[Any, str, str]], m
                criterion)
         if key not in rows:
             rows[key] = len(conversations)
-            conversations.append(synthesis_chain.criterion_messages(prompt, reply, criterion, max_chars=max_chars))
+            conversations.append(synthesis_chain.criterion_messages(prompt, reply, criterion, max_chars=max_chars,
+                                                                    criterion_first=criterion_first))
         index.append(rows[key])
     try:
         probs = backend.next_token_probs(conversations, prompts.DIGITS) if conversations else []
@@ -522,10 +524,11 @@ def combine(weights: Sequence[float], digits: Sequence[float | None]) -> float |
 
 
 def check_criteria(backend: Backend, jobs: Sequence[tuple[ScoreRequest, Sequence[Criterion]]],
-                   max_chars: int) -> list[list[float | None]]:
+                   max_chars: int, criterion_first: bool = False) -> list[list[float | None]]:
     """For each (request, criteria): each completion's value under the criteria's own weights."""
     digits = iter(criterion_digits(backend, [(r.prompt, completion, c.name) for r, criteria in jobs
-                                             for completion in r.completions for c in criteria], max_chars))
+                                             for completion in r.completions for c in criteria], max_chars,
+                                   criterion_first))
     return [[combine([c.weight for c in criteria], [next(digits) for _ in criteria]) for _ in r.completions]
             for r, criteria in jobs]
 

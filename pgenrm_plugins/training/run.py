@@ -151,6 +151,7 @@ def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: s
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    last = {k: v for h in trainer.state.log_history for k, v in h.items() if k.endswith("_loss") and k != "train_loss"}
     manifest: dict[str, Any] = {
         "format": SYNTHESIS_FORMAT,
         "criteria": "synthesis",
@@ -166,7 +167,8 @@ def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: s
         "seed": settings.seed,
         "settings": asdict(settings),
         "scoring": {"reward": {"criteria": "synthesis", "max_history": settings.max_history,
-                               "max_chars": settings.max_chars, "history_render": "contrast"},
+                               "max_chars": settings.max_chars, "history_render": "contrast",
+                               "criterion_first": settings.criterion_first},
                     "sampling": {"chains": 1}},
         "command": " ".join(shlex.quote(a) for a in (command or ["pgenrm", "train", "synthesis", "..."])),
         "metrics": {
@@ -177,6 +179,7 @@ def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: s
             "peak_rss_mib": round(peak_rss_mib(), 1),
             "train_loss": getattr(result, "training_loss", None),
             "device": "cuda" if trainer.args.device.type == "cuda" else "cpu",
+            **{f"final_{k}": v for k, v in last.items()},  # each step's own loss at the last log
         },
     }
     write_manifest(out, manifest)

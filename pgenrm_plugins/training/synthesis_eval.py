@@ -4,6 +4,9 @@
                teacher `stated`'s for the same view: of the attributes the teacher claims, how many
                the judge names on the same side, on the wrong side, or not at all; and the ones it
                claims that the view does not support
+    checks     each test reply against every criterion of the generator's vocabulary: how often
+               the digit says "met" (above 5) exactly when the reply has the attribute, and the mean
+               digit of met and unmet checks (a step that learnt nothing gives both about 5)
     ceiling    the test pairs scored against the *teacher's* synthesis: how far the check step
                alone carries (the best the first step could hand it)
     end to end the test pairs scored as `pgenrm score` would (Ind-1, no persona)
@@ -44,8 +47,9 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
                        options: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
 
+    from pgenrm_plugins.datasets.synthetic import row_key
     from pgenrm_plugins.scoring import Scorer
-    from pgenrm_plugins.scoring.modes import check_criteria
+    from pgenrm_plugins.scoring.modes import check_criteria, criterion_digits
 
     bench = load_bench(data, strict=True)
     teacher = StatedTeacher(bench, load_truth(data))
@@ -64,9 +68,15 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
                      "completions": [r.chosen.content, r.rejected.content]} for r in rows]
         results = scorer.score(requests)
         taught = {u: teacher.synthesis(u, teacher.pairs.get(u, [])[-view:], False) for u in {r.user_id for r in rows}}
+        rc = scorer.config.reward
         ceiling = check_criteria(scorer.backend, [(scorer_request, chain.parse_synthesis(taught[r.user_id]).criteria)
                                                   for r, scorer_request in zip(rows, _validated(requests))],
-                                 scorer.config.reward.max_chars)
+                                 rc.max_chars, rc.criterion_first)
+        attrs = {t["key"]: t for t in load_truth(data)["rows"]}
+        asked = [(r.context, reply, f"{name}: {description}", truth_attrs[a] == side)
+                 for r in rows[:100] for reply, truth_attrs in _replies(r, attrs[row_key(r.model_dump(mode="json"))])
+                 for (a, side), (name, description, _) in CRITERIA.items()]
+        digits = criterion_digits(scorer.backend, [q[:3] for q in asked], rc.max_chars, rc.criterion_first)
     finally:
         scorer.close()
     right: dict[str, Counter] = defaultdict(Counter)
@@ -88,6 +98,12 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
             recovery["agree" if written.get(attribute) == side else "missed" if attribute not in written
                      else "wrong_side"] += 1
         recovery["unsupported"] += sum(a not in wanted for a in written)
+    met = [d for (*_, m), d in zip(asked, digits) if m and d is not None]
+    unmet = [d for (*_, m), d in zip(asked, digits) if not m and d is not None]
+    checks = {"asked": len(asked), "accuracy": round(sum((d > 5) == m for (*_, m), d in zip(asked, digits)
+                                                          if d is not None) / max(1, len(met) + len(unmet)), 4),
+              "mean_digit_met": round(sum(met) / len(met), 3) if met else None,
+              "mean_digit_unmet": round(sum(unmet) / len(unmet), 3) if unmet else None}
     by_group = {g: {"pairs": c["pairs"], "end_to_end": round(c["end_to_end"] / c["pairs"], 4),
                     "ceiling": round(c["ceiling"] / c["pairs"], 4)} for g, c in sorted(right.items())}
     total = sum(c["pairs"] for c in right.values())
@@ -96,11 +112,16 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
         "end_to_end": round(sum(c["end_to_end"] for c in right.values()) / total, 4),
         "ceiling": round(sum(c["ceiling"] for c in right.values()) / total, 4),
         "by_group": by_group,
+        "checks": checks,
         "recovery": {**recovery, "agreement": round(recovery["agree"] / recovery["claimed"], 4)
                      if recovery["claimed"] else None},
         "example": {"user": rows[0].user_id, "teacher": taught[rows[0].user_id],
                     "written": results[0].components.evaluation} if rows else None,
     }
+
+
+def _replies(row, truth_row):
+    return [(row.chosen.content, truth_row["chosen"]), (row.rejected.content, truth_row["rejected"])]
 
 
 def _validated(requests):

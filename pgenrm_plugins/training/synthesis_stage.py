@@ -53,6 +53,7 @@ class SynthesisSettings:
     persona_rate: float = 0.3  # a synthesis example shows the user's stated persona this often
     empty_rate: float = 0.05  # ... and shows no history at all this often
     degenerate_rate: float = 0.15  # a check is of a broken copy this often
+    criterion_first: bool = False  # checks name the criterion before the reply (becomes reward.criterion_first)
     save_steps: int = 50
     seed: int = 0
     threads: int | None = None
@@ -155,7 +156,8 @@ class SynthesisExamples:
             attribute, direction = self.criteria[pick]
             name, description, _ = CRITERIA[(attribute, direction)]
             criterion, met = f"{name}: {description}", attrs[attribute] == direction
-        messages = chain.criterion_messages(pair.item.prompt, reply, criterion, max_chars=self.settings.max_chars)
+        messages = chain.criterion_messages(pair.item.prompt, reply, criterion, max_chars=self.settings.max_chars,
+                                            criterion_first=self.settings.criterion_first)
         return messages, HIGH if met and not broken else LOW
 
 
@@ -195,8 +197,8 @@ def collate(batch: list[dict[str, list[int]]], pad_id: int):
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def example_loss(model, inputs):
-    """Each example's mean cross-entropy over its target tokens, averaged over the batch. The
+def example_losses(model, inputs):
+    """Each example's mean cross-entropy over its target tokens. The
     vocabulary projection runs on the target positions alone: a prompt of hundreds of tokens would
     otherwise cost a 49k-wide row of logits each."""
     import torch
@@ -208,7 +210,7 @@ def example_loss(model, inputs):
     keep = labels != -100
     tokens = F.cross_entropy(base.lm_head(hidden[:, :-1][keep]).float(), labels[keep], reduction="none")
     per_example = torch.zeros(labels.shape[0], device=tokens.device).index_add(0, keep.nonzero()[:, 0], tokens)
-    return (per_example / keep.sum(dim=1).clamp(min=1)).mean()
+    return per_example / keep.sum(dim=1).clamp(min=1)
 
 
 def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, checkpoints, base_dir: str,
@@ -229,10 +231,27 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
     dataset = TokenizedExamples(examples, tokenizer, settings.steps * settings.batch_size * settings.grad_accum)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else dataset.end
 
+    parts: dict[str, list[float]] = {"check_loss": [], "synthesis_loss": []}
+
     class SynthesisTrainer(Trainer):
+        """The batch's mean example loss; the log also shows each step's loss apart (`check_loss`,
+        `synthesis_loss`): a mean over both hides a step that learns nothing."""
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = example_loss(model, inputs)
+            losses = example_losses(model, inputs)
+            checks = (inputs["labels"] != -100).sum(dim=1) == 1  # a check's target is one digit
+            for name, rows in (("check_loss", checks), ("synthesis_loss", ~checks)):
+                if rows.any():
+                    parts[name].append(float(losses[rows].mean()))
+            loss = losses.mean()
             return (loss, None) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            for name, values in parts.items():
+                if values and "loss" in logs:
+                    logs[name] = round(sum(values) / len(values), 4)
+                    values.clear()
+            super().log(logs, *args, **kwargs)
 
     args = TrainingArguments(
         output_dir=str(checkpoints), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
