@@ -125,21 +125,29 @@ def resolve_model_dir(model: str | None) -> tuple[str, str]:
     return model, model
 
 
+def judge_settings(config) -> dict[tuple[str, str], Any]:
+    """The settings a judge's manifest fills in for this config: {(section, key): value} for each
+    key of its `scoring` block that the config leaves unset (an explicit setting always wins)."""
+    scoring = (manifest_for_backend(config.backend) or {}).get("scoring") or {}
+    filled = {}
+    for section, values in scoring.items():
+        target = getattr(config, section, None)
+        for key, value in (values.items() if target is not None else ()):
+            if key in type(target).model_fields and key not in target.model_fields_set:
+                filled[(section, key)] = value
+    return filled
+
+
 def with_judge_defaults(config):
     """The config with the judge's own scoring settings filled in where the config leaves them at
     their defaults: a trained judge's manifest says how it was trained to be read (`scoring`, e.g.
     `reward.criteria: none`, `reward.max_history: 3`), and an explicit setting always wins."""
-    manifest = manifest_for_backend(config.backend)
-    scoring = (manifest or {}).get("scoring") or {}
-    if not scoring:
+    filled = judge_settings(config)
+    if not filled:
         return config
     config = config.model_copy(deep=True)
-    for section, values in scoring.items():
-        target = getattr(config, section, None)
-        if target is None:
-            continue
-        for key, value in values.items():
-            if key in type(target).model_fields and key not in target.model_fields_set:
-                setattr(target, key, value)
-                target.model_fields_set.discard(key)  # still "not set by the user"
+    for (section, key), value in filled.items():
+        target = getattr(config, section)
+        setattr(target, key, value)
+        target.model_fields_set.discard(key)  # still "not set by the user"
     return config

@@ -148,7 +148,7 @@ def test_history_views():
 
 
 def test_direct_format_refuses_the_parse_reader(judge):
-    with pytest.raises(ValueError, match="reward.criteria: none reads one digit's probabilities"):
+    with pytest.raises(ValueError, match="reward.criteria: none reads digit probabilities"):
         Scorer({"reward": {"criteria": "none", "reader": "parse"}}, backend=judge)
 
 

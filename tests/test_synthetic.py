@@ -45,7 +45,7 @@ def test_rows_load_with_the_bench_loader_jsonl_and_parquet(tmp_path):
     assert all(row_key(r) in keys for r in bench.rows)
 
 
-def test_cold_start_users_have_test_rows_but_no_history():
+def test_cold_start_users_have_test_rows_and_one_pair_or_none():
     bench = generate(n_users=10, rows_per_user=8, seed=2, cold_start_fraction=0.2)
     cold = {u for u, t in bench.truth["users"].items() if t["cold_start"]}
     assert len(cold) == 2
@@ -54,8 +54,11 @@ def test_cold_start_users_have_test_rows_but_no_history():
         splits[r["user_id"]][r["split"]] += 1
     for user, counts in splits.items():
         assert counts["test"] == 2
-        assert counts["train"] == (0 if user in cold else 6)
-    assert set(splits) == set(bench.truth["users"])  # cold users still appear, through their test rows
+        assert counts["train"] == (1 if user in cold else 6)  # cold-start: `cold_start_pairs`, default 1
+    assert set(splits) == set(bench.truth["users"])
+    none = generate(n_users=10, rows_per_user=8, seed=2, cold_start_fraction=0.2, cold_start_pairs=0)
+    trained = {r["user_id"] for r in none.rows if r["split"] == "train"}
+    assert len(trained) == 8 and {r["user_id"] for r in none.rows} == set(none.truth["users"])  # test rows only
 
 
 def test_every_type_has_members_and_users_scatter_around_their_type():

@@ -48,6 +48,6 @@ def load_scorer_or_fail(config):
 
     try:
         with err.status("loading the judge..."):
-            return load_scorer(str(config) if config else None)
+            return load_scorer(config if isinstance(config, dict) or not config else str(config))
     except ConfigError as exc:
         fail(exc)

@@ -17,6 +17,19 @@ from pgenrm_plugins.commands import config_option, err, fail, load_scorer_or_fai
 from pgenrm_plugins.hookspecs import hookimpl
 
 
+def with_store(config: Optional[Path], store: str) -> dict:
+    """The config (a file, or the default) as a dict, with prototype scaling on from `store`."""
+    from pgenrm_plugins.bench.accuracy.settings import AccuracyError, store_config
+    from pgenrm_plugins.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(str(config) if config else None).model_dump(mode="json", exclude_unset=True)
+        section = store_config(store)
+    except (ConfigError, AccuracyError) as exc:
+        fail(str(exc))
+    return {**cfg, "store": section, "prototypes": {**cfg.get("prototypes", {}), "enabled": True}}
+
+
 def score(
     input: Path = typer.Option(..., "--input", "-i", help="Requests, one JSON object per line (.jsonl) "
                                                           "or row (.parquet)."),
@@ -27,6 +40,10 @@ def score(
     show: bool = typer.Option(False, help="Print a table of rewards and the first evaluation chain of each request."),
     restart: bool = typer.Option(False, "--restart", help="Score every line again, replacing OUTPUT, instead of "
                                                           "resuming it."),
+    store: Optional[str] = typer.Option(None, "--store", help="Score with prototype scaling from this store (a "
+                                                              "SQLite file or postgresql:// URL that `pgenrm "
+                                                              "prototypes build` wrote): the config's prototypes "
+                                                              "section, switched on, with this store."),
 ):
     """Score completions for users: one result line per request line, in the same order.
 
@@ -49,7 +66,7 @@ def score(
     except (FileNotFoundError, plugins.UnknownPluginError, ImportError) as exc:
         fail(str(exc))
     done, record = _resume_point(output, input, input_sha256, restart) if output else (0, None)
-    scorer = load_scorer_or_fail(config)
+    scorer = load_scorer_or_fail(with_store(config, store) if store else config)
     if output:
         settings, store_version = json.loads(scoring_identity(scorer))
         run = {"input": str(input), "input_sha256": input_sha256, "settings": settings, "store_version": store_version}
@@ -230,16 +247,22 @@ def list_plugins(kind: Optional[str] = typer.Option(None, help=f"Only this kind:
 
 
 def show_config(config: Optional[Path] = config_option()):
-    """Validate a config and print it with every default filled in."""
+    """Validate a config and print the settings in force: every default filled in, and the judge's
+    own settings (its manifest's `scoring` block) where the config leaves them unset, each named."""
     import yaml
 
     from pgenrm_plugins.config import ConfigError, load_config
+    from pgenrm_plugins.judge import judge_settings, with_judge_defaults
 
     try:
         cfg = load_config(str(config) if config else None)
     except ConfigError as exc:
         fail(str(exc))
-    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    filled = judge_settings(cfg)
+    typer.echo(yaml.safe_dump(with_judge_defaults(cfg).model_dump(mode="json"), sort_keys=False).rstrip())
+    if filled:
+        typer.echo("# from the judge's manifest (set any of them to override): "
+                   + ", ".join(f"{section}.{key}" for section, key in filled))
 
 
 @hookimpl
