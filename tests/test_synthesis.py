@@ -17,8 +17,12 @@ from pgenrm_plugins.datasets.bench import load_bench, persona_text
 from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, generate, stated_preferences, write_bench
 from pgenrm_plugins.scoring.modes import combine, verify_criteria
 from pgenrm_plugins.training.synthesis_eval import claims
-from pgenrm_plugins.training.synthesis_stage import (StatedTeacher, SynthesisExamples, SynthesisSettings,
-                                                     teacher_synthesis)
+from pgenrm_plugins.training.synthesis_stage import (
+    StatedTeacher,
+    SynthesisExamples,
+    SynthesisSettings,
+    teacher_synthesis,
+)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def run_metrics(trainer, result, seconds: float) -> dict[str, Any]:
+    """What every stage's manifest records of its run: steps, losses, time, memory."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None, "train_seconds_this_run": round(seconds, 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1), "train_loss": getattr(result, "training_loss", None)}
+
+
 def train_score(
     data: str | Path,
     out: str | Path,
@@ -84,7 +92,6 @@ def train_score(
     done_steps = trainer.state.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))  # the adapter only: adapter_config.json + adapter_model.safetensors
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "criteria": "none",
@@ -102,13 +109,8 @@ def train_score(
                                "history_render": history_render, "compare": compare}},
         "command": " ".join(shlex.quote(a) for a in (command or ["pgenrm", "train", "score", "..."])),
         "metrics": {
-            "steps": trainer.state.global_step,
-            "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None,
-            "train_seconds_this_run": round(seconds, 1),
+            **run_metrics(trainer, result, seconds),
             "items_per_second": round(done_steps * grad_accum / seconds, 3) if seconds > 0 and done_steps > 0 else None,
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-            "train_loss": getattr(result, "training_loss", None),
         },
     }
     write_manifest(out, manifest)
@@ -150,7 +152,6 @@ def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: s
     seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     last = {k: v for h in trainer.state.log_history for k, v in h.items() if k.endswith("_loss") and k != "train_loss"}
     manifest: dict[str, Any] = {
         "format": SYNTHESIS_FORMAT,
@@ -172,12 +173,7 @@ def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: s
                     "sampling": {"chains": 1}},
         "command": " ".join(shlex.quote(a) for a in (command or ["pgenrm", "train", "synthesis", "..."])),
         "metrics": {
-            "steps": trainer.state.global_step,
-            "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None,
-            "train_seconds_this_run": round(seconds, 1),
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-            "train_loss": getattr(result, "training_loss", None),
+            **run_metrics(trainer, result, seconds),
             "device": "cuda" if trainer.args.device.type == "cuda" else "cpu",
             **{f"final_{k}": v for k, v in last.items()},  # each step's own loss at the last log
         },
