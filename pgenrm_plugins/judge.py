@@ -51,13 +51,16 @@ def is_adapter(folder: str | Path) -> bool:
 
 def manifest_for_backend(backend_config) -> dict[str, Any] | None:
     """The manifest of the judge a backend config names, read without loading any weights: the
-    shipped judge for the embedded default, a folder's own manifest for a local path, else None."""
-    if backend_config.name != "transformers":
-        return None
+    shipped judge for the embedded default, else the manifest of a local folder that
+    `backend.options.model` names, whatever the backend (a judge exported by `pgenrm train export`
+    and served by vLLM keeps its `scoring` block), else None."""
     model = (backend_config.options or {}).get("model")
     if model == BASE_MODEL:
         return None
-    folder = Path(model) if model else shipped_judge()
+    if model is None and backend_config.name == "transformers":
+        folder = shipped_judge()
+    else:
+        folder = Path(model) if isinstance(model, str) and model else None
     return read_manifest(folder) if folder is not None and folder.is_dir() else None
 
 
