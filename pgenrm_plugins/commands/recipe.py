@@ -65,10 +65,15 @@ def register_commands(cli):
             bench = load_bench(data, strict=strict)
             for error in bench.errors:
                 console.print(f"[yellow]skipped[/yellow] {data}: {error}")
-            path = prepare(bench, recipe.framework, Path(values["data_file"]).parent)
+            # A personalization recipe trains for one user (var `user`) and may set the history it carries
+            # (var `max_history`; 0: the non-personal control).
+            user = values.get("user") or None
+            path = prepare(bench, recipe.framework, Path(values["data_file"]).parent,
+                           max_history=int(values.get("max_history", 8)), user=user)
         except (RecipeError, BadRowsError, FileNotFoundError, ValueError) as exc:
             fail(exc)
-        console.print(f"wrote {path} ({recipe.framework} layout, {len(bench.split('train'))} prompts)")
+        n = sum(1 for r in bench.split("train") if user is None or r.user_id == user)
+        console.print(f"wrote {path} ({recipe.framework} layout, {n} prompts{f' of user {user}' if user else ''})")
 
     @app.command("run")
     def run_cmd(
