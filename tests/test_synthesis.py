@@ -163,3 +163,11 @@ def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
                               "prompt": "How do I boil an egg?", "completions": ["Boil it 9 minutes.", "Eggs."]}])
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
     assert result.components.criteria_mode == "synthesis" and result.components.chains_sampled == 1
+
+
+def test_a_check_names_its_criterion_last_or_first():
+    last = chain.criterion_messages("How do I boil an egg?", "Boil it.", "Brief: short", max_chars=200)[-1]["content"]
+    first = chain.criterion_messages("How do I boil an egg?", "Boil it.", "Brief: short", max_chars=200,
+                                     criterion_first=True)[-1]["content"]
+    assert last.endswith("Criterion: Brief: short")  # rows of one reply share everything before it
+    assert first.index("Criterion: Brief: short") < first.index("Boil it.") and first.endswith(chain.CHECK_FIRST)
