@@ -46,27 +46,35 @@ def user_group(train_pairs: int) -> str:
     return "warm" if train_pairs >= WARM_MIN_PAIRS else "cold_start" if train_pairs else "no_history"
 
 
-class BenchRow(BaseModel):
+class StatedUser(BaseModel):
+    """A user's stated preferences (PRISM's survey fields, or a free-text persona), all optional:
+    one line of a users file, joined to the rows by `user_id`, and part of every row."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)  # the real sets carry extra columns
 
     user_id: str = Field(min_length=1)
+    persona: str | None = None
+    self_description: str | None = None
+    system_string: str | None = None
+    stated_prefs: dict[str, Any] | None = None
+
+    @field_validator("user_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    def stated(self) -> str | None:
+        return persona_text(self.model_dump(include=set(STATED_FIELDS)))
+
+
+class BenchRow(StatedUser):
     split: Literal["train", "val", "test"]
     context: list[Message] = Field(min_length=1)
     chosen: Message
     rejected: Message
     chosen_score: float | None = None
     rejected_score: float | None = None
-    # stated preferences (PRISM's survey fields, or a free-text persona); all optional
-    persona: str | None = None
-    self_description: str | None = None
-    system_string: str | None = None
-    stated_prefs: dict[str, Any] | None = None
     choice_attributes: dict[str, Any] | list[Any] | None = None
-
-    @field_validator("user_id", mode="before")
-    @classmethod
-    def _id_as_text(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("chosen", "rejected", mode="before")
     @classmethod
@@ -76,9 +84,6 @@ class BenchRow(BaseModel):
         if isinstance(v, dict) and not str(v.get("content") or "").strip():
             raise ValueError("response is empty")
         return v
-
-    def stated(self) -> str | None:
-        return persona_text(self.model_dump(include=set(STATED_FIELDS)))
 
     def history_item(self) -> HistoryItem:
         return HistoryItem(prompt=list(self.context), chosen=self.chosen.content, rejected=self.rejected.content)
@@ -140,23 +145,6 @@ class BenchData:
         return list(dict.fromkeys(r.user_id for r in self.rows))
 
 
-class StatedUser(BaseModel):
-    """One line of a users file: a user's stated preferences, joined to their rows by `user_id`."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    user_id: str = Field(min_length=1)
-    persona: str | None = None
-    self_description: str | None = None
-    system_string: str | None = None
-    stated_prefs: dict[str, Any] | None = None
-
-    @field_validator("user_id", mode="before")
-    @classmethod
-    def _id_as_text(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-
 def users_file_for(path: str | Path) -> Path:
     """The users file that sits next to a rows file: `rows.jsonl` -> `rows.users.jsonl`."""
     p = Path(path)
@@ -175,7 +163,7 @@ def load_bench(path: str | Path, strict: bool = False, users: str | Path | None 
         for item in read_models(users_path, StatedUser):
             if isinstance(item, LineError):
                 data.errors.append(item)
-            elif text := persona_text(item.model_dump()):
+            elif text := item.stated():
                 data.stated[item.user_id] = text
     if strict and data.errors:
         shown = "\n".join(f"  {e}" for e in data.errors[:20])

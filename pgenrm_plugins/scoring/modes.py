@@ -31,7 +31,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from pgenrm_plugins.backends.base import Backend, GenerationRequest
+from pgenrm_plugins.backends.base import Backend, Generation, GenerationRequest
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain import synthesis as synthesis_chain
 from pgenrm_plugins.chain.formats import ChainFormat
@@ -379,10 +379,10 @@ class RewardModes:
         rc, s = self.config.reward, self.config.sampling
         views = [[self._synthesis_request(r, k) for k in range(s.chains)] for r in reqs]
         missing = {key: req for per in views for key, req, _ in per if key not in self._syntheses}
-        fresh: dict[str, int] = {}  # written in this call: key -> tokens, counted at its first use
+        fresh: dict[str, Generation] = {}  # written in this call, counted at its first use
         if missing:
             for (key, _), (g,) in zip(missing.items(), self.backend.generate(list(missing.values()))):
-                self._syntheses[key], fresh[key] = _Synthesis(g.text), g.tokens
+                self._syntheses[key], fresh[key] = _Synthesis(g.text), g
                 while len(self._syntheses) > SYNTHESIS_CACHE:
                     self._syntheses.popitem(last=False)
         scored = []  # (request index, synthesis)
@@ -394,11 +394,10 @@ class RewardModes:
                 synthesis = self._syntheses[key]
                 self._syntheses.move_to_end(key)
                 if key in fresh:
-                    t.chains_sampled += 1
-                    t.generated_tokens += fresh.pop(key)
+                    t.add_chain(fresh.pop(key))
                 else:
                     t.syntheses_reused += 1
-                t.evaluation = t.evaluation or synthesis.text
+                    t.evaluation = t.evaluation or synthesis.text
                 if isinstance(synthesis.parsed, ParseFailure):
                     t.failures[synthesis.parsed.kind] += 1
                     t.criteria_fallbacks += 1
@@ -515,7 +514,7 @@ def combine(weights: Sequence[float], digits: Sequence[float | None]) -> float |
     every criterion it should meet and meets every one it should not, 1 the other way round."""
     if any(d is None for d in digits):
         return None
-    met = [(d - 1) / 8 for d in digits]
+    met = [_to_unit(d, 1, 9) for d in digits]
     positive = sum(w for w in weights if w > 0)
     negative = -sum(w for w in weights if w < 0)
     if positive + negative <= 1e-9:
