@@ -67,10 +67,17 @@ def register_dataset_loaders(register):
 
 @hookspec
 def register_chain_formats(register):
-    """Register chain formats: the prompts a judge was trained on and the parser of its output.
+    """Register chain formats: every prompt a judge was trained on and every parser of its output.
 
     :param register: ``register(name, factory, description="")``; ``factory(None)`` returns a
-        ``ChainFormat`` (``chain/formats.py``); a config chooses it with ``chain.format: name``.
+        ``ChainFormat`` (``chain/formats.py``; its docstring lists every field): the pairwise
+        pieces every format gives (``pair_messages``, ``parse_pair``, ``analysis``, ``prefill``,
+        ``stop``), and, for each other reward mode it supports, that mode's prompts and parsers
+        (``point_messages``/``parse_point``; ``criteria_messages``/``parse_criteria``/
+        ``criterion_question``/``score_followup``/``parse_scores``; ``direct_question``;
+        ``synthesis_messages``/``parse_synthesis``/``criterion_messages``), None for a mode it
+        does not. A config chooses it with ``chain.format: name``; asking it for a mode it lacks
+        is an error naming ``chain.format`` and ``reward.mode``.
     :return: nothing.
     """
 

@@ -266,11 +266,116 @@ def test_a_lone_completion_meets_the_reference_or_nothing():
     assert nothing.rewards == [0.5] and nothing.components.failure_kinds == {"nothing_to_compare": 1}
 
 
-def test_a_pairwise_only_format_refuses_the_other_modes():
+@pytest.mark.parametrize("reward", [{"mode": "group"}, {"mode": "pointwise"}, {"mode": "group", "criteria": "none"},
+                                    {"mode": "group", "criteria": "synthesis"}])
+def test_a_pairwise_only_format_refuses_the_other_modes(reward):
     from pgenrm_plugins.scoring import Scorer
 
-    with pytest.raises(ValueError, match="p-genrm-8b only compares two responses: set reward.mode to pairwise"):
-        Scorer(make_config(chain={"format": "p-genrm-8b"}, reward={"mode": "group"}), backend=ScriptedJudge())
+    with pytest.raises(ValueError, match="chain.format p-genrm-8b only compares two responses: set reward.mode to "
+                                         f"pairwise .* not {reward['mode']}; or set chain.format"):
+        Scorer(make_config(chain={"format": "p-genrm-8b"}, reward=reward), backend=ScriptedJudge())
+
+
+# -- a third party's format: the modes it has read every prompt and parser from it ----------------
+
+MARKER = "[marked-format]"
+
+
+def _marked(build):
+    """`build`'s conversation with MARKER at the head of its first turn."""
+    def messages(*args, **kwargs):
+        first, *rest = build(*args, **kwargs)
+        return [{**first, "content": f"{MARKER} {first['content']}"}, *rest]
+    return messages
+
+
+@pytest.fixture
+def marked_format():
+    """A plugin registering format `marked` through the hook: pgenrm's chains with a marker in
+    every prompt, pointwise and synthesis only; its parsers record what they read."""
+    import types
+
+    from pgenrm_plugins.chain.formats import PGENRM, ChainFormat
+    from pgenrm_plugins.chain.parser import Criterion
+    from pgenrm_plugins.hookspecs import hookimpl
+
+    read: list[str] = []
+
+    def parse_point(text):
+        read.append(text)
+        return PGENRM.parse_point(text)
+
+    def parse_synthesis(text):
+        read.append(text)
+        return PGENRM.parse_synthesis(text)
+
+    fmt = ChainFormat("marked", _marked(PGENRM.pair_messages), PGENRM.parse_pair, PGENRM.analysis,
+                      point_messages=_marked(PGENRM.point_messages), parse_point=parse_point,
+                      synthesis_messages=_marked(PGENRM.synthesis_messages), parse_synthesis=parse_synthesis,
+                      criterion_messages=_marked(PGENRM.criterion_messages),
+                      sound_criterion=Criterion(f"{MARKER} a whole answer", 10.0))
+    assert not fmt.pairwise_only and fmt.missing("group", "generated") == ("criteria_messages", "parse_criteria",
+                                                                           "criterion_question")
+    plugin = types.SimpleNamespace(register_chain_formats=hookimpl(
+        lambda register: register("marked", lambda options: fmt, description="pgenrm's chains, marked")))
+    pm = plugins.get_plugin_manager()
+    pm.register(plugin, name="marked-format")
+    yield fmt, read
+    pm.unregister(name="marked-format")
+    assert "marked" not in plugins.registry("chain_format")
+
+
+class Recording:
+    """The real judge, recording every conversation it is asked."""
+
+    def __init__(self, backend):
+        self.backend, self.name, self.stats = backend, backend.name, backend.stats
+        self.generated, self.asked = [], []
+
+    def generate(self, requests):
+        self.generated += [r.messages for r in requests]
+        return self.backend.generate(requests)
+
+    def next_token_probs(self, conversations, candidates):
+        self.asked += list(conversations)
+        return self.backend.next_token_probs(conversations, candidates)
+
+    def close(self):
+        pass
+
+
+def _first_turn(conversation):
+    return conversation[0]["content"]
+
+
+def test_a_registered_format_writes_and_reads_the_modes_it_has(judge, marked_format):
+    from pgenrm_plugins.scoring import Scorer
+
+    fmt, read = marked_format
+    row = {"user_id": "u", "history": HISTORY, "prompt": "How can I fall asleep faster?",
+           "completions": ["Keep a fixed bedtime."]}
+    tiny = {"sampling": {"chains": 1, "max_new_tokens": 8}, "chain": {"format": "marked"}}
+
+    backend = Recording(judge)
+    result = Scorer(make_config(reward={"mode": "pointwise", "max_chars": 200}, **tiny), backend=backend).score_one(row)
+    assert result.components.chain_format == "marked" and result.components.chains_sampled == 1
+    assert len(backend.generated) == 1 and _first_turn(backend.generated[0]).startswith(MARKER)
+    assert len(read) == 1  # the chain was read by the format's parser
+
+    backend, read[:] = Recording(judge), []
+    result = Scorer(make_config(reward={"mode": "group", "criteria": "synthesis", "max_chars": 200}, **tiny),
+                    backend=backend).score_one(row)
+    assert [_first_turn(m).startswith(MARKER) for m in backend.generated] == [True]  # the synthesis
+    assert backend.asked and all(_first_turn(m).startswith(MARKER) for m in backend.asked)  # the checks
+    assert len(read) == 1 and result.components.criteria_mode == "synthesis"
+    if result.components.criteria_fallbacks:  # 8 tokens rarely make a synthesis: the format's own fallback
+        assert result.components.criteria is None and all(MARKER in m[-1]["content"] for m in backend.asked)
+
+    with pytest.raises(ValueError, match="chain.format marked does not support reward.mode: group with "
+                                         "reward.criteria: generated .* leaves criteria_messages, parse_criteria, "
+                                         "criterion_question unset\\): set reward.mode: pairwise; .* or reward.mode: "
+                                         "group with reward.criteria: synthesis; or set chain.format"):
+        Scorer(make_config(reward={"mode": "group", "criteria": "generated"}, **tiny), backend=Recording(judge))
 
 
 def test_prototype_builds_embed_part_1_of_each_members_chain(tmp_path):

@@ -75,6 +75,16 @@ class PairVerdict:
     criteria: tuple[Criterion, ...] = ()
 
 
+@dataclass(frozen=True)
+class PointVerdict:
+    """A judge's score for the one response it was shown, on 1-10 (the scorer maps it to [0, 1]),
+    and the criteria it scored by; what a chain format's `parse_point` and `parse_scores` return."""
+
+    score: float
+    criteria: tuple[Criterion, ...] = ()
+    repairs: tuple[str, ...] = ()
+
+
 FailureKind = Literal["no_json", "invalid_json", "missing_field", "bad_value", "no_criteria"]
 
 

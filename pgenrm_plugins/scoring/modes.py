@@ -15,8 +15,9 @@ Every chain is sampled N times (`sampling.chains`, Ind-N); a completion's value 
 chains that scored it. Chains that fail to parse are counted, never silently dropped. In group mode
 a criterion's score is parsed from a short JSON reply or, with the `logprob` reader, read as the
 expected value of the judge's next token over the digits 1-9; all questions about one chain share
-its prefix, which the backend computes once. Comparisons (pairwise, tournament) are written and read
-by the configured chain format (chain/formats.py). Seeds come from the content judged, so a value
+its prefix, which the backend computes once. Every conversation of every mode is written, and every
+reply read, by the configured chain format (`chain.format`, chain/formats.py); a format without a
+mode's chains is refused when the scorer is built. Seeds come from the content judged, so a value
 never depends on its batch-mates.
 """
 
@@ -32,19 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from pgenrm_plugins.backends.base import Backend, Generation, GenerationRequest
-from pgenrm_plugins.chain import prompts
-from pgenrm_plugins.chain import synthesis as synthesis_chain
-from pgenrm_plugins.chain.formats import ChainFormat
-from pgenrm_plugins.chain.parser import Criterion, ParseFailure, parse_chain, parse_criteria
+from pgenrm_plugins.chain.formats import PGENRM, ChainFormat
+from pgenrm_plugins.chain.parser import Criterion, ParseFailure
+from pgenrm_plugins.chain.prompts import DIGITS
 from pgenrm_plugins.config import PGenRMConfig
 from pgenrm_plugins.types import HistoryItem, ScoreRequest
 
 log = logging.getLogger(__name__)
 
-# Used by the logprob reader when a chain's criteria cannot be parsed: the chain text still sits
-# in the judge's context, so its persona keeps steering the score.
-FALLBACK_CRITERION = Criterion("fit to this user's preferences", 100.0)
-SCORE_STOP = (prompts.CLOSE,)
 SYNTHESIS_CACHE = 4096  # syntheses kept per scorer: one per (history version, view), any user
 SYNTHESIS_TOKENS = 160  # a synthesis is a persona line and a few criteria lines
 
@@ -150,11 +146,11 @@ class RewardModes:
 
     # -- one full chain per completion --------------------------------------------------------
     def _full_chains(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
-        rc = self.config.reward
+        rc, fmt = self.config.reward, self.format
         jobs, gen_requests = [], []
         for ri, r in enumerate(reqs):
             for ci, completion in enumerate(r.completions):
-                messages = prompts.full_chain(r.history, r.persona, r.prompt, [completion], max_items=rc.max_history,
+                messages = fmt.point_messages(r.history, r.persona, r.prompt, completion, max_items=rc.max_history,
                                               max_chars=rc.max_chars, render=rc.history_render)
                 jobs.append((ri, ci))
                 gen_requests.append(self._chain_request(messages, r, [completion]))
@@ -163,12 +159,12 @@ class RewardModes:
             t.reader = "parse"
             for g in gens:
                 t.add_chain(g)
-                parsed = parse_chain(g.text, labels=("A",))
-                if isinstance(parsed, ParseFailure):
-                    t.failures[parsed.kind] += 1
+                verdict = fmt.parse_point(g.text)
+                if isinstance(verdict, ParseFailure):
+                    t.failures[verdict.kind] += 1
                     continue
-                t.add_criteria(parsed.criteria)
-                t.per_completion[ci].append(_to_unit(parsed.scores["A"].total, 1, 10))
+                t.add_criteria(verdict.criteria)
+                t.per_completion[ci].append(_to_unit(verdict.score, 1, 10))
 
     # -- comparisons: against the reference (the paper's way) or each other (tournament) ------
     def _comparisons(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
@@ -188,7 +184,7 @@ class RewardModes:
                     shown = [texts[first], texts[second]]
                     messages = fmt.pair_messages(r.history, r.persona, r.prompt, *shown, max_items=rc.max_history,
                                                  max_chars=rc.max_chars, render=rc.history_render)
-                    gen_requests.append(self._chain_request(messages, r, shown, prefill=fmt.prefill, stop=fmt.stop))
+                    gen_requests.append(self._chain_request(messages, r, shown))
                     jobs.append((ri, first, second, swapped))
         outputs = self.backend.generate(gen_requests) if gen_requests else []
         for (ri, first, second, swapped), gens in zip(jobs, outputs):
@@ -248,27 +244,29 @@ class RewardModes:
 
     # -- group mode: criteria once per (user, prompt), every completion against them ----------
     def _groups(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
-        rc = self.config.reward
+        rc, fmt = self.config.reward, self.format
         conversations = [
-            prompts.criteria_chain(r.history, r.persona, r.prompt, max_items=rc.max_history, max_chars=rc.max_chars,
-                                   render=rc.history_render)
+            fmt.criteria_messages(r.history, r.persona, r.prompt, max_items=rc.max_history, max_chars=rc.max_chars,
+                                  render=rc.history_render)
             for r in reqs
         ]
         chains = self.backend.generate([self._chain_request(m, r) for m, r in zip(conversations, reqs)])
-        use_probabilities = rc.reader != "parse" and not (rc.reader == "auto" and self._no_probabilities)
+        # `auto` reads probabilities when the backend gives them and the format asks such questions
+        use_probabilities = rc.reader != "parse" and not (
+            rc.reader == "auto" and (self._no_probabilities or fmt.criterion_question is None))
         # (request, conversation, chain text, criteria) for every chain that can be scored against
         usable = []
         for ri, (conv, gens) in enumerate(zip(conversations, chains)):
             t = tallies[ri]
             for g in gens:
                 t.add_chain(g)
-                parsed = parse_criteria(g.text)
+                parsed = fmt.parse_criteria(g.text)
                 if isinstance(parsed, ParseFailure):
                     t.failures[parsed.kind] += 1
                     if not use_probabilities:
                         continue
                     t.criteria_fallbacks += 1
-                    criteria = (FALLBACK_CRITERION,)
+                    criteria = (fmt.criteria_fallback,)
                 else:
                     criteria = parsed.criteria
                     t.add_criteria(criteria)
@@ -280,6 +278,10 @@ class RewardModes:
             except NotImplementedError:
                 if rc.reader == "logprob":
                     raise
+                if fmt.score_followup is None or fmt.parse_scores is None:
+                    raise ValueError(f"backend {self.backend.name!r} gives no token probabilities, and chain.format "
+                                     f"{fmt.name} has no score_followup to parse scores from: use a backend with "
+                                     "logprobs, or set chain.format to a format with both readers") from None
                 log.info("backend %s gives no token probabilities: parsing scores instead", self.backend.name)
                 self._no_probabilities = True
         self._parse_scores(reqs, tallies, usable)
@@ -290,12 +292,12 @@ class RewardModes:
         share (a request's history and prompt across its chains, a chain across completions).
         Raises NotImplementedError (before touching any tally) if the backend has no probabilities."""
         rows = [
-            prompts.criterion_question(conv, text, completion, c.name, max_chars=self.config.reward.max_chars)
+            self.format.criterion_question(conv, text, completion, c.name, max_chars=self.config.reward.max_chars)
             for ri, conv, text, criteria in usable
             for completion in reqs[ri].completions
             for c in criteria
         ]
-        probs = iter(self.backend.next_token_probs(rows, prompts.DIGITS) if rows else [])
+        probs = iter(self.backend.next_token_probs(rows, DIGITS) if rows else [])
         for ri, _conv, _text, criteria in usable:
             t = tallies[ri]
             t.reader = "logprob"
@@ -308,16 +310,16 @@ class RewardModes:
                 t.per_completion[ci].append(_to_unit(total / 100.0, 1, 9))
 
     def _parse_scores(self, reqs, tallies, usable) -> None:
-        s, rc = self.config.sampling, self.config.reward
+        s, rc, fmt = self.config.sampling, self.config.reward, self.format
         jobs, gen_requests = [], []
         for ri, conv, text, criteria in usable:
             for ci, completion in enumerate(reqs[ri].completions):
-                messages = prompts.score_followup(conv, text, completion, max_chars=rc.max_chars)
+                messages = fmt.score_followup(conv, text, completion, max_chars=rc.max_chars)
                 # Greedy: the sampling that scales at test time is in the chains, not here.
                 budget = 24 + 16 * len(criteria)
                 gen_requests.append(GenerationRequest(
-                    messages, n=1, max_new_tokens=budget, temperature=0.0, seed=s.seed, stop=SCORE_STOP,
-                    prefill=prompts.SCORES_PREFILL,
+                    messages, n=1, max_new_tokens=budget, temperature=0.0, seed=s.seed, stop=fmt.stop,
+                    prefill=fmt.scores_prefill,
                 ))
                 jobs.append((ri, ci, criteria))
         outputs = self.backend.generate(gen_requests) if gen_requests else []
@@ -325,11 +327,11 @@ class RewardModes:
             t = tallies[ri]
             t.reader = "parse"
             t.generated_tokens += g.tokens
-            parsed = parse_chain(g.text, labels=("A",), criteria=criteria)
-            if isinstance(parsed, ParseFailure):
-                t.failures[parsed.kind] += 1
+            verdict = fmt.parse_scores(g.text, criteria)
+            if isinstance(verdict, ParseFailure):
+                t.failures[verdict.kind] += 1
                 continue
-            t.per_completion[ci].append(_to_unit(parsed.scores["A"].total, 1, 10))
+            t.per_completion[ci].append(_to_unit(verdict.score, 1, 10))
 
     # -- no chain: one digit per completion, read from the judge's probabilities --------------
     def _direct(self, reqs: list[ScoreRequest], tallies: list[Tally]) -> None:
@@ -337,7 +339,7 @@ class RewardModes:
         of a group share the history and the conversation. With `reward.compare`, one digit per
         ordered pair of completions instead: a completion's reward is its mean share of its
         comparisons (the digit read as "A over B" in [0, 1], the other side taking the rest)."""
-        rc, s = self.config.reward, self.config.sampling
+        rc, s, fmt = self.config.reward, self.config.sampling, self.format
         for r, t in zip(reqs, tallies):
             seed = content_seed(s.seed, r.user_id, r.persona, r.model_dump(mode="json", include={"history", "prompt"}))
             texts = [*r.completions, r.reference]
@@ -348,11 +350,11 @@ class RewardModes:
                 continue
             for k in range(s.chains):
                 history = history_view(r.history, rc.max_history, seed, k)
-                rows = [prompts.direct_question(history, r.persona, r.prompt, texts[a], max_items=rc.max_history,
-                                                max_chars=rc.max_chars, render=rc.history_render,
-                                                versus=None if b is None else texts[b]) for a, b in order]
+                rows = [fmt.direct_question(history, r.persona, r.prompt, texts[a], max_items=rc.max_history,
+                                            max_chars=rc.max_chars, render=rc.history_render,
+                                            versus=None if b is None else texts[b]) for a, b in order]
                 try:
-                    probs = self.backend.next_token_probs(rows, prompts.DIGITS)
+                    probs = self.backend.next_token_probs(rows, DIGITS)
                 except NotImplementedError:
                     raise ValueError(f"reward.criteria: none reads token probabilities, which backend "
                                      f"{self.backend.name!r} does not give; use a backend with logprobs, or "
@@ -382,7 +384,7 @@ class RewardModes:
         fresh: dict[str, Generation] = {}  # written in this call, counted at its first use
         if missing:
             for (key, _), (g,) in zip(missing.items(), self.backend.generate(list(missing.values()))):
-                self._syntheses[key], fresh[key] = _Synthesis(g.text), g
+                self._syntheses[key], fresh[key] = _Synthesis(g.text, self.format), g
                 while len(self._syntheses) > SYNTHESIS_CACHE:
                     self._syntheses.popitem(last=False)
         scored = []  # (request index, synthesis)
@@ -411,10 +413,11 @@ class RewardModes:
                         for c in syn.criteria for side in (h.chosen, h.rejected)]
         asked = [(reqs[ri].prompt, completion, c.name) for ri, syn in scored for completion in reqs[ri].completions
                  for c in syn.criteria]
-        digits = iter(criterion_digits(self.backend, verification + asked, rc.max_chars, rc.criterion_first))
+        digits = iter(criterion_digits(self.backend, verification + asked, rc.max_chars, rc.criterion_first,
+                                       self.format))
         for syn, history in to_verify.values():
             found = [[(next(digits), next(digits)) for _ in syn.criteria] for _ in history]
-            syn.weights = verify_criteria(syn.criteria, found)
+            syn.weights = verify_criteria(syn.criteria, found, self.format.sound_criterion)
         for ri, syn in scored:
             t = tallies[ri]
             weights = syn.weights if rc.verify else [c.weight for c in syn.criteria]
@@ -433,42 +436,43 @@ class RewardModes:
         seed = content_seed(s.seed, r.persona, r.model_dump(mode="json", include={"history"}))
         history = history_view(r.history, rc.max_history, seed, k)
         temperature = 0.0 if k == 0 else s.temperature
-        messages = synthesis_chain.synthesis_messages(history, r.persona, max_items=rc.max_history,
-                                                      max_chars=rc.max_chars, render=rc.history_render)
+        messages = self.format.synthesis_messages(history, r.persona, max_items=rc.max_history,
+                                                  max_chars=rc.max_chars, render=rc.history_render)
         request = GenerationRequest(messages, n=1, max_new_tokens=min(s.max_new_tokens, SYNTHESIS_TOKENS),
                                     temperature=temperature, top_p=s.top_p, seed=content_seed(seed, k))
         key = json.dumps([messages, request.max_new_tokens, temperature, s.top_p, request.seed], sort_keys=True)
         return key, request, history
 
     # -- shared pieces ------------------------------------------------------------------------
-    def _chain_request(self, messages, request: ScoreRequest, shown: Sequence[str] = (),
-                       prefill: str = prompts.CHAIN_PREFILL,
-                       stop: tuple[str, ...] = (prompts.CLOSE,)) -> GenerationRequest:
-        s = self.config.sampling
+    def _chain_request(self, messages, request: ScoreRequest, shown: Sequence[str] = ()) -> GenerationRequest:
+        """A chain (pair, point or criteria) sampled N times, started and stopped the format's way."""
+        s, fmt = self.config.sampling, self.format
         seed = content_seed(s.seed, request.user_id, request.persona,
                             request.model_dump(mode="json", include={"history", "prompt"}), list(shown))
         return GenerationRequest(
             messages, n=s.chains, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-            top_p=s.top_p, seed=seed, stop=stop, prefill=prefill,
+            top_p=s.top_p, seed=seed, stop=fmt.stop, prefill=fmt.prefill,
         )
 
 
 class _Synthesis:
-    """A written synthesis, its criteria (`SOUND` alone when it cannot be read), and the weights
-    its verification against the history it was written from gave them (None: not verified yet)."""
+    """A written synthesis read by the chain format, its criteria (the format's `sound_criterion`
+    alone when it cannot be read), and the weights its verification against the history it was
+    written from gave them (None: not verified yet)."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, fmt: ChainFormat):
         self.text = text
-        self.parsed = synthesis_chain.parse_synthesis(text)
-        self.criteria = (synthesis_chain.SOUND,) if isinstance(self.parsed, ParseFailure) else self.parsed.criteria
+        self.parsed = fmt.parse_synthesis(text)
+        self.criteria = (fmt.sound_criterion,) if isinstance(self.parsed, ParseFailure) else self.parsed.criteria
         self.weights: list[float] | None = None
 
 
 def criterion_digits(backend: Backend, checks: Sequence[tuple[Any, str, str]], max_chars: int,
-                     criterion_first: bool = False) -> list[float | None]:
-    """E[digit] of each (prompt, reply, criterion) check (None where the backend gave no digit
-    probability). Each distinct check is asked once, all in one backend call: users who share a
-    criterion share its row, and the backend shares a reply's prefix across its criteria."""
+                     criterion_first: bool = False, fmt: ChainFormat = PGENRM) -> list[float | None]:
+    """E[digit] of each (prompt, reply, criterion) check, asked in `fmt`'s `criterion_messages`
+    (None where the backend gave no digit probability). Each distinct check is asked once, all in
+    one backend call: users who share a criterion share its row, and the backend shares a reply's
+    prefix across its criteria."""
     rows: dict[tuple[str, str, str], int] = {}
     conversations = []
     index = []
@@ -477,11 +481,11 @@ def criterion_digits(backend: Backend, checks: Sequence[tuple[Any, str, str]], m
                criterion)
         if key not in rows:
             rows[key] = len(conversations)
-            conversations.append(synthesis_chain.criterion_messages(prompt, reply, criterion, max_chars=max_chars,
-                                                                    criterion_first=criterion_first))
+            conversations.append(fmt.criterion_messages(prompt, reply, criterion, max_chars=max_chars,
+                                                        criterion_first=criterion_first))
         index.append(rows[key])
     try:
-        probs = backend.next_token_probs(conversations, prompts.DIGITS) if conversations else []
+        probs = backend.next_token_probs(conversations, DIGITS) if conversations else []
     except NotImplementedError:
         raise ValueError(f"reward.criteria: synthesis reads token probabilities, which backend {backend.name!r} "
                          "does not give; use a backend with logprobs") from None
@@ -489,18 +493,18 @@ def criterion_digits(backend: Backend, checks: Sequence[tuple[Any, str, str]], m
     return [digits[i] for i in index]
 
 
-def verify_criteria(criteria: Sequence[Criterion], found: Sequence[Sequence[tuple[float | None, float | None]]]
-                    ) -> list[float]:
+def verify_criteria(criteria: Sequence[Criterion], found: Sequence[Sequence[tuple[float | None, float | None]]],
+                    sound: Criterion = PGENRM.sound_criterion) -> list[float]:
     """Signed weights: each criterion's weight times its support in the user's own past choices,
     the mean over the pairs of (digit of the chosen reply - digit of the rejected one) / 8, in
     [-1, 1]. A criterion the user's choices go against counts against a reply that meets it; one
-    they never turn on counts for little. `Sound` keeps its weight: it is not a taste, and two
-    sound replies tie on it. No history (nothing to verify): the written weights."""
+    they never turn on counts for little. `sound` (the format's `sound_criterion`) keeps its
+    weight: it is not a taste, and two sound replies tie on it. No history (nothing to verify): the written weights."""
     if not found:
         return [c.weight for c in criteria]
     weights = []
     for i, c in enumerate(criteria):
-        if c.name == synthesis_chain.SOUND.name:
+        if c.name == sound.name:
             weights.append(c.weight)
             continue
         gaps = [(chosen - rejected) / 8 for chosen, rejected in (pair[i] for pair in found)
@@ -523,11 +527,12 @@ def combine(weights: Sequence[float], digits: Sequence[float | None]) -> float |
 
 
 def check_criteria(backend: Backend, jobs: Sequence[tuple[ScoreRequest, Sequence[Criterion]]],
-                   max_chars: int, criterion_first: bool = False) -> list[list[float | None]]:
+                   max_chars: int, criterion_first: bool = False, fmt: ChainFormat = PGENRM
+                   ) -> list[list[float | None]]:
     """For each (request, criteria): each completion's value under the criteria's own weights."""
     digits = iter(criterion_digits(backend, [(r.prompt, completion, c.name) for r, criteria in jobs
                                              for completion in r.completions for c in criteria], max_chars,
-                                   criterion_first))
+                                   criterion_first, fmt))
     return [[combine([c.weight for c in criteria], [next(digits) for _ in criteria]) for _ in r.completions]
             for r, criteria in jobs]
 

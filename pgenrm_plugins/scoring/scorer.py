@@ -50,10 +50,8 @@ class Scorer:
             raise ValueError(f"reward.criteria: {self.criteria} reads digit probabilities, so it needs reward.reader: "
                              "logprob or auto (or set reward.criteria: generated to parse generated scores)")
         self.format = chain_format(self.config.chain.format)
-        if self.format.pairwise_only and self.config.reward.mode not in ("pairwise", "tournament"):
-            raise ValueError(f"chain.format {self.format.name} only compares two responses: set reward.mode to "
-                             f"pairwise (against the reference) or tournament (against each other), not "
-                             f"{self.config.reward.mode}")
+        # a format without the configured mode's chains is refused here, naming the keys to change
+        self.format.require(self.config.reward.mode, self.criteria, self.config.reward.reader)
         self.modes = RewardModes(self.config, self.backend, self.criteria, self.format)
         # Prototype-level scaling: `store` and `embedder` may be handed in (already open, shared).
         self.store = self.embedder = self.scaling = None
