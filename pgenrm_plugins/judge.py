@@ -1,11 +1,16 @@
 """Trained judges: the folder `pgenrm train` writes, its manifest, and the one shipped in the wheel.
 
 A judge folder holds a LoRA adapter (peft's `adapter_config.json` + `adapter_model.safetensors`)
-over a base causal LM, and `pgenrm_judge.json`, the manifest:
+over a base causal LM, and `pgenrm_judge.json`, the manifest (`JudgeManifest`):
 
-    {"base": "embedded" | HF id | folder, "format": "direct-v1", "criteria": "none",
-     "reader": "logprob", "objective": "...", "data_hash": "...", "seed": 0, "metrics": {...},
-     "command": "pgenrm train ..."}
+    {"base": "embedded" | HF id | folder, "format": "direct-v1", "stage": "score",
+     "criteria": "none", "reader": "logprob", "objective": "...", "data": "...", "data_hash": "...",
+     "seed": 0, "settings": {...}, "metrics": {...}, "command": "pgenrm train ...",
+     "scoring": {"reward": {"criteria": "none", "max_history": 4, ...}, "sampling": {...}}}
+
+Its `scoring` block holds the settings the judge was trained to be read with; they fill in the
+config's `reward.*` / `sampling.*` / `chain.*` / `prototypes.*` keys a config leaves unset
+(`with_judge_defaults`), whatever backend serves the judge (`manifest_for_backend`).
 
 The transformers backend loads such a folder by path (the adapter merged into the base once and
 cached); `pgenrm train export` writes the merged model as a plain HF folder that vLLM, SGLang or
@@ -16,8 +21,13 @@ in `pgenrm_plugins/judges/`, reproduced by the `command` its manifest records.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pgenrm_plugins.config import ChainConfig, PrototypeConfig, RewardConfig, SamplingConfig
 
 MANIFEST = "pgenrm_judge.json"
 SHIPPED_DIR = Path(__file__).parent / "judges" / "smollm2-135m-direct-v1"
@@ -25,17 +35,114 @@ SHIPPED_DIR = Path(__file__).parent / "judges" / "smollm2-135m-direct-v1"
 BASE_MODEL = "embedded-base"
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+# The config sections a manifest's `scoring` block may fill in, each validated by its own model.
+SCORING_SECTIONS: dict[str, type[BaseModel]] = {
+    "chain": ChainConfig, "sampling": SamplingConfig, "reward": RewardConfig, "prototypes": PrototypeConfig,
+}
+
+
+class ManifestError(ValueError):
+    """A `pgenrm_judge.json` that cannot be read; the message names the file and each bad field."""
+
+
+class ScoringBlock(BaseModel):
+    """A manifest's `scoring` block: {section: {key: value}} for the config keys the judge was
+    trained to be read with. Each section's keys and values are validated by the config's own
+    model for it (an unknown key or a bad value is an error naming it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chain: dict[str, Any] = Field(default_factory=dict)
+    sampling: dict[str, Any] = Field(default_factory=dict)
+    reward: dict[str, Any] = Field(default_factory=dict)
+    prototypes: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> "ScoringBlock":
+        for section, model in SCORING_SECTIONS.items():
+            try:
+                model.model_validate(getattr(self, section))
+            except ValidationError as exc:
+                e = exc.errors()[0]
+                raise ValueError(f"{section}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}") from None
+        return self
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(section, its settings) for each section that sets something."""
+        return ((section, values) for section in SCORING_SECTIONS if (values := getattr(self, section)))
+
+
+class JudgeManifest(BaseModel):
+    """`pgenrm_judge.json`: what a judge folder is and how it was made. Keys it does not name are
+    kept as they are (extra="allow"), so manifests of older and newer versions still load and
+    round-trip; only the keys given are written back."""
+
+    model_config = ConfigDict(extra="allow")
+
+    base: str | None = Field(None, description='"embedded", an HF id or a folder: what the adapter sits on')
+    format: str | None = Field(None, description="the training format, e.g. direct-v1, chain-v1, synthesis-v1")
+    stage: str | None = Field(None, description="the `pgenrm train` stage that wrote it: score, psi, cre, synthesis")
+    criteria: Literal["generated", "none", "synthesis"] | None = Field(
+        None, description="the reward.criteria it was trained for (`reward.criteria: auto` follows it)")
+    reader: Literal["logprob", "parse"] | None = None
+    objective: str | None = None
+    teacher: Any = None
+    data: str | None = None
+    data_hash: str | None = None
+    train_users: int | None = None
+    seed: int | None = None
+    init: dict[str, Any] | None = Field(None, description="the judge a stage started from (cre --init)")
+    process_reward: dict[str, Any] | None = None
+    settings: dict[str, Any] = Field(default_factory=dict, description="the training settings")
+    scoring: ScoringBlock = Field(default_factory=ScoringBlock)
+    command: str | None = Field(None, description="the command that reproduces it")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    merged_from: str | None = Field(None, description="the adapter folder an exported, merged model came from")
+
+    @classmethod
+    def parse(cls, data: Any, where: str | Path) -> "JudgeManifest":
+        """Validate `data`; a ManifestError names `where` and each bad field."""
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: a judge manifest must be a JSON object, not {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            fields = "\n".join(map(_describe, exc.errors()))
+            raise ManifestError(f"{where}: invalid judge manifest:\n{fields}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line per bad field; a `scoring` section's own error ("reward.key: why") joins its path."""
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "value_error" and (m := re.match(r"([\w.]+): (.*)", str(error["ctx"]["error"]), re.S)):
+        where, message = f"{where}.{m[1]}", m[2]
+    return f"  {where}: {message}"
+
+
+def read_manifest(folder: str | Path) -> JudgeManifest | None:
+    """The folder's manifest, None when it has none; ManifestError (naming the file and the field)
+    when it cannot be read."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ManifestError(f"{path}: not valid JSON: {exc}") from None
+    return JudgeManifest.parse(data, path)
 
 
-def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(folder: str | Path, manifest: JudgeManifest | dict[str, Any]) -> Path:
+    """Write a manifest (a dict is validated first), atomically."""
     path = Path(folder) / MANIFEST
+    if not isinstance(manifest, JudgeManifest):
+        manifest = JudgeManifest.parse(manifest, path)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True), encoding="utf-8")
     tmp.replace(path)
     return path
 
@@ -49,7 +156,7 @@ def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / "adapter_config.json").is_file()
 
 
-def manifest_for_backend(backend_config) -> dict[str, Any] | None:
+def manifest_for_backend(backend_config) -> JudgeManifest | None:
     """The manifest of the judge a backend config names, read without loading any weights: the
     shipped judge for the embedded default, else the manifest of a local folder that
     `backend.options.model` names, whatever the backend (a judge exported by `pgenrm train export`
@@ -107,13 +214,13 @@ def export_merged(adapter: str | Path, target: str | Path, replace: bool = True)
     from pgenrm_plugins.backends.embedded import publish_model_folder
 
     adapter = Path(adapter)
-    manifest = read_manifest(adapter) or {}
-    base = base_model_dir(manifest.get("base"))
+    manifest = read_manifest(adapter) or JudgeManifest()
+    base = base_model_dir(manifest.base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return publish_model_folder(Path(target), model, AutoTokenizer.from_pretrained(base), replace=replace,
-                                write_extra=lambda folder: write_manifest(folder,
-                                                                          {**manifest, "merged_from": str(adapter)}))
+                                write_extra=lambda folder: write_manifest(
+                                    folder, manifest.model_copy(update={"merged_from": str(adapter)})))
 
 
 def resolve_model_dir(model: str | None) -> tuple[str, str]:
@@ -131,12 +238,12 @@ def resolve_model_dir(model: str | None) -> tuple[str, str]:
 def judge_settings(config) -> dict[tuple[str, str], Any]:
     """The settings a judge's manifest fills in for this config: {(section, key): value} for each
     key of its `scoring` block that the config leaves unset (an explicit setting always wins)."""
-    scoring = (manifest_for_backend(config.backend) or {}).get("scoring") or {}
+    manifest = manifest_for_backend(config.backend)
     filled = {}
-    for section, values in scoring.items():
-        target = getattr(config, section, None)
-        for key, value in (values.items() if target is not None else ()):
-            if key in type(target).model_fields and key not in target.model_fields_set:
+    for section, values in (manifest.scoring.items() if manifest is not None else ()):
+        target = getattr(config, section)
+        for key, value in values.items():
+            if key not in target.model_fields_set:
                 filled[(section, key)] = value
     return filled
 

@@ -165,10 +165,10 @@ def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(r
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert (out / "checkpoints" / "checkpoint-1").is_dir()
     saved = read_manifest(out)
-    assert saved["format"] == "chain-v1" and saved["stage"] == "cre" and saved["criteria"] == "generated"
-    assert saved["data_hash"] and saved["base"] == "embedded" and saved["process_reward"] is None
-    assert "no process reward" in saved["objective"]
-    assert saved["scoring"]["reward"] == {"criteria": "generated", "max_history": 1, "max_chars": 80}
+    assert saved.format == "chain-v1" and saved.stage == "cre" and saved.criteria == "generated"
+    assert saved.data_hash and saved.base == "embedded" and saved.process_reward is None
+    assert "no process reward" in saved.objective
+    assert saved.scoring.reward == {"criteria": "generated", "max_history": 1, "max_chars": 80}
     m = manifest["metrics"]
     assert m["steps"] == 1 and m["completions_this_run"] == 2 and math.isfinite(m["seconds_per_step"])
     assert all(math.isfinite(m[k]) and 0.0 <= m[k] <= 1.0 for k in ("outcome_mean", "format_mean"))
@@ -178,7 +178,7 @@ def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(r
     assert again["metrics"]["steps"] == 1 and again["metrics"]["seconds_per_step"] is None
 
     backend = TransformersBackend(TransformersOptions(model=str(out), threads=1))
-    assert backend.manifest["stage"] == "cre"
+    assert backend.manifest.stage == "cre"
     scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
                      "sampling": {"chains": 1, "max_new_tokens": 24, "seed": 1},
                      "reward": {"mode": "group", "criteria": "generated"}}, backend=backend)

@@ -155,7 +155,7 @@ def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
                                  save_steps=1)
     manifest = train_synthesis(rows, out, settings, progress=False)
     assert manifest["metrics"]["steps"] == 2 and math.isfinite(manifest["metrics"]["final_loss"])
-    assert read_manifest(out)["criteria"] == "synthesis" and (out / "checkpoints" / "checkpoint-2").is_dir()
+    assert read_manifest(out).criteria == "synthesis" and (out / "checkpoints" / "checkpoint-2").is_dir()
     scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
                      "sampling": {"max_new_tokens": 24}})
     assert scorer.criteria == "synthesis" and scorer.config.reward.max_history == 2  # from the manifest

@@ -80,7 +80,7 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
     manifest = train_score(rows, out, **tiny)
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert manifest["metrics"]["steps"] == 2 and math.isfinite(manifest["metrics"]["final_loss"])
-    assert read_manifest(out)["criteria"] == "none" and read_manifest(out)["data_hash"]
+    assert read_manifest(out).criteria == "none" and read_manifest(out).data_hash
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
 
     # the same command with more steps resumes from checkpoint-2 instead of starting over
@@ -90,7 +90,7 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
     assert log["global_step"] == 3
 
     backend = TransformersBackend(TransformersOptions(model=str(out)))
-    assert backend.manifest["format"] == "direct-v1"
+    assert backend.manifest.format == "direct-v1"
     scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
                      "sampling": {"chains": 2}, "reward": {"max_history": 2, "max_chars": 160}}, backend=backend)
     assert scorer.criteria == "none"  # `auto` follows the judge's manifest, and so does the rest
@@ -101,3 +101,68 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
     assert result.components.criteria_mode == "none" and result.components.chains_sampled == 2
     assert result.components.reader == "logprob"
+
+
+# -- the manifest: a typed model every backend reads ----------------------------------------------
+
+def test_a_served_export_keeps_its_scoring_block(tmp_path):
+    """A judge exported by `pgenrm train export` and served by vLLM or an OpenAI-compatible server
+    (`backend.options.model` naming the folder) is read with the settings its manifest records."""
+    from pgenrm_plugins.config import load_config
+    from pgenrm_plugins.judge import (
+        JudgeManifest,
+        judge_settings,
+        manifest_for_backend,
+        shipped_judge,
+        with_judge_defaults,
+        write_manifest,
+    )
+    from pgenrm_plugins.scoring.scorer import resolve_criteria
+
+    shipped = JudgeManifest.model_validate_json((shipped_judge() / "pgenrm_judge.json").read_text())
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    write_manifest(folder, shipped.model_copy(update={"merged_from": "judges/x"}))
+    for backend in ({"name": "vllm", "options": {"model": str(folder)}},
+                    {"name": "openai", "options": {"base_urls": ["http://127.0.0.1:1"], "model": str(folder)}}):
+        config = load_config({"backend": backend, "reward": {"max_chars": 300}})
+        manifest = manifest_for_backend(config.backend)
+        assert isinstance(manifest, JudgeManifest) and manifest.merged_from == "judges/x"
+        assert manifest.scoring.reward == shipped.scoring.reward
+        filled = with_judge_defaults(config).reward
+        assert (filled.max_history, filled.history_render, filled.max_chars) == (4, "contrast", 300)  # set wins
+        assert ("reward", "max_chars") not in judge_settings(config) and resolve_criteria(config) == "none"
+
+
+@pytest.mark.parametrize("manifest, field", [
+    ({"criteria": "sometimes"}, "criteria"),
+    ({"seed": "zero"}, "seed"),
+    ({"scoring": {"reward": {"max_hist": 3}}}, "reward.max_hist"),
+    ({"scoring": {"reward": {"max_history": -1}}}, "reward.max_history"),
+    ({"scoring": {"backend": {"name": "vllm"}}}, "scoring.backend"),
+])
+def test_a_malformed_manifest_names_the_file_and_the_field(tmp_path, manifest, field):
+    from pgenrm_plugins.judge import ManifestError, read_manifest, write_manifest
+
+    (tmp_path / "pgenrm_judge.json").write_text(json.dumps({"base": "embedded", **manifest}))
+    with pytest.raises(ManifestError, match="pgenrm_judge.json") as info:
+        read_manifest(tmp_path)
+    assert field in str(info.value)
+    with pytest.raises(ManifestError, match=field):  # a dict is validated before it is written
+        write_manifest(tmp_path, {"base": "embedded", **manifest})
+    (tmp_path / "pgenrm_judge.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="pgenrm_judge.json: not valid JSON"):
+        read_manifest(tmp_path)
+
+
+def test_unknown_manifest_keys_survive_a_round_trip(tmp_path):
+    from pgenrm_plugins.judge import read_manifest, shipped_judge, write_manifest
+
+    written = {**json.loads((shipped_judge() / "pgenrm_judge.json").read_text()),
+               "hardware": {"gpu": "H200", "hours": 0.1}, "schema": 2}
+    (tmp_path / "pgenrm_judge.json").write_text(json.dumps(written))
+    manifest = read_manifest(tmp_path)
+    assert manifest.hardware == {"gpu": "H200", "hours": 0.1} and manifest.criteria == "none"
+    manifest.seed = 5
+    write_manifest(tmp_path / ".", manifest)
+    assert json.loads((tmp_path / "pgenrm_judge.json").read_text()) == {**written, "seed": 5}  # nothing added

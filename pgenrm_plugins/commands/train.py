@@ -275,7 +275,8 @@ def register_commands(cli):
         from pgenrm_plugins.judge import read_manifest
         from pgenrm_plugins.training.run import evaluate
 
-        if (read_manifest(judge) or {}).get("criteria") == "synthesis":
+        manifest = read_manifest(judge)
+        if manifest is not None and manifest.criteria == "synthesis":
             from pgenrm_plugins.training.synthesis_eval import evaluate_synthesis
 
             with exit_on_bad_input():

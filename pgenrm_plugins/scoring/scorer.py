@@ -146,8 +146,10 @@ def resolve_criteria(config: PGenRMConfig) -> str:
         return config.reward.criteria
     from pgenrm_plugins.judge import manifest_for_backend
 
-    manifest = manifest_for_backend(config.backend) or {}
-    return manifest.get("scoring", {}).get("reward", {}).get("criteria") or manifest.get("criteria") or "generated"
+    manifest = manifest_for_backend(config.backend)
+    if manifest is None:
+        return "generated"
+    return manifest.scoring.reward.get("criteria") or manifest.criteria or "generated"
 
 
 def load_scorer(config: PGenRMConfig | dict | str | None = None, backend: Backend | None = None,

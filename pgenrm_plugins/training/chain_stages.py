@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain.parser import ParsedChain, ParseFailure, parse_chain
 from pgenrm_plugins.datasets.bench import load_bench
-from pgenrm_plugins.judge import BASE_MODEL, base_model_dir, is_adapter, read_manifest, write_manifest
+from pgenrm_plugins.judge import BASE_MODEL, JudgeManifest, base_model_dir, is_adapter, read_manifest, write_manifest
 from pgenrm_plugins.training.items import ItemSettings, ItemSource
 from pgenrm_plugins.training.run import file_hash, peak_rss_mib
 from pgenrm_plugins.training.score_stage import latest_checkpoint
@@ -721,8 +721,8 @@ def train_cre(
         if not is_adapter(init):
             raise FileNotFoundError(f"--init {init}: not a judge folder (no adapter_config.json); give a folder "
                                     "written by `pgenrm train psi` or `pgenrm train cre`")
-        init_manifest = read_manifest(init) or {}
-        base = init_manifest.get("base", base)
+        init_manifest = read_manifest(init) or JudgeManifest()
+        base = init_manifest.base or base
     drawn = draw_pairs(data, pairs, history_pairs=history_pairs, seed=seed)
     checkpoints, resume = _checkpoints(out, fresh)
 
@@ -781,7 +781,7 @@ def train_cre(
         "format": FORMAT,
         "stage": "cre",
         "base": base,
-        "init": {"judge": str(init), "stage": init_manifest.get("stage"), "data_hash": init_manifest.get("data_hash")}
+        "init": {"judge": str(init), "stage": init_manifest.stage, "data_hash": init_manifest.data_hash}
                 if init is not None else None,
         "criteria": "generated",
         "reader": "parse",
