@@ -4,6 +4,7 @@ interface; and both in real runs on the embedded judge behind a real llama.cpp s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -93,6 +94,13 @@ def test_the_pgenrm_format_reads_todays_chains_through_the_same_interface():
     assert (v.first, v.second) == (8.0, 2.0) and [c.name for c in v.criteria] == ["Brevity"]
     assert isinstance(fmt.parse_pair("no chain at all"), ParseFailure)
     assert not fmt.pairwise_only and chain_format("p-genrm-8b").pairwise_only
+    # pgenrm has every mode; a format without the logprob question is read by parsing
+    assert all(not fmt.missing(mode, criteria, reader) for mode in ("pairwise", "tournament", "pointwise", "group")
+               for criteria in ("generated", "none", "synthesis") for reader in ("auto", "logprob", "parse"))
+    parsing = dataclasses.replace(fmt, name="parsing", criterion_question=None)
+    assert not parsing.missing("group", "generated", "auto") and not parsing.missing("group", "generated", "parse")
+    with pytest.raises(ValueError, match="leaves criterion_question unset\\): set reward.reader: parse; or "):
+        parsing.require("group", "generated", "logprob")
 
 
 def test_the_released_layout_history_in_the_system_turn_two_responses_in_the_user_turn():

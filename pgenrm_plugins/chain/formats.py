@@ -164,8 +164,11 @@ class ChainFormat:
                              "chain.format to a format with that mode's chains (pgenrm has every mode)")
         asked = f"reward.mode: {mode}" if mode == "pointwise" else \
             f"reward.mode: {mode} with reward.criteria: {criteria} and reward.reader: {reader}"
+        fixes = self.supported()
+        if mode == "group" and criteria == "generated" and not self.missing(mode, criteria, "parse"):
+            fixes.insert(0, "reward.reader: parse")  # only the logprob reader's question is missing
         raise ValueError(f"chain.format {self.name} does not support {asked} (its ChainFormat leaves "
-                         f"{', '.join(lacking)} unset): set {'; or '.join(self.supported())}; or set "
+                         f"{', '.join(lacking)} unset): set {'; or '.join(fixes)}; or set "
                          "chain.format to a format that has those chains (pgenrm has every mode)")
 
 
