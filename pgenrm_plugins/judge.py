@@ -156,11 +156,9 @@ def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / "adapter_config.json").is_file()
 
 
-def manifest_for_backend(backend_config) -> JudgeManifest | None:
-    """The manifest of the judge a backend config names, read without loading any weights: the
-    shipped judge for the embedded default, else the manifest of a local folder that
-    `backend.options.model` names, whatever the backend (a judge exported by `pgenrm train export`
-    and served by vLLM keeps its `scoring` block), else None."""
+def judge_folder(backend_config) -> Path | None:
+    """The judge folder a backend config names, whatever the backend: the shipped judge for the
+    embedded default, else a local folder that `backend.options.model` names, else None."""
     model = (backend_config.options or {}).get("model")
     if model == BASE_MODEL:
         return None
@@ -168,7 +166,20 @@ def manifest_for_backend(backend_config) -> JudgeManifest | None:
         folder = shipped_judge()
     else:
         folder = Path(model) if isinstance(model, str) and model else None
-    return read_manifest(folder) if folder is not None and folder.is_dir() else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def manifest_for_backend(backend_config) -> JudgeManifest | None:
+    """The manifest of the judge a backend config names (`judge_folder`), read without loading any
+    weights: a judge exported by `pgenrm train export` and served by vLLM keeps its `scoring` block."""
+    folder = judge_folder(backend_config)
+    return read_manifest(folder) if folder is not None else None
+
+
+def judge_fingerprint(backend_config) -> str | None:
+    """The adapter bytes' hash of the judge folder a backend config names (None: no folder)."""
+    folder = judge_folder(backend_config)
+    return _fingerprint(folder) if folder is not None else None
 
 
 def _fingerprint(folder: Path) -> str:

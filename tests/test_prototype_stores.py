@@ -214,6 +214,25 @@ def test_add_user_is_incremental_and_seen_by_other_nodes(spec, store):
     reader.close()
 
 
+
+def test_synthesis_cache_is_shared_first_text_wins_and_weights_are_added_once(spec, store):
+    from pgenrm_plugins.prototypes.base import CachedSynthesis
+
+    assert store.get_syntheses(["k1"]) == {}  # no build needed: the cache is independent of builds
+    text = "Persona: brief.\nCriteria:\n- Brief: short (90)"
+    store.put_syntheses({"k1": CachedSynthesis(text), "k2": CachedSynthesis("Persona: x", [10.0])})
+    other = open_store(spec)  # another worker
+    assert other.get_syntheses(["k1", "k2", "k3"]) == {"k1": CachedSynthesis(text, None),
+                                                       "k2": CachedSynthesis("Persona: x", [10.0])}
+    other.put_syntheses({"k1": CachedSynthesis("another text", [45.0, -5.0]), "k2": CachedSynthesis("y", [1.0])})
+    assert store.get_syntheses(["k1", "k2"]) == {"k1": CachedSynthesis(text, [45.0, -5.0]),
+                                                 "k2": CachedSynthesis("Persona: x", [10.0])}
+    with pytest.raises(TypeError, match="k9"):
+        store.put_syntheses({"k8": CachedSynthesis("fine"), "k9": CachedSynthesis(None)})
+    assert store.get_syntheses(["k8"]) == {}  # nothing of a refused batch is written
+    assert store.stats()["syntheses"] == 2
+    other.close()
+
 def test_concurrent_writers_never_lose_a_version(spec, store):
     publish_build(store, "c", 50, seed=7)
     errors = []

@@ -145,6 +145,49 @@ def test_syntheses_are_cached_per_history_version(judge, request_row):
     assert scorer.score_one(request_row).components.syntheses_reused == 2  # the old version is still cached
 
 
+
+def test_workers_on_one_store_share_syntheses_and_their_verified_weights(judge, request_row, tmp_path):
+    """Two reward workers (two scorers' modes, two connections) on one SQLite store: the second
+    writes no synthesis and verifies nothing again, and scores exactly as the first did; a judge
+    that reads checks differently (another max_chars) is another judge and shares nothing."""
+    import sqlite3
+
+    from pgenrm_plugins.prototypes.sqlite_store import SQLiteStore
+    from pgenrm_plugins.scoring import Scorer
+    from pgenrm_plugins.scoring.modes import RewardModes
+    from pgenrm_plugins.types import ScoreRequest
+
+    def worker(store, max_chars=300):
+        settings = Scorer({"backend": {"name": "transformers", "options": {"model": "embedded-base"}},
+                           "sampling": {"chains": 2, "max_new_tokens": 24},
+                           "reward": {"criteria": "synthesis", "max_chars": max_chars}}, backend=judge)
+        return RewardModes(settings.config, judge, settings.criteria, settings.format, store=store)
+
+    def run(modes):  # the tally, and how many check rows the judge was asked
+        asked, real = [], judge.next_token_probs
+        judge.next_token_probs = lambda rows, candidates: asked.append(len(rows)) or real(rows, candidates)
+        try:
+            return modes.run(requests)[0], sum(asked)
+        finally:
+            del judge.next_token_probs
+
+    requests, path = [ScoreRequest.model_validate(request_row)], tmp_path / "shared.sqlite"
+    with SQLiteStore(path=str(path)) as store:
+        first, first_rows = run(worker(store))
+    assert first.chains_sampled == 2 and first.syntheses_reused == 0
+    weights = [w for (w,) in sqlite3.connect(path).execute("SELECT weights FROM syntheses")]
+    assert len(weights) == 2 and all(json.loads(w) for w in weights)  # verified, and kept verified
+    with SQLiteStore(path=str(path)) as store:
+        second, second_rows = run(worker(store))
+        other, _ = run(worker(store, max_chars=200))
+    assert second.chains_sampled == 0 and second.syntheses_reused == 2
+    # the same scores; the last digits move with what else shares the batch (the verification rows)
+    assert [v for c in second.per_completion for v in c] == pytest.approx(
+        [v for c in first.per_completion for v in c], abs=1e-4)
+    # the history pair's two replies were checked once, by the first worker only
+    assert first_rows - second_rows >= 2 and second_rows >= len(request_row["completions"])
+    assert other.chains_sampled == 2 and other.syntheses_reused == 0
+
 def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
     from pgenrm_plugins.judge import read_manifest
     from pgenrm_plugins.scoring import Scorer

@@ -324,7 +324,7 @@ def show(
             ("store", f"{stats.get('store')} {where}".strip()), ("build", stats.get("build_id")),
             ("users", stats.get("users")), ("prototypes", stats.get("prototypes")), ("version", stats.get("version")),
             ("embedder", stats.get("embedder")), ("source", meta.get("source")), ("built at", meta.get("built_at")),
-            ("unfinished builds", stats.get("unfinished_builds")),
+            ("unfinished builds", stats.get("unfinished_builds")), ("cached syntheses", stats.get("syntheses")),
         ):
             summary.add_row(key, str(value))
         updater = meta.get("updater") or {}

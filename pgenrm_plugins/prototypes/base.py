@@ -10,7 +10,7 @@ see the previous build until that commit and the new one after it, never a mix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -34,6 +34,15 @@ class UserRecord:
     synthesis: str | None = None  # the judge's preference synthesis; None when built from history text
     embedding: np.ndarray | None = None  # float32 [dim], unit norm
     prototype_id: int | None = None
+
+
+@dataclass(frozen=True)
+class CachedSynthesis:
+    """A synthesis a judge wrote (`reward.criteria: synthesis`), and the weights its verification
+    against the history it was written from gave its criteria (None: not verified yet)."""
+
+    text: str
+    weights: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,15 @@ class PrototypeStore(Protocol):
     # -- incremental --------------------------------------------------------------------------
     def add_user(self, user: UserRecord) -> int:
         """Add or update one user of the current build, placed in its nearest prototype; returns it."""
+
+    # -- the synthesis cache (shared by every scorer that opens the store) ----------------------
+    def get_syntheses(self, keys: Sequence[str]) -> dict[str, CachedSynthesis]:
+        """The cached syntheses among `keys` (keys say the judge and what it read; see
+        scoring/syntheses.py); keys not cached are absent. Independent of builds."""
+
+    def put_syntheses(self, entries: Mapping[str, CachedSynthesis]) -> None:
+        """Cache syntheses in one transaction. A key already cached keeps its text (the same judge
+        reading the same view writes the same text); it gains weights when it had none."""
 
     def stats(self) -> dict[str, Any]:
         """Sizes for `pgenrm prototypes show`: users, prototypes, population per prototype, version."""

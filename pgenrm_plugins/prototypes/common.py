@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
-from pgenrm_plugins.prototypes.base import PrototypeSet, StoreError, UserRecord
+from pgenrm_plugins.prototypes.base import CachedSynthesis, PrototypeSet, StoreError, UserRecord
 from pgenrm_plugins.types import HistoryItem
 
 
@@ -169,3 +169,23 @@ def nearest_prototype(centroids: np.ndarray, embedding: np.ndarray) -> int:
             "use the embedder that built the store"
         )
     return int(np.argmax(centroids @ embedding))
+
+
+# -- the synthesis cache: one table, the same in both stores (placeholders differ) ---------------
+SYNTHESES_TABLE = "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, text TEXT NOT NULL, weights TEXT)"
+PUT_SYNTHESIS = ("INSERT INTO {t} AS old (key, text, weights) VALUES ({p}, {p}, {p}) ON CONFLICT (key) DO UPDATE "
+                 "SET weights = excluded.weights WHERE old.weights IS NULL AND excluded.weights IS NOT NULL")
+
+
+def synthesis_rows(entries: Mapping[str, "CachedSynthesis"]) -> list[tuple[str, str, str | None]]:
+    rows = []
+    for key, entry in entries.items():
+        if not isinstance(entry.text, str):
+            raise TypeError(f"synthesis {key!r}: text must be a string, got {type(entry.text).__name__}")
+        weights = None if entry.weights is None else json.dumps([float(w) for w in entry.weights])
+        rows.append((key, entry.text, weights))
+    return rows
+
+
+def cached_syntheses(rows) -> dict[str, "CachedSynthesis"]:
+    return {key: CachedSynthesis(text, None if weights is None else json.loads(weights)) for key, text, weights in rows}

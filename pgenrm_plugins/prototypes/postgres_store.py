@@ -19,14 +19,14 @@ import json
 import os
 import re
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pgenrm_plugins.hookspecs import hookimpl
 from pgenrm_plugins.prototypes import common
-from pgenrm_plugins.prototypes.base import Lookup, Neighbour, PrototypeSet, StoreError, UserRecord
+from pgenrm_plugins.prototypes.base import CachedSynthesis, Lookup, Neighbour, PrototypeSet, StoreError, UserRecord
 from pgenrm_plugins.prototypes.index import MemberIndex, Members, Storage, assemble
 
 DSN_ENV = "PGENRM_POSTGRES_DSN"
@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS {s}.prototypes (
     PRIMARY KEY (build_id, prototype_id)
 );
 INSERT INTO {s}.meta VALUES (1, {schema_version}, 0, NULL) ON CONFLICT (id) DO NOTHING;
-"""
+""" + common.SYNTHESES_TABLE.format(t="{s}.syntheses") + ";\n"
 
 _USER_COLUMNS = "user_id, history, persona, synthesis, embedding"
 
@@ -427,6 +427,18 @@ class PostgresStore(common.ThreadConnections):
             index.close()  # its background loader reads through these connections
         super().close()
 
+    # -- the synthesis cache ----------------------------------------------------------------------
+    def get_syntheses(self, keys: Sequence[str]) -> dict[str, CachedSynthesis]:
+        rows = self._conn.execute(f"SELECT key, text, weights FROM {self.s}.syntheses WHERE key = ANY(%s)",
+                                  (list(dict.fromkeys(keys)),)).fetchall()
+        return common.cached_syntheses(rows)
+
+    def put_syntheses(self, entries: Mapping[str, CachedSynthesis]) -> None:
+        rows = common.synthesis_rows(entries)
+        conn = self._conn
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(common.PUT_SYNTHESIS.format(t=f"{self.s}.syntheses", p="%s"), rows)
+
     def stats(self) -> dict[str, Any]:
         s, conn = self.s, self._conn
         with self._snapshot(conn):
@@ -436,6 +448,7 @@ class PostgresStore(common.ThreadConnections):
                 "store": self.name, "schema": s, "schema_version": common.SCHEMA_VERSION, "version": int(version),
                 "unfinished_builds": staging, "build_id": None, "users": 0, "prototypes": 0, "population": {},
                 "search": "pgvector" if self._pgvector else "memory",
+                "syntheses": conn.execute(f"SELECT count(*) FROM {s}.syntheses").fetchone()[0],
             }
             if bid is not None:
                 embedder, meta, published_at = conn.execute(

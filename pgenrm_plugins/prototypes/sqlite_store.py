@@ -16,14 +16,14 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pgenrm_plugins.hookspecs import hookimpl
 from pgenrm_plugins.prototypes import common
-from pgenrm_plugins.prototypes.base import Lookup, PrototypeSet, StoreError, UserRecord
+from pgenrm_plugins.prototypes.base import CachedSynthesis, Lookup, PrototypeSet, StoreError, UserRecord
 from pgenrm_plugins.prototypes.index import MemberIndex, Members, Storage, assemble
 
 _SCHEMA = """
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS prototypes (
     centroid BLOB NOT NULL,
     PRIMARY KEY (build_id, prototype_id)
 );
-"""
+""" + common.SYNTHESES_TABLE.format(t="syntheses") + ";\n"
 
 _CURRENT = "(SELECT value FROM meta WHERE key = 'current_build')"
 
@@ -302,6 +302,21 @@ class SQLiteStore(common.ThreadConnections):
         user.prototype_id = p
         return p
 
+    # -- the synthesis cache ----------------------------------------------------------------------
+    def get_syntheses(self, keys: Sequence[str]) -> dict[str, CachedSynthesis]:
+        keys, rows = list(dict.fromkeys(keys)), []
+        with self._transaction("DEFERRED") as c:
+            for start in range(0, len(keys), 500):  # under SQLite's bound-parameter limit
+                chunk = keys[start:start + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows += c.execute(f"SELECT key, text, weights FROM syntheses WHERE key IN ({marks})", chunk).fetchall()
+        return common.cached_syntheses(rows)
+
+    def put_syntheses(self, entries: Mapping[str, CachedSynthesis]) -> None:
+        rows = common.synthesis_rows(entries)
+        with self._transaction() as c:
+            c.executemany(common.PUT_SYNTHESIS.format(t="syntheses", p="?"), rows)
+
     def close(self) -> None:
         index = getattr(self, "index", None)
         if index is not None:
@@ -317,7 +332,7 @@ class SQLiteStore(common.ThreadConnections):
             out: dict[str, Any] = {
                 "store": self.name, "path": str(self.path), "schema_version": common.SCHEMA_VERSION,
                 "version": version, "unfinished_builds": staging, "build_id": None, "users": 0, "prototypes": 0,
-                "population": {},
+                "population": {}, "syntheses": c.execute("SELECT count(*) FROM syntheses").fetchone()[0],
             }
             if build:
                 bid = build[0]

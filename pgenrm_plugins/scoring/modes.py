@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -37,6 +37,7 @@ from pgenrm_plugins.chain.formats import PGENRM, ChainFormat
 from pgenrm_plugins.chain.parser import Criterion, ParseFailure
 from pgenrm_plugins.chain.prompts import DIGITS
 from pgenrm_plugins.config import PGenRMConfig
+from pgenrm_plugins.scoring.syntheses import SynthesisCache, judge_identity
 from pgenrm_plugins.types import HistoryItem, ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -118,14 +119,18 @@ def comparisons(r: ScoreRequest) -> list[tuple[int, int]]:
 class RewardModes:
     """Runs the configured mode over a list of requests, all in the same backend calls."""
 
-    def __init__(self, config: PGenRMConfig, backend: Backend, criteria: str, chain_format: ChainFormat):
+    def __init__(self, config: PGenRMConfig, backend: Backend, criteria: str, chain_format: ChainFormat,
+                 store=None):
         self.config, self.backend, self.criteria, self.format = config, backend, criteria, chain_format
         # Learned once and never unlearned: a backend that gave no token probabilities will not
         # start to (asking again would cost an OpenAI-compatible server a request per call).
         self._no_probabilities = False
         # Syntheses by what they were written from (history view, persona, sampling): a user's
-        # next request, a GRPO step's other prompts and prototype neighbours reuse them.
-        self._syntheses: OrderedDict[str, _Synthesis] = OrderedDict()
+        # next request, a GRPO step's other prompts and prototype neighbours reuse them; with a
+        # prototype store (`store`), so do other workers and later runs.
+        identity = judge_identity(config) if criteria == "synthesis" else ""
+        self._syntheses: SynthesisCache[_Synthesis] = SynthesisCache(
+            identity, lambda text: _Synthesis(text, self.format), store, SYNTHESIS_CACHE)
 
     def run(self, reqs: list[ScoreRequest]) -> list[Tally]:
         tallies = [Tally(per_completion=[[] for _ in r.completions]) for r in reqs]
@@ -380,21 +385,21 @@ class RewardModes:
         backend call as the verification."""
         rc, s = self.config.reward, self.config.sampling
         views = [[self._synthesis_request(r, k) for k in range(s.chains)] for r in reqs]
-        missing = {key: req for per in views for key, req, _ in per if key not in self._syntheses}
+        found = self._syntheses.lookup(key for per in views for key, _, _ in per)
+        missing = {key: req for per in views for key, req, _ in per if key not in found}
         fresh: dict[str, Generation] = {}  # written in this call, counted at its first use
         if missing:
             for (key, _), (g,) in zip(missing.items(), self.backend.generate(list(missing.values()))):
-                self._syntheses[key], fresh[key] = _Synthesis(g.text, self.format), g
-                while len(self._syntheses) > SYNTHESIS_CACHE:
-                    self._syntheses.popitem(last=False)
+                found[key], fresh[key] = _Synthesis(g.text, self.format), g
+                self._syntheses.add(key, found[key])
+        to_save = {key: found[key] for key in fresh}
         scored = []  # (request index, synthesis)
         to_verify: dict[str, tuple[_Synthesis, list[HistoryItem]]] = {}
         for ri, per in enumerate(views):
             t = tallies[ri]
             t.reader = "logprob"
             for key, _, history in per:
-                synthesis = self._syntheses[key]
-                self._syntheses.move_to_end(key)
+                synthesis = found[key]
                 if key in fresh:
                     t.add_chain(fresh.pop(key))
                 else:
@@ -407,6 +412,7 @@ class RewardModes:
                     t.add_criteria(synthesis.parsed.criteria)
                 if rc.verify and synthesis.weights is None:
                     to_verify[key] = (synthesis, history)
+                    to_save[key] = synthesis
                 scored.append((ri, synthesis))
         # one backend call: the verification checks, then every completion's checks
         verification = [(h.prompt, side, c.name) for syn, history in to_verify.values() for h in history
@@ -416,8 +422,9 @@ class RewardModes:
         digits = iter(criterion_digits(self.backend, verification + asked, rc.max_chars, rc.criterion_first,
                                        self.format))
         for syn, history in to_verify.values():
-            found = [[(next(digits), next(digits)) for _ in syn.criteria] for _ in history]
-            syn.weights = verify_criteria(syn.criteria, found, self.format.sound_criterion)
+            separations = [[(next(digits), next(digits)) for _ in syn.criteria] for _ in history]
+            syn.weights = verify_criteria(syn.criteria, separations, self.format.sound_criterion)
+        self._syntheses.save(to_save)
         for ri, syn in scored:
             t = tallies[ri]
             weights = syn.weights if rc.verify else [c.weight for c in syn.criteria]

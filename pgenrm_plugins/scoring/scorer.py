@@ -52,13 +52,14 @@ class Scorer:
         self.format = chain_format(self.config.chain.format)
         # a format without the configured mode's chains is refused here, naming the keys to change
         self.format.require(self.config.reward.mode, self.criteria, self.config.reward.reader)
-        self.modes = RewardModes(self.config, self.backend, self.criteria, self.format)
         # Prototype-level scaling: `store` and `embedder` may be handed in (already open, shared).
         self.store = self.embedder = self.scaling = None
         if self.config.prototypes.enabled:
             self.store = store if store is not None else self.config.store.build("store")
             self.embedder = embedder if embedder is not None else self.config.embedder.build("embedder")
             self.scaling = PrototypeScaling(self.config.prototypes, self.store, self.embedder, self.backend)
+        # the store also keeps the syntheses (`reward.criteria: synthesis`) every worker on it shares
+        self.modes = RewardModes(self.config, self.backend, self.criteria, self.format, store=self.store)
 
     def score(self, requests: Sequence[ScoreRequest | dict]) -> list[ScoreResult]:
         reqs = [r if isinstance(r, ScoreRequest) else ScoreRequest.model_validate(r) for r in requests]
