@@ -12,14 +12,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out/gpu-judge}
 WORK=${WORK:-/tmp/pgenrm-gpu}
-STEPS=${STEPS:-250}          # 600 steps of 32 took 441 s on an H200 (docs/training.md)
+CHECK_STEPS=${CHECK_STEPS:-300}  # stage 1: the checks alone, from a new adapter (0: no stage 1)
+STEPS=${STEPS:-150}          # stage 2: syntheses and checks, from stage 1's adapter (600 steps of 32 took
+                             # 441 s on an H200, docs/training.md)
 BATCH=${BATCH:-32}
 CHECK_SHARE=${CHECK_SHARE:-0.7}
 VARIANTS=${VARIANTS:-"last first"}
 ABLATION=${ABLATION:-0}
 LR=${LR:-5e-4}
 USERS=${USERS:-2000}
-ROWS=${ROWS:-100}            # held-out test pairs each judge is measured on
+ROWS=${ROWS:-60}             # held-out test pairs each judge is measured on
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -62,10 +64,18 @@ train() {  # folder data extra-options...
 }
 
 # VARIANTS: how a check shows its criterion, "last" (after the reply: rows of one reply share it)
-# and/or "first" (before the reply); each variant is trained, shipped and measured in turn
+# and/or "first" (before the reply). Each variant learns the checks alone first (CHECK_STEPS; its
+# figures are the `checks-*` lines of evals.jsonl: does the check step learn at all?), then both
+# steps from that adapter (STEPS), and is shipped and measured.
 for variant in $VARIANTS; do
-    if [ "$variant" = first ]; then train "judge-$variant" train.jsonl --criterion-first
-    else train "judge-$variant" train.jsonl; fi
+    order=(); [ "$variant" = first ] && order=(--criterion-first)
+    init=()
+    if [ "$CHECK_STEPS" -gt 0 ]; then
+        CHECK_SHARE=1 STEPS=$CHECK_STEPS train "checks-$variant" train.jsonl "${order[@]}"
+        evaluate "checks-$variant" heldout.jsonl "checks-$variant"
+        init=(--init "$WORK/checks-$variant")
+    fi
+    train "judge-$variant" train.jsonl "${order[@]}" "${init[@]}"
     ship "judge-$variant" "synthesis-$variant"
     evaluate "judge-$variant" heldout.jsonl "$variant"
 done

@@ -207,6 +207,15 @@ def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
     assert result.components.criteria_mode == "synthesis" and result.components.chains_sampled == 1
 
+    # a next stage continues that adapter (its rank 2, not the settings' 16): checks alone
+    more = train_synthesis(rows, tmp_path / "stage2", SynthesisSettings(steps=1, batch_size=2, check_share=1.0,
+                                                                        max_chars=300), init=out, progress=False)
+    assert more["init"]["judge"] == str(out) and more["init"]["data_hash"] == manifest["data_hash"]
+    assert json.loads((tmp_path / "stage2" / "adapter_config.json").read_text())["r"] == 2
+    assert more["metrics"].get("final_check_loss") is not None and more["metrics"].get("final_synthesis_loss") is None
+    with pytest.raises(ValueError, match="not a synthesis judge folder"):
+        train_synthesis(rows, tmp_path / "x", settings, init=tmp_path, progress=False)
+
 
 def test_a_check_names_its_criterion_last_or_first():
     last = chain.criterion_messages("How do I boil an egg?", "Boil it.", "Brief: short", max_chars=200)[-1]["content"]

@@ -240,6 +240,9 @@ def register_commands(cli):
         save_steps: int = typer.Option(50, min=1, help="Checkpoint every N steps."),
         seed: int = typer.Option(0),
         threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
+        init: Optional[Path] = typer.Option(None, "--init", help="A synthesis judge folder whose adapter this "
+                                                                 "run continues (stages: checks alone with "
+                                                                 "--check-share 1, then both)."),
         fresh: bool = typer.Option(False, help="Delete OUT/checkpoints first instead of resuming."),
     ):
         """The synthesis judge (the embedded default's stage): persona and weighted criteria from the history,
@@ -253,7 +256,8 @@ def register_commands(cli):
                                      persona_rate=persona_rate, criterion_first=criterion_first,
                                      save_steps=save_steps, seed=seed, threads=threads)
         with exit_on_bad_input():
-            manifest = train_synthesis(data, out, settings, base=base, fresh=fresh, command=command_line())
+            manifest = train_synthesis(data, out, settings, base=base, init=init, fresh=fresh,
+                                       command=command_line())
         m = manifest["metrics"]
         err.print(f"wrote {out}: {m['steps']} steps on {m['device']}, loss {m['first_loss']} -> {m['final_loss']} "
                   f"(last logged: synthesis {m.get('final_synthesis_loss')}, check {m.get('final_check_loss')})",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pgenrm_plugins.datasets.bench import load_bench
-from pgenrm_plugins.judge import base_model_dir, write_manifest
+from pgenrm_plugins.judge import base_model_dir, is_adapter, read_manifest, write_manifest
 from pgenrm_plugins.training.items import ItemSettings, ItemSource
 
 FORMAT = "direct-v1"
@@ -122,9 +122,11 @@ def train_score(
 
 
 def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: str = "embedded",
-                    fresh: bool = False, progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any]:
+                    init: str | Path | None = None, fresh: bool = False, progress: bool = True,
+                    command: Sequence[str] | None = None) -> dict[str, Any]:
     """Train the synthesis judge on the train rows of `data` (teacher `stated`: the truth file beside
-    synthetic rows); write it to `out`; return its manifest. Resumes from OUT/checkpoints."""
+    synthetic rows); write it to `out`; return its manifest. Resumes from OUT/checkpoints. `init`: a
+    synthesis judge folder to continue (e.g. the checks alone first, `check_share=1`, then both)."""
     import shutil
 
     from pgenrm_plugins.datasets.synthetic import load_truth
@@ -138,6 +140,14 @@ def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: s
     )
 
     settings = settings or SynthesisSettings()
+    init_manifest = None
+    if init is not None:
+        init = Path(init)
+        init_manifest = read_manifest(init) if is_adapter(init) else None
+        if init_manifest is None or init_manifest.criteria != "synthesis":
+            raise ValueError(f"--init {init}: not a synthesis judge folder (adapter_config.json and a manifest "
+                             "with criteria 'synthesis'); give a folder `pgenrm train synthesis` wrote")
+        base = init_manifest.base or base
     out = Path(out)
     checkpoints = out / "checkpoints"
     if fresh and checkpoints.exists():
@@ -145,7 +155,7 @@ def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: s
     bench = load_bench(data, strict=True)
     teacher = StatedTeacher(bench, load_truth(data))
     trainer, model, _ = build_trainer(SynthesisExamples(teacher, settings), settings, checkpoints,
-                                      base_model_dir(base), progress=progress)
+                                      base_model_dir(base), progress=progress, init=None if init is None else str(init))
     resume = latest_checkpoint(checkpoints)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -167,6 +177,8 @@ def train_synthesis(data: str | Path, out: str | Path, settings=None, *, base: s
         "train_users": len(teacher.user_ids),
         "seed": settings.seed,
         "settings": asdict(settings),
+        "init": {"judge": str(init), "data_hash": init_manifest.data_hash,
+                 "check_share": (init_manifest.settings or {}).get("check_share")} if init_manifest else None,
         "scoring": {"reward": {"criteria": "synthesis", "max_history": settings.max_history,
                                "max_chars": settings.max_chars, "history_render": "contrast",
                                "criterion_first": settings.criterion_first},

@@ -214,8 +214,9 @@ def example_losses(model, inputs):
 
 
 def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, checkpoints, base_dir: str,
-                  progress: bool = True):
-    """A `transformers.Trainer` over LoRA on the base judge, with the per-example loss."""
+                  progress: bool = True, init: str | None = None):
+    """A `transformers.Trainer` over LoRA on the base judge, with the per-example loss; `init`: a
+    judge folder whose adapter this run continues (one stage after another) instead of a new one."""
     from functools import partial
 
     import torch
@@ -227,7 +228,16 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
         torch.set_num_threads(settings.threads)
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = lora_model(base_dir, settings.lora_rank, 2 * settings.lora_rank, settings.lora_layers)
+    if init is None:
+        model = lora_model(base_dir, settings.lora_rank, 2 * settings.lora_rank, settings.lora_layers)
+    else:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        from pgenrm_plugins.backends.transformers_backend import attention_options
+
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options())
+        model = PeftModel.from_pretrained(model, init, is_trainable=True)
     dataset = TokenizedExamples(examples, tokenizer, settings.steps * settings.batch_size * settings.grad_accum)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else dataset.end
 
@@ -242,7 +252,7 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
             checks = (inputs["labels"] != -100).sum(dim=1) == 1  # a check's target is one digit
             for name, rows in (("check_loss", checks), ("synthesis_loss", ~checks)):
                 if rows.any():
-                    parts[name].append(float(losses[rows].mean()))
+                    parts[name].append(float(losses[rows].mean().detach()))
             loss = losses.mean()
             return (loss, None) if return_outputs else loss
 
