@@ -18,6 +18,7 @@ from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, generate, stated_prefe
 from pgenrm_plugins.scoring.modes import combine, verify_criteria
 from pgenrm_plugins.training.synthesis_eval import claims
 from pgenrm_plugins.training.synthesis_stage import (
+    Checks,
     StatedTeacher,
     SynthesisExamples,
     SynthesisSettings,
@@ -61,9 +62,12 @@ def test_synthesis_examples_are_a_function_of_the_index_and_claim_what_the_view_
     teacher = StatedTeacher(load_bench(rows), load_truth(rows))
     examples = SynthesisExamples(teacher, SynthesisSettings(check_share=0.0, persona_rate=0.0, empty_rate=0.0))
     assert examples.example(5) == examples.example(5)
-    seen_checks = SynthesisExamples(teacher, SynthesisSettings(check_share=1.0, seed=1))
-    digits = {seen_checks.example(i)[1] for i in range(40)}
-    assert digits == {"1", "9"}
+    checks = [SynthesisExamples(teacher, SynthesisSettings(check_share=1.0, seed=1)).example(i) for i in range(20)]
+    assert all(isinstance(c, Checks) and len(c.conversations) == len(c.targets) == 11 for c in checks)
+    for c in checks:  # a sound reply meets exactly one side of each attribute; a broken one meets nothing
+        sound = c.targets[-1] == "9"
+        assert [c.targets[i] != c.targets[i + 1] for i in range(0, 10, 2)] == [sound] * 5
+    assert {c.targets[-1] for c in checks} == {"1", "9"}
     for i in range(20):
         messages, target = examples.example(i)
         assert messages[-1]["content"].startswith("## The user's past choices\n[1] Prompt:")

@@ -75,13 +75,16 @@ class ItemDataset:
 
 def tokenize_item(item: Item, tokenizer, max_chars: int, render: str = "full") -> dict[str, Any]:
     rows = [encode(tokenizer, conv) for conv in item_conversations(item, max_chars, render)]
+    return tokenize_rows(rows, [c.target for c in item.candidates], item.pairs)
+
+
+def tokenize_rows(rows: list[list[int]], targets: list[str],
+                  pairs: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Token rows that `item_loss` reads: their common prefix once, each row's own tail, and each
+    row's target digit (and the pairs compared, if any)."""
     root = common_prefix(rows)
-    return {
-        "prefix": rows[0][:root],
-        "tails": [r[root:] for r in rows],
-        "targets": [prompts.DIGITS.index(c.target) for c in item.candidates],
-        "pairs": item.pairs,
-    }
+    return {"prefix": rows[0][:root], "tails": [r[root:] for r in rows],
+            "targets": [prompts.DIGITS.index(t) for t in targets], "pairs": pairs or []}
 
 
 def collate(batch: list[dict[str, Any]]):

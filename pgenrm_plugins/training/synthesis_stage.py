@@ -6,8 +6,11 @@ One LoRA adapter learns two densely supervised steps (chain/synthesis.py), mixed
     synthesis  a view of a user's past choices (1 to `max_history` pairs, contrast-rendered,
                sometimes with their stated persona) -> the teacher's synthesis: persona and
                weighted criteria, token by token
-    check      (conversation, reply, one criterion) -> one digit: 9 if the reply meets it, 1 if it
-               does not; a broken copy of a reply (cut off, looping, empty) meets nothing
+    checks     (conversation, reply, criterion) -> one digit: 9 if the reply meets it, 1 if it
+               does not; a broken copy of a reply (cut off, looping, empty) meets nothing. One check
+               example is one reply against every criterion of the vocabulary and `Sound`: with the
+               criterion after the reply the rows share that long prefix, which runs once for all
+               of them (11 digits of supervision for little more than the cost of one)
 
 Teacher `stated` writes the synthesis from what the user *said* they want (for the generator's
 users: their latent weights, the truth behind their words), limited to what the judge is shown:
@@ -17,8 +20,9 @@ synthesis. The check targets come from the replies' own attributes. A user with 
 "nothing known yet" and `Sound` alone.
 
 Examples are a pure function of (rows, truth, settings, index), so a resumed run draws what an
-uninterrupted one would. Each example is one (prompt, target) sequence and the loss is each
-example's mean token cross-entropy on its target (a one-digit check weighs what a synthesis does).
+uninterrupted one would. The loss is the mean over examples of each one's mean cross-entropy: a
+synthesis over its tokens, a check example over its digits (read among the nine digits, as the
+scorer reads them).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class SynthesisSettings:
     lora_layers: int = 30  # LoRA on the top N decoder layers
     max_history: int = 8  # most pairs in a view (becomes reward.max_history)
     max_chars: int = 1200  # each text cut to this (becomes reward.max_chars)
-    check_share: float = 0.5  # share of examples that are checks (the rest: syntheses)
+    check_share: float = 0.5  # share of examples that check one reply (the rest: syntheses)
     persona_rate: float = 0.3  # a synthesis example shows the user's stated persona this often
     empty_rate: float = 0.05  # ... and shows no history at all this often
     degenerate_rate: float = 0.15  # a check is of a broken copy this often
@@ -127,7 +131,7 @@ class SynthesisExamples:
         self.teacher, self.settings = teacher, settings
         self.criteria = [(a, d) for a in ATTRIBUTES for d in (1, -1)]
 
-    def example(self, index: int) -> tuple[list[dict[str, str]], str]:
+    def example(self, index: int) -> tuple[list[dict[str, str]], str] | Checks:
         s = self.settings
         rng = random.Random(int.from_bytes(hashlib.blake2b(json.dumps([s.seed, index]).encode(),
                                                             digest_size=8).digest(), "big"))
@@ -143,26 +147,31 @@ class SynthesisExamples:
                                             max_chars=s.max_chars)
         return messages, self.teacher.synthesis(user, view, persona is not None)
 
-    def _check(self, rng: random.Random, pair: Pair) -> tuple[list[dict[str, str]], str]:
+    def _check(self, rng: random.Random, pair: Pair) -> Checks:
         chosen = rng.random() < 0.5
         reply, attrs = (pair.item.chosen, pair.chosen) if chosen else (pair.item.rejected, pair.rejected)
         broken = rng.random() < self.settings.degenerate_rate
         if broken:
             reply = degenerate(reply, rng) or "."
-        pick = rng.randrange(len(self.criteria) + 1)
-        if pick == len(self.criteria):
-            criterion, met = chain.SOUND.name, True
-        else:
-            attribute, direction = self.criteria[pick]
-            name, description, _ = CRITERIA[(attribute, direction)]
-            criterion, met = f"{name}: {description}", attrs[attribute] == direction
-        messages = chain.criterion_messages(pair.item.prompt, reply, criterion, max_chars=self.settings.max_chars,
-                                            criterion_first=self.settings.criterion_first)
-        return messages, HIGH if met and not broken else LOW
+        asked = [(f"{CRITERIA[key][0]}: {CRITERIA[key][1]}", attrs[key[0]] == key[1]) for key in self.criteria]
+        asked.append((chain.SOUND.name, True))
+        return Checks([chain.criterion_messages(pair.item.prompt, reply, criterion,
+                                                max_chars=self.settings.max_chars,
+                                                criterion_first=self.settings.criterion_first)
+                       for criterion, _ in asked],
+                      [HIGH if met and not broken else LOW for _, met in asked])
+
+
+@dataclass(frozen=True)
+class Checks:
+    """One reply against several criteria: a conversation and a target digit per criterion."""
+    conversations: list[list[dict[str, str]]]
+    targets: list[str]
 
 
 class TokenizedExamples:
-    """`Trainer`-facing dataset: index -> input ids and labels (-100 on the prompt)."""
+    """`Trainer`-facing dataset: index -> a synthesis's input ids and labels (-100 on the prompt), or
+    a check example's shared prefix, each criterion's tail and the target digits."""
 
     def __init__(self, examples: SynthesisExamples, tokenizer, length: int):
         self.examples, self.tokenizer, self.length = examples, tokenizer, length
@@ -172,9 +181,12 @@ class TokenizedExamples:
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        from pgenrm_plugins.training.score_stage import encode
+        from pgenrm_plugins.training.score_stage import encode, tokenize_rows
 
-        messages, target = self.examples.example(index)
+        example = self.examples.example(index)
+        if isinstance(example, Checks):
+            return tokenize_rows([encode(self.tokenizer, c) for c in example.conversations], example.targets)
+        messages, target = example
         prompt = encode(self.tokenizer, messages)
         answer = self.tokenizer(target, add_special_tokens=False)["input_ids"]
         if len(target) > 1:  # a synthesis ends its turn; a digit is read, not ended
@@ -182,7 +194,14 @@ class TokenizedExamples:
         return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
 
 
-def collate(batch: list[dict[str, list[int]]], pad_id: int):
+def collate(batch: list[dict], pad_id: int):
+    """Syntheses padded into one tensor batch; check examples stay whole (each has its own prefix)."""
+    sequences = [b for b in batch if "input_ids" in b]
+    return {"sequences": pad_sequences(sequences, pad_id) if sequences else None,
+            "checks": [b for b in batch if "prefix" in b]}
+
+
+def pad_sequences(batch: list[dict[str, list[int]]], pad_id: int):
     import torch
 
     width = max(len(b["input_ids"]) for b in batch)
@@ -217,12 +236,14 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
                   progress: bool = True, init: str | None = None):
     """A `transformers.Trainer` over LoRA on the base judge, with the per-example loss; `init`: a
     judge folder whose adapter this run continues (one stage after another) instead of a new one."""
+    import inspect
     from functools import partial
 
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-    from pgenrm_plugins.training.score_stage import lora_model
+    from pgenrm_plugins.chain.prompts import DIGITS
+    from pgenrm_plugins.training.score_stage import item_loss, lora_model
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -243,17 +264,24 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
 
     parts: dict[str, list[float]] = {"check_loss": [], "synthesis_loss": []}
 
+    digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in DIGITS]
+    params = inspect.signature(model.get_base_model().forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+
     class SynthesisTrainer(Trainer):
-        """The batch's mean example loss; the log also shows each step's loss apart (`check_loss`,
+        """The mean example loss; the log also shows each step's loss apart (`check_loss`,
         `synthesis_loss`): a mean over both hides a step that learns nothing."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            losses = example_losses(model, inputs)
-            checks = (inputs["labels"] != -100).sum(dim=1) == 1  # a check's target is one digit
-            for name, rows in (("check_loss", checks), ("synthesis_loss", ~checks)):
-                if rows.any():
-                    parts[name].append(float(losses[rows].mean().detach()))
-            loss = losses.mean()
+            losses = []
+            if inputs["sequences"] is not None:
+                losses.append(example_losses(model, inputs["sequences"]))
+                parts["synthesis_loss"].append(float(losses[-1].mean().detach()))
+            if inputs["checks"]:
+                losses.append(torch.stack([item_loss(model, item, digit_ids, 0.0, cache_arg)
+                                           for item in inputs["checks"]]))
+                parts["check_loss"].append(float(losses[-1].mean().detach()))
+            loss = torch.cat(losses).mean()
             return (loss, None) if return_outputs else loss
 
         def log(self, logs, *args, **kwargs):
@@ -277,5 +305,5 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
     return trainer, model, tokenizer
 
 
-__all__ = ["FORMAT", "SynthesisSettings", "StatedTeacher", "SynthesisExamples", "teacher_synthesis",
+__all__ = ["FORMAT", "SynthesisSettings", "StatedTeacher", "SynthesisExamples", "Checks", "teacher_synthesis",
            "build_trainer"]
