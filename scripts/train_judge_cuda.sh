@@ -12,12 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out/gpu-judge}
 WORK=${WORK:-/tmp/pgenrm-gpu}
-CHECK_STEPS=${CHECK_STEPS:-300}  # stage 1: the checks alone, from a new adapter (0: no stage 1)
+CHECK_STEPS=${CHECK_STEPS:-200}  # stage 1: the checks alone, from a new adapter (0: no stage 1); a check
+                                 # example is one reply against all 11 criteria (170 steps of 8 learnt the
+                                 # checks on the 2-core CPU in 75 min, docs/training.md)
 STEPS=${STEPS:-150}          # stage 2: syntheses and checks, from stage 1's adapter (600 steps of 32 took
                              # 441 s on an H200, docs/training.md)
 BATCH=${BATCH:-32}
 CHECK_SHARE=${CHECK_SHARE:-0.7}
-VARIANTS=${VARIANTS:-"last first"}
+VARIANTS=${VARIANTS:-last}    # "last first" also trains the criterion-first order (a reply read per criterion)
 ABLATION=${ABLATION:-0}
 LR=${LR:-5e-4}
 USERS=${USERS:-2000}

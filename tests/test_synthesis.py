@@ -211,6 +211,14 @@ def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)
     assert result.components.criteria_mode == "synthesis" and result.components.chains_sampled == 1
 
+    # `pgenrm train eval` measures each step of it alone (figures of an untrained judge: no accuracy asserted)
+    from pgenrm_plugins.training.synthesis_eval import evaluate_synthesis
+
+    figures = evaluate_synthesis(out, rows, max_rows=2, options={"threads": 2})
+    assert figures["pairs"] == 2 and sum(g["pairs"] for g in figures["by_group"].values()) == 2
+    assert figures["checks"]["asked"] == 2 * 2 * 10  # each test reply against the whole vocabulary
+    assert all(0.0 <= figures[k] <= 1.0 for k in ("end_to_end", "ceiling", "vocabulary"))
+
     # a next stage continues that adapter (its rank 2, not the settings' 16): checks alone
     more = train_synthesis(rows, tmp_path / "stage2", SynthesisSettings(steps=1, batch_size=2, check_share=1.0,
                                                                         max_chars=300), init=out, progress=False)

@@ -273,7 +273,8 @@ def register_commands(cli):
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
     ):
         """Pairwise accuracy of a judge on held-out users (quick check; `pgenrm bench accuracy` is the full one).
-        A synthesis judge is measured step by step: synthesis recovery, the check step's ceiling, end to end."""
+        A synthesis judge is measured step by step: synthesis recovery, the check step alone, its ceiling (the
+        teacher's synthesis), the whole vocabulary verified on the user's own pairs, end to end."""
         import json
 
         from pgenrm_plugins.judge import read_manifest
@@ -286,7 +287,8 @@ def register_commands(cli):
             with exit_on_bad_input():
                 result = evaluate_synthesis(judge, data, max_rows=rows)
             rec = result["recovery"]
-            err.print(f"end to end {result['end_to_end']:.3f}, ceiling (teacher's synthesis) {result['ceiling']:.3f} "
+            err.print(f"end to end {result['end_to_end']:.3f}, ceiling (teacher's synthesis) {result['ceiling']:.3f}, "
+                      f"vocabulary verified on the user's pairs {result['vocabulary']:.3f} "
                       f"on {result['pairs']} pairs; synthesis recovery {rec['agreement']} "
                       f"({rec.get('agree', 0)} of {rec.get('claimed', 0)} claims on the right side, "
                       f"{rec.get('wrong_side', 0)} wrong side, {rec.get('missed', 0)} missed, "
@@ -295,8 +297,8 @@ def register_commands(cli):
             err.print(f"checks: {c['accuracy']:.3f} right of {c['asked']} (mean digit met {c['mean_digit_met']}, "
                       f"unmet {c['mean_digit_unmet']})", highlight=False)
             for group, g in result["by_group"].items():
-                err.print(f"  {group}: end to end {g['end_to_end']:.3f}, ceiling {g['ceiling']:.3f} "
-                          f"({g['pairs']} pairs)", highlight=False)
+                err.print(f"  {group}: end to end {g['end_to_end']:.3f}, ceiling {g['ceiling']:.3f}, "
+                          f"vocabulary {g['vocabulary']:.3f} ({g['pairs']} pairs)", highlight=False)
             if json_out:
                 json_out.write_text(json.dumps(result, indent=1))
             return

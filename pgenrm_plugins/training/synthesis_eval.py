@@ -9,6 +9,9 @@
                digit of met and unmet checks (a step that learnt nothing gives both about 5)
     ceiling    the test pairs scored against the *teacher's* synthesis: how far the check step
                alone carries (the best the first step could hand it)
+    vocabulary the test pairs scored against every criterion of the generator's vocabulary, each
+               weighted by how it separates the user's own past pairs (`reward.verify`'s rule), no
+               synthesis written: how much of the user the check step reads on its own
     end to end the test pairs scored as `pgenrm score` would (Ind-1, no persona)
 
 A judgement is right when the chosen reply gets the higher reward; a tie is wrong. Users are
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pgenrm_plugins.chain import synthesis as chain
-from pgenrm_plugins.chain.parser import ParseFailure
+from pgenrm_plugins.chain.parser import Criterion, ParseFailure
 from pgenrm_plugins.datasets.bench import load_bench
 from pgenrm_plugins.datasets.synthetic import CRITERIA, load_truth
 from pgenrm_plugins.training.synthesis_stage import StatedTeacher
@@ -77,6 +80,7 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
                  for r in rows[:100] for reply, truth_attrs in _replies(r, attrs[row_key(r.model_dump(mode="json"))])
                  for (a, side), (name, description, _) in CRITERIA.items()]
         digits = criterion_digits(scorer.backend, [q[:3] for q in asked], rc.max_chars, rc.criterion_first)
+        by_vocabulary = _vocabulary(scorer.backend, rows, histories, view, rc)
     finally:
         scorer.close()
     right: dict[str, Counter] = defaultdict(Counter)
@@ -87,6 +91,7 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
         right[group]["pairs"] += 1
         right[group]["end_to_end"] += result.rewards[0] > result.rewards[1]
         right[group]["ceiling"] += best[0] is not None and best[1] is not None and best[0] > best[1]
+        right[group]["vocabulary"] += by_vocabulary.pop(0)
         if r.user_id in seen or group == "no_history":
             continue
         seen.add(r.user_id)
@@ -104,13 +109,15 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
                                                           if d is not None) / max(1, len(met) + len(unmet)), 4),
               "mean_digit_met": round(sum(met) / len(met), 3) if met else None,
               "mean_digit_unmet": round(sum(unmet) / len(unmet), 3) if unmet else None}
-    by_group = {g: {"pairs": c["pairs"], "end_to_end": round(c["end_to_end"] / c["pairs"], 4),
-                    "ceiling": round(c["ceiling"] / c["pairs"], 4)} for g, c in sorted(right.items())}
+    by_group = {g: {"pairs": c["pairs"], **{k: round(c[k] / c["pairs"], 4) for k in ("end_to_end", "ceiling",
+                                                                                   "vocabulary")}}
+                for g, c in sorted(right.items())}
     total = sum(c["pairs"] for c in right.values())
     return {
         "data": str(data), "judge": str(judge), "pairs": total,
         "end_to_end": round(sum(c["end_to_end"] for c in right.values()) / total, 4),
         "ceiling": round(sum(c["ceiling"] for c in right.values()) / total, 4),
+        "vocabulary": round(sum(c["vocabulary"] for c in right.values()) / total, 4),
         "by_group": by_group,
         "checks": checks,
         "recovery": {**recovery, "agreement": round(recovery["agree"] / recovery["claimed"], 4)
@@ -118,6 +125,29 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
         "example": {"user": rows[0].user_id, "teacher": taught[rows[0].user_id],
                     "written": results[0].components.evaluation} if rows else None,
     }
+
+
+def _vocabulary(backend, rows, histories, view: int, rc) -> list[bool]:
+    """Each test pair judged right or not by the whole vocabulary, verified on the user's own view."""
+    from pgenrm_plugins.scoring.modes import combine, criterion_digits, history_view, verify_criteria
+
+    vocabulary = [Criterion(f"{name}: {description}", 10.0) for name, description, _ in CRITERIA.values()]
+    vocabulary.append(chain.SOUND)
+    views = {u: history_view(histories.get(u, []), view, 0, 0) for u in dict.fromkeys(r.user_id for r in rows)}
+    asked = [(h.prompt, side, c.name) for history in views.values() for h in history for side in (h.chosen, h.rejected)
+             for c in vocabulary]
+    asked += [(r.context, reply, c.name) for r in rows for reply in (r.chosen.content, r.rejected.content)
+              for c in vocabulary]
+    digits = iter(criterion_digits(backend, asked, rc.max_chars, rc.criterion_first))
+    weights = {}
+    for user, history in views.items():
+        found = [list(zip(*[[next(digits) for c in vocabulary] for _ in (0, 1)])) for _ in history]
+        weights[user] = verify_criteria(vocabulary, found)
+    right = []
+    for r in rows:
+        chosen, rejected = (combine(weights[r.user_id], [next(digits) for _ in vocabulary]) for _ in (0, 1))
+        right.append(chosen is not None and rejected is not None and chosen > rejected)
+    return right
 
 
 def _replies(row, truth_row):
