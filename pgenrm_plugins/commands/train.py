@@ -276,7 +276,7 @@ def register_commands(cli):
         A synthesis judge is measured step by step: synthesis recovery, the check step's ceiling, end to end."""
         import json
 
-        from pgenrm_plugins.judge import read_manifest
+        from pgenrm_plugins.backends.judge_folder import read_manifest
         from pgenrm_plugins.training.run import evaluate
 
         manifest = read_manifest(judge)
@@ -314,7 +314,7 @@ def register_commands(cli):
                                                   "or convert it with llama.cpp's convert_hf_to_gguf.py."),
     ):
         """Merge the adapter into its base and write a plain HF model folder."""
-        from pgenrm_plugins.judge import export_merged
+        from pgenrm_plugins.backends.judge_folder import export_merged
 
         export_merged(judge, to)
         err.print(f"wrote {to}", highlight=False)

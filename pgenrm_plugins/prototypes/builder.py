@@ -20,7 +20,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -29,6 +29,10 @@ from pgenrm_plugins.prototypes.base import PrototypeSet, UserRecord
 from pgenrm_plugins.prototypes.sources import JUDGE_SOURCES, SourceSettings, embed_users, prompt_text
 from pgenrm_plugins.prototypes.updater import UpdaterSettings, UserPairs, refine_prototypes
 from pgenrm_plugins.requests_io import LineError
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.backends.base import Backend
+    from pgenrm_plugins.prototypes.base import Embedder, PrototypeStore
 
 # Prototypes aim at about this many members each when K is not given: the paper takes the top 4-8
 # members of a prototype as neighbours, so a prototype needs more than that to choose from.
@@ -95,7 +99,7 @@ def _progress(console):
                     console=console)
 
 
-def _embed_unique(embedder, texts: list[str]) -> np.ndarray:
+def _embed_unique(embedder: Embedder, texts: list[str]) -> np.ndarray:
     """Embed each distinct text once (prompts and answers repeat across users)."""
     unique = list(dict.fromkeys(texts))
     vectors = embedder.embed(unique)
@@ -103,7 +107,7 @@ def _embed_unique(embedder, texts: list[str]) -> np.ndarray:
     return vectors[[row[t] for t in texts]]
 
 
-def pair_embeddings(embedder, users: list[UserRecord], settings: SourceSettings, progress=None, task=None,
+def pair_embeddings(embedder: Embedder, users: list[UserRecord], settings: SourceSettings, progress=None, task=None,
                     chunk: int = 64) -> list[UserPairs]:
     """Each user's pairs (prompt, chosen, rejected), embedded for the updater, `chunk` users per call."""
     clip = settings.max_chars
@@ -147,10 +151,10 @@ def assign_nearest(embeddings: np.ndarray, centroids: np.ndarray) -> tuple[np.nd
 
 def build_prototypes(
     rows_path: str | Path,
-    store,
-    embedder,
+    store: PrototypeStore,
+    embedder: Embedder,
     *,
-    backend=None,
+    backend: Backend | None = None,
     k: int | None = None,
     skip_judge: bool = False,
     source: str | None = None,
@@ -273,7 +277,8 @@ def build_prototypes(
     )
 
 
-def add_user(store, embedder, user_id: str, history, persona: str | None = None, backend=None) -> UserRecord:
+def add_user(store: PrototypeStore, embedder: Embedder, user_id: str, history, persona: str | None = None,
+             backend: Backend | None = None) -> UserRecord:
     """Add or update one user of the current build without rebuilding: embedded the way the build
     embedded its members, placed in the nearest prototype. Returns the stored record."""
     from pgenrm_plugins.prototypes.base import StoreError
