@@ -9,7 +9,7 @@ import json
 import threading
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
@@ -63,6 +63,7 @@ class SQLStore(ThreadConnections):
     is locked (`_lock`); the rest of the build's life is written here once."""
 
     P = "?"
+    current_build = "(SELECT value FROM meta WHERE key = 'current_build')"  # SQL: the current build's id
     index: Any  # the store's MemberIndex
     _centroids_cache: dict[str, np.ndarray]
 
@@ -75,6 +76,26 @@ class SQLStore(ThreadConnections):
     def _lock(self, kind: str) -> str:
         """The clause that locks a build's row for this transaction ('' where the write lock is global)."""
         return ""
+
+    def _iter_users(self, where: str, params: Sequence) -> Iterator[UserRecord]:
+        raise NotImplementedError  # each engine streams in its own way
+
+    def users_query(self, where: str) -> str:
+        """Users with their prototype, `where` the caller says (u: users, m: memberships)."""
+        return ("SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id "
+                f"FROM {self.table('users')} u LEFT JOIN {self.table('memberships')} m USING (build_id, user_id) "
+                f"{where}")
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        row = self._conn.execute(self.users_query(f"WHERE u.build_id = {self.current_build} AND u.user_id = {self.P}"),
+                                 (user_id,)).fetchone()
+        return to_record(*row) if row else None
+
+    def users(self) -> Iterator[UserRecord]:
+        yield from self._iter_users(f"WHERE u.build_id = {self.current_build}", ())
+
+    def staged_users(self, build_id: str) -> Iterator[UserRecord]:
+        yield from self._iter_users(f"WHERE u.build_id = {self.P}", (int(build_id),))
 
     def _staging(self, c, build_id: str, lock: str = "SHARE") -> int:
         """The build's id, checked to be still staging (locked against publish when the engine can)."""

@@ -153,6 +153,10 @@ class PostgresStore(common.SQLStore):
     def table(self, name: str) -> str:
         return f"{self.s}.{name}"
 
+    @property
+    def current_build(self) -> str:
+        return f"(SELECT current_build FROM {self.s}.meta WHERE id = 1)"
+
     @contextmanager
     def _write(self):
         conn = self._conn
@@ -237,9 +241,6 @@ class PostgresStore(common.SQLStore):
                 "synthesis = excluded.synthesis, embedding = excluded.embedding"
                 + (", embedding_v = excluded.embedding_v" if self._pgvector else ""), (bid,))
 
-    def staged_users(self, build_id: str) -> Iterator[UserRecord]:
-        yield from self._iter_users("WHERE u.build_id = %s", (int(build_id),))
-
     def publish(self, build_id: str, prototypes: PrototypeSet, assignments: dict[str, int]) -> None:
         centroids = common.check_prototypes(prototypes)
         k, dim = centroids.shape
@@ -280,26 +281,11 @@ class PostgresStore(common.SQLStore):
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 with conn.cursor(name="pgenrm_users") as cur:
                     cur.itersize = 2000
-                    cur.execute(
-                        "SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id "
-                        f"FROM {self.s}.users u "
-                        f"LEFT JOIN {self.s}.memberships m USING (build_id, user_id) {where} ORDER BY u.user_id",
-                        params)
+                    cur.execute(self.users_query(f"{where} ORDER BY u.user_id"), params)
                     for row in cur:
                         yield common.to_record(*row)
         finally:
             conn.close()
-
-    def get_user(self, user_id: str) -> UserRecord | None:
-        row = self._conn.execute(
-            f"SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id FROM {self.s}.users u "
-            f"LEFT JOIN {self.s}.memberships m USING (build_id, user_id) "
-            f"WHERE u.build_id = (SELECT current_build FROM {self.s}.meta WHERE id = 1) AND u.user_id = %s",
-            (user_id,)).fetchone()
-        return common.to_record(*row) if row else None
-
-    def users(self) -> Iterator[UserRecord]:
-        yield from self._iter_users(f"WHERE u.build_id = (SELECT current_build FROM {self.s}.meta WHERE id = 1)", ())
 
     def prototypes(self) -> PrototypeSet | None:
         conn = self._conn

@@ -64,8 +64,6 @@ CREATE TABLE IF NOT EXISTS prototypes (
 );
 """ + common.SYNTHESES_TABLE.format(t="syntheses") + ";\n"
 
-_CURRENT = "(SELECT value FROM meta WHERE key = 'current_build')"
-
 _UPSERT_USER = """
 INSERT INTO users (build_id, user_id, history, persona, synthesis, embedding, changed_version)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -163,9 +161,6 @@ class SQLiteStore(common.SQLStore):
 
             c.executemany(_UPSERT_USER, rows())
 
-    def staged_users(self, build_id: str) -> Iterator[UserRecord]:
-        yield from self._iter_users("WHERE u.build_id = ?", (int(build_id),))
-
     def publish(self, build_id: str, prototypes: PrototypeSet, assignments: dict[str, int]) -> None:
         centroids = common.check_prototypes(prototypes)
         k, dim = centroids.shape
@@ -193,27 +188,15 @@ class SQLiteStore(common.SQLStore):
         conn = self._open()
         try:
             with self._transaction("DEFERRED", conn) as c:
-                cur = c.execute(
-                    "SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id FROM users u "
-                    f"LEFT JOIN memberships m USING (build_id, user_id) {where} ORDER BY u.user_id", params)
-                for row in cur:
+                for row in c.execute(self.users_query(f"{where} ORDER BY u.user_id"), params):
                     yield common.to_record(*row)
         finally:
             conn.close()
 
-    def get_user(self, user_id: str) -> UserRecord | None:
-        row = self._conn.execute(
-            "SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id FROM users u "
-            f"LEFT JOIN memberships m USING (build_id, user_id) WHERE u.build_id = {_CURRENT} AND u.user_id = ?",
-            (user_id,)).fetchone()
-        return common.to_record(*row) if row else None
-
-    def users(self) -> Iterator[UserRecord]:
-        yield from self._iter_users(f"WHERE u.build_id = {_CURRENT}", ())
-
     def prototypes(self) -> PrototypeSet | None:
         with self._transaction("DEFERRED") as c:
-            row = c.execute(f"SELECT build_id, embedder, meta FROM builds WHERE build_id = {_CURRENT}").fetchone()
+            row = c.execute("SELECT build_id, embedder, meta FROM builds "
+                            f"WHERE build_id = {self.current_build}").fetchone()
             if row is None:
                 return None
             return PrototypeSet(self._centroids(c, row[0]).copy(), row[1], json.loads(row[2] or "{}"))
@@ -284,7 +267,7 @@ class SQLiteStore(common.SQLStore):
         with self._transaction("DEFERRED") as c:
             version = int(c.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
             build = c.execute("SELECT build_id, embedder, meta, published_at FROM builds "
-                              f"WHERE build_id = {_CURRENT}").fetchone()
+                              f"WHERE build_id = {self.current_build}").fetchone()
             staging = c.execute("SELECT count(*) FROM builds WHERE state = 'staging'").fetchone()[0]
             out: dict[str, Any] = {
                 "store": self.name, "path": str(self.path), "schema_version": common.SCHEMA_VERSION,
