@@ -47,6 +47,7 @@ venv: $(STAMP)
 
 test: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
 # The main job: synthetic users -> prototype store -> personalized GRPO in TRL -> report and plot.

@@ -23,10 +23,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pgenrm_plugins.backends.judge_folder import base_model_dir
 from pgenrm_plugins.chain import synthesis as chain
 from pgenrm_plugins.datasets.bench import load_bench
 from pgenrm_plugins.datasets.synthetic import CRITERIA, load_truth, row_key
-from pgenrm_plugins.judge import base_model_dir
 from pgenrm_plugins.training.score_stage import encode
 
 

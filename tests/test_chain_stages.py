@@ -153,8 +153,8 @@ def test_cre_rejects_a_missing_init_folder(rows, tmp_path, app):
 
 
 def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(rows, tmp_path):
+    from pgenrm_plugins.backends.judge_folder import read_manifest
     from pgenrm_plugins.backends.transformers_backend import TransformersBackend, TransformersOptions
-    from pgenrm_plugins.judge import read_manifest
     from pgenrm_plugins.scoring import Scorer
     from pgenrm_plugins.training.chain_stages import ProcessJudge, train_cre
 

@@ -14,9 +14,9 @@ import sys
 import pytest
 
 from pgenrm_plugins.datasets.synthetic import TYPES, generate
-from pgenrm_plugins.personalize.probe import degenerate_reason
-from pgenrm_plugins.personalize.rewards import StepRecorder, TruthReward
-from pgenrm_plugins.personalize.run import (
+from pgenrm_trl.personalize.probe import degenerate_reason
+from pgenrm_trl.personalize.rewards import StepRecorder, TruthReward
+from pgenrm_trl.personalize.run import (
     opposite_users,
     parse_args,
     split_questions,
@@ -24,7 +24,7 @@ from pgenrm_plugins.personalize.run import (
     training_rows,
     user_history,
 )
-from pgenrm_plugins.personalize.truth import LengthScale, bootstrap_mean, latent_utility
+from pgenrm_trl.personalize.truth import LengthScale, bootstrap_mean, latent_utility
 
 SKIMMER, SCHOLAR = TYPES["skimmer"]["weights"], TYPES["scholar"]["weights"]
 SCALE = LengthScale.for_budget(128)
@@ -118,7 +118,7 @@ def test_recipe_is_listed_and_renders_to_this_module():
     assert (recipe.folder / "README.md").is_file()
     assert preflight(recipe) == []  # it makes its own data
     argv = run(recipe, {"reward": "judge-no-history", "steps": "3"}, dry_run=True)
-    assert argv[:3] == [sys.executable, "-m", "pgenrm_plugins.personalize"]
+    assert argv[:3] == [sys.executable, "-m", "pgenrm_trl.personalize"]
     args = parse_args(argv[3:])  # the module's own parser takes every argument
     assert args.reward == "judge-no-history" and args.steps == 3 and str(args.out) == "out/personalize-judge-no-history"
     with pytest.raises(SystemExit):
@@ -127,7 +127,7 @@ def test_recipe_is_listed_and_renders_to_this_module():
 
 @pytest.mark.parametrize("reward", ["judge", "judge-no-history"])
 def test_judge_rewards_run_one_tiny_step(reward, tmp_path):
-    from pgenrm_plugins.personalize.run import main
+    from pgenrm_trl.personalize.run import main
 
     out = tmp_path / reward
     assert main(["--out", str(out), "--reward", reward, "--steps", "1", "--prompts-per-step", "1",

@@ -1,4 +1,4 @@
-"""The greedy probe (`pgenrm_plugins.personalize.probe`) that the demo and the personalization recipe
+"""The greedy probe (`pgenrm_trl.personalize.probe`) that the demo and the personalization recipe
 use to read a policy's answer: eval mode, the KV cache, gradient checkpointing off, as TRL generates.
 
 An untrained policy's greedy answer must be the same before and after a zero-learning-rate step of
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgenrm_plugins.personalize.probe import generation_mode, greedy_answers
+from pgenrm_trl.personalize.probe import generation_mode, greedy_answers
 
 PROBE = [{"role": "user", "content": "How can I unclog a slow kitchen sink?"}]
 

@@ -106,7 +106,7 @@ def test_prototype_scaling_through_the_batcher_with_merged_requests(store_path, 
     the neighbours' rewards included."""
     import asyncio
 
-    from pgenrm_plugins.frameworks.batching import Batcher
+    from pgenrm_plugins.scoring.batching import Batcher
     from pgenrm_plugins.types import ScoreRequest
 
     scorer = scorer_for(store_path, judge, embedder, c_self=0.25, c_neighbours=0.75)

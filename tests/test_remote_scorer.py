@@ -14,7 +14,7 @@ import httpx
 import pytest
 from test_server import HISTORY, JUDGE_CONFIG, LiveServer, Recording
 
-from pgenrm_plugins.frameworks.coalescing import SampleScorer
+from pgenrm_plugins.frameworks.coalescing import SampleCoalescer
 from pgenrm_plugins.frameworks.user_fields import FieldSource, read_user_fields
 from pgenrm_plugins.scoring import RemoteScorer, Scorer, ScoringError
 from pgenrm_plugins.server.app import create_app
@@ -59,7 +59,7 @@ def test_a_group_split_across_two_workers_is_merged_by_the_service(service, judg
     """Two verl reward workers (two judges of their own, as `reward.num_workers=2` makes) each get
     half of one GRPO group; the service merges the halves into one request."""
     srv, scorer = service
-    workers = [SampleScorer(remote(srv.url), max_wait_ms=5) for _ in range(2)]
+    workers = [SampleCoalescer(remote(srv.url), max_wait_ms=5) for _ in range(2)]
     fields = read_user_fields({"user_id": "bea", "history": HISTORY}, SOURCE)
 
     async def rollout():
@@ -83,7 +83,7 @@ def test_an_unreachable_service_gets_the_failure_policy_never_none():
         [{"prompt": PROMPT, "completions": COMPLETIONS[:2]}])
     assert result.rewards == [0.5, 0.5] and result.components.failure_kinds == {"service_unavailable": 1}
     assert result.components.failed_completions == [0, 1]
-    judge = SampleScorer(remote(url))
+    judge = SampleCoalescer(remote(url))
     try:
         sample = judge.score(read_user_fields({"user_id": "u"}, SOURCE), PROMPT, "x")
     finally:
@@ -98,9 +98,9 @@ def test_an_unreachable_service_gets_the_failure_policy_never_none():
 def test_the_client_side_imports_no_torch(service):
     srv, _ = service
     code = ("import sys, json\n"
-            "from pgenrm_plugins.frameworks.coalescing import SampleScorer\n"
+            "from pgenrm_plugins.frameworks.coalescing import SampleCoalescer\n"
             "from pgenrm_plugins.frameworks.user_fields import FieldSource, read_user_fields\n"
-            f"j = SampleScorer({{'scorer': {{'url': {srv.url!r}}}}})\n"
+            f"j = SampleCoalescer({{'scorer': {{'url': {srv.url!r}}}}})\n"
             "f = read_user_fields({'user_id': 'bea'}, FieldSource('verl', 'extra_info', 'fix'))\n"
             "r = j.score(f, 'Hi', 'Hello.')\n"
             "j.close()\n"

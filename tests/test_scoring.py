@@ -115,7 +115,7 @@ def test_bad_request_names_the_field(judge):
 
 # -- the embedded judge's own format: no chain, one digit per completion (criteria: none) -------
 def test_direct_format_is_the_embedded_default_and_shares_the_history_prefix(judge, request_row):
-    from pgenrm_plugins.judge import shipped_judge
+    from pgenrm_plugins.backends.judge_folder import shipped_judge
 
     judge.stats.__init__()
     scorer = Scorer({"sampling": {"chains": 3}}, backend=judge)

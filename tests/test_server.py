@@ -20,11 +20,12 @@ import httpx
 import pytest
 import uvicorn
 
+from pgenrm_plugins.config import PGenRMConfig
 from pgenrm_plugins.frameworks.logs import LOG_KEYS
 from pgenrm_plugins.frameworks.openrlhf import completion_of, prompt_of
 from pgenrm_plugins.scoring import Scorer
+from pgenrm_plugins.scoring.remote import ScoringClient, ScoringClientError
 from pgenrm_plugins.server.app import ServerSettings, create_app
-from pgenrm_plugins.server.client import ScoringClient, ScoringClientError
 from pgenrm_plugins.types import ScoreRequest, ScoreResult
 
 # The shortest chains the config allows: the judge runs end to end (chain, criteria fallback, logprob
@@ -72,7 +73,7 @@ class Recording:
 
     def __init__(self, scorer):
         self.inner, self.calls, self.results = scorer, [], []
-        self.config = getattr(scorer, "config", None)
+        self.config, self.store, self.identity, self.close = scorer.config, scorer.store, scorer.identity, scorer.close
 
     def score(self, requests):
         self.calls.append([r.model_copy(deep=True) for r in requests])
@@ -91,10 +92,18 @@ class ContentScorer:
     reward is a pure function of (user, prompt, completion), so any lost, duplicated or swapped
     answer is visible. `delay_s` makes a batch slow; `fail_first` makes the first N batches raise."""
 
+    config, store = PGenRMConfig(), None  # a `RequestScorer` with the default settings and no store
+
     def __init__(self, delay_s: float = 0.0, fail_first: int = 0):
         self.delay_s, self.fail_first = delay_s, fail_first
         self.calls: list[list[ScoreRequest]] = []
         self.lock = threading.Lock()
+
+    def identity(self) -> str:
+        return "content"
+
+    def close(self) -> None:
+        pass
 
     def score(self, requests):
         with self.lock:

@@ -12,9 +12,10 @@ import httpx
 import pytest
 from test_server import HISTORY, JUDGE_CONFIG, ContentScorer, LiveServer, Recording, chatml, content_reward, label
 
-from pgenrm_plugins.frameworks.batching import ResultCache, request_key, scoring_identity
 from pgenrm_plugins.frameworks.openrlhf import prompt_of
 from pgenrm_plugins.scoring import Scorer
+from pgenrm_plugins.scoring.batching import ResultCache, request_key
+from pgenrm_plugins.scoring.contract import settings_identity
 from pgenrm_plugins.server.app import ServerSettings, create_app
 from pgenrm_plugins.types import ScoreRequest, ScoreResult
 
@@ -105,19 +106,13 @@ def test_a_cache_hit_is_the_first_answer_and_what_scores_it_is_part_of_the_key()
 def test_the_scoring_identity_follows_the_settings_and_the_store(judge, tmp_path):
     from pgenrm_plugins.prototypes.sqlite_store import SQLiteStore
 
-    a = scoring_identity(Scorer(JUDGE_CONFIG, backend=judge))
-    b = scoring_identity(Scorer({**JUDGE_CONFIG, "sampling": {**JUDGE_CONFIG.get("sampling", {}), "seed": 99}},
-                                backend=judge))
-    assert a != b and a == scoring_identity(Scorer(JUDGE_CONFIG, backend=judge))
+    a = Scorer(JUDGE_CONFIG, backend=judge).identity()
+    b = Scorer({**JUDGE_CONFIG, "sampling": {**JUDGE_CONFIG.get("sampling", {}), "seed": 99}}, backend=judge).identity()
+    assert a != b and a == Scorer(JUDGE_CONFIG, backend=judge).identity()
 
-    class WithStore:
-        config = None
-
-        def __init__(self, store):
-            self.store = store
-
+    config = Scorer(JUDGE_CONFIG, backend=judge).config
     store = SQLiteStore(path=str(tmp_path / "s.sqlite"))
-    before = scoring_identity(WithStore(store))
+    before = settings_identity(config, store)
     build = store.begin_build({"k": 1})
     store.stage_users(build, [])
     import numpy as np
@@ -125,7 +120,7 @@ def test_the_scoring_identity_follows_the_settings_and_the_store(judge, tmp_path
     from pgenrm_plugins.prototypes.base import PrototypeSet
 
     store.publish(build, PrototypeSet(np.eye(1, 4, dtype=np.float32), "e"), {})
-    assert scoring_identity(WithStore(store)) != before  # a new build: a miss
+    assert settings_identity(config, store) != before  # a new build: a miss
     store.close()
 
 
@@ -214,7 +209,7 @@ def test_batches_fit_the_deadline_and_an_overload_is_reported(caplog):
             async with httpx.AsyncClient(timeout=60) as http:
                 return await asyncio.gather(*(http.post(f"{srv.url}/v1/score", json={"prompt": p, "completions": ["x"]})
                                               for p in prompts))
-        with caplog.at_level("WARNING", logger="pgenrm_plugins.frameworks.batching"):
+        with caplog.at_level("WARNING", logger="pgenrm_plugins.scoring.batching"):
             replies = asyncio.run(burst())
         text = httpx.get(f"{srv.url}/metrics").text
     sizes = [sum(len(r.completions) for r in batch) for batch in scorer.calls[1:]]
@@ -229,12 +224,12 @@ def test_the_in_process_batcher_shares_identical_samples_too():
     """verl and OpenRLHF's file form score through the same batcher in the trainer's process: two
     identical samples (GRPO groups repeat completions) are judged once, and both get the reward."""
     from pgenrm_plugins.config import load_config
-    from pgenrm_plugins.frameworks.coalescing import SampleScorer
+    from pgenrm_plugins.frameworks.coalescing import SampleCoalescer
     from pgenrm_plugins.frameworks.user_fields import FieldSource, read_user_fields
 
     scorer = ContentScorer()
-    scorer.config = load_config({})  # the failure policy SampleScorer reads
-    judge = SampleScorer(scorer=scorer, max_wait_ms=200)
+    scorer.config = load_config({})  # the failure policy SampleCoalescer reads
+    judge = SampleCoalescer(scorer=scorer, max_wait_ms=200)
     fields = read_user_fields({"user_id": "u1", "history": HISTORY}, FieldSource("verl", "extra_info", "fix"))
 
     async def two():

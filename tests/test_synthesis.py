@@ -193,7 +193,7 @@ def test_workers_on_one_store_share_syntheses_and_their_verified_weights(judge, 
     assert other.chains_sampled == 2 and other.syntheses_reused == 0
 
 def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
-    from pgenrm_plugins.judge import read_manifest
+    from pgenrm_plugins.backends.judge_folder import read_manifest
     from pgenrm_plugins.scoring import Scorer
     from pgenrm_plugins.training.run import train_synthesis
 

@@ -69,8 +69,8 @@ def test_degenerate_copies_are_broken():
 
 
 def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
+    from pgenrm_plugins.backends.judge_folder import read_manifest
     from pgenrm_plugins.backends.transformers_backend import TransformersBackend, TransformersOptions
-    from pgenrm_plugins.judge import read_manifest
     from pgenrm_plugins.scoring import Scorer
     from pgenrm_plugins.training.run import train_score
 
@@ -108,8 +108,7 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
 def test_a_served_export_keeps_its_scoring_block(tmp_path):
     """A judge exported by `pgenrm train export` and served by vLLM or an OpenAI-compatible server
     (`backend.options.model` naming the folder) is read with the settings its manifest records."""
-    from pgenrm_plugins.config import load_config
-    from pgenrm_plugins.judge import (
+    from pgenrm_plugins.backends.judge_folder import (
         JudgeManifest,
         judge_settings,
         manifest_for_backend,
@@ -117,6 +116,7 @@ def test_a_served_export_keeps_its_scoring_block(tmp_path):
         with_judge_defaults,
         write_manifest,
     )
+    from pgenrm_plugins.config import load_config
     from pgenrm_plugins.scoring.scorer import resolve_criteria
 
     shipped = JudgeManifest.model_validate_json((shipped_judge() / "pgenrm_judge.json").read_text())
@@ -142,7 +142,7 @@ def test_a_served_export_keeps_its_scoring_block(tmp_path):
     ({"scoring": {"backend": {"name": "vllm"}}}, "scoring.backend"),
 ])
 def test_a_malformed_manifest_names_the_file_and_the_field(tmp_path, manifest, field):
-    from pgenrm_plugins.judge import ManifestError, read_manifest, write_manifest
+    from pgenrm_plugins.backends.judge_folder import ManifestError, read_manifest, write_manifest
 
     (tmp_path / "pgenrm_judge.json").write_text(json.dumps({"base": "embedded", **manifest}))
     with pytest.raises(ManifestError, match="pgenrm_judge.json") as info:
@@ -156,7 +156,7 @@ def test_a_malformed_manifest_names_the_file_and_the_field(tmp_path, manifest, f
 
 
 def test_unknown_manifest_keys_survive_a_round_trip(tmp_path):
-    from pgenrm_plugins.judge import read_manifest, shipped_judge, write_manifest
+    from pgenrm_plugins.backends.judge_folder import read_manifest, shipped_judge, write_manifest
 
     written = {**json.loads((shipped_judge() / "pgenrm_judge.json").read_text()),
                "hardware": {"gpu": "H200", "hours": 0.1}, "schema": 2}

@@ -51,7 +51,7 @@ class TransformersBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from pgenrm_plugins.backends.embedded import END_OF_TURN
-        from pgenrm_plugins.judge import read_manifest, resolve_model_dir
+        from pgenrm_plugins.backends.judge_folder import read_manifest, resolve_model_dir
 
         self.options = options = options or TransformersOptions()
         if options.threads:

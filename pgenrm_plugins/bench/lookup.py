@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -25,6 +25,9 @@ from rich.table import Table
 
 from pgenrm_plugins.config import StoreConfig
 from pgenrm_plugins.prototypes.base import PrototypeSet, UserRecord
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.prototypes.base import PrototypeStore
 
 BATCH = 50_000
 
@@ -34,7 +37,7 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def fill(store, size: int, dim: int, k: int, seed: int = 0) -> None:
+def fill(store: PrototypeStore, size: int, dim: int, k: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     centroids = _unit(rng, k, dim)
     assignments: dict[str, int] = {}
@@ -55,7 +58,7 @@ def _percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else float("nan")
 
 
-def _timed_lookups(store, queries: np.ndarray, top_k: int) -> tuple[list[float], list]:
+def _timed_lookups(store: PrototypeStore, queries: np.ndarray, top_k: int) -> tuple[list[float], list]:
     times, found = [], []
     for q in queries:
         t = time.perf_counter()
@@ -72,7 +75,8 @@ def _agreement(found: list, exact: list, top_k: int) -> float:
                           for a, b in zip(found, exact)]))
 
 
-def measure(store, index, name: str, dim: int, top_k: int, queries: int, reference=None, reload: bool = False,
+def measure(store: PrototypeStore, index, name: str, dim: int, top_k: int, queries: int, reference=None,
+            reload: bool = False,
             seed: int = 1) -> dict[str, Any]:
     """One index over `store`: load, lookups, lookups while the same build reloads, add_user.
     `reference`: an exact index over the same store, to check the top-k against."""
@@ -234,7 +238,7 @@ def run_lookup(sizes: Sequence[int], dim: int = 384, prototypes: int = 100, top_
     return report
 
 
-def _drop(store, store_name: str, options: dict[str, Any]) -> None:
+def _drop(store: PrototypeStore, store_name: str, options: dict[str, Any]) -> None:
     """Free the disk and memory of one size before the next."""
     store.close()
     if store_name == "postgres":

@@ -16,9 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pgenrm_plugins.prototypes.base import Lookup, Neighbour
+from pgenrm_plugins.prototypes.base import Lookup, Members, MemberSource, Neighbour
 from pgenrm_plugins.prototypes.common import as_unit_vector, nearest_prototype
-from pgenrm_plugins.prototypes.index import Members, MemberSource
 
 try:
     from threadpoolctl import ThreadpoolController  # comes with scikit-learn

@@ -28,8 +28,8 @@ def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, hi
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
+    from pgenrm_plugins.backends.judge_folder import base_model_dir
     from pgenrm_plugins.datasets.bench import load_bench
-    from pgenrm_plugins.judge import base_model_dir
     from pgenrm_plugins.training.items import ItemSettings, ItemSource, item_conversations
     from pgenrm_plugins.training.run import peak_rss_mib
     from pgenrm_plugins.training.score_stage import ScoreStageSettings, build_trainer

@@ -79,14 +79,14 @@ def _worker(config: dict, threads: int | None, samples: list[dict], ready, go, r
     """One reward worker (a spawned process): build the judge, report ready, score on `go`."""
     if threads:  # before torch is imported: what Ray gives an actor with `threads` CPUs
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    from pgenrm_plugins.frameworks.coalescing import SampleScorer
+    from pgenrm_plugins.frameworks.coalescing import SampleCoalescer
     from pgenrm_plugins.frameworks.user_fields import FieldSource, read_user_fields
     from pgenrm_plugins.scoring import load_scorer
 
     source = FieldSource("bench", "extra_info", "the benchmark's own samples")
     started = time.perf_counter()
     scorer = _CountingScorer(load_scorer(config))  # the judge loads here (none with a scorer: section)
-    judge = SampleScorer(scorer=scorer)
+    judge = SampleCoalescer(scorer=scorer)
     ready.put({"pid": os.getpid(), "load_s": time.perf_counter() - started})
     go.wait()
 

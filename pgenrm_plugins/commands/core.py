@@ -57,7 +57,6 @@ def score(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pgenrm_plugins.frameworks.batching import scoring_identity
     from pgenrm_plugins.requests_io import InOrder, LineError, file_sha256, iter_rows, read_requests
 
     try:
@@ -68,7 +67,7 @@ def score(
     done, record = _resume_point(output, input, input_sha256, restart) if output else (0, None)
     scorer = load_scorer_or_fail(with_store(config, store) if store else config)
     if output:
-        settings, store_version = json.loads(scoring_identity(scorer))
+        settings, store_version = json.loads(scorer.identity())
         run = {"input": str(input), "input_sha256": input_sha256, "settings": settings, "store_version": store_version}
         output.parent.mkdir(parents=True, exist_ok=True)
         _check_or_write_record(output, record, run)
@@ -251,8 +250,8 @@ def show_config(config: Optional[Path] = config_option()):
     own settings (its manifest's `scoring` block) where the config leaves them unset, each named."""
     import yaml
 
+    from pgenrm_plugins.backends.judge_folder import judge_settings, with_judge_defaults
     from pgenrm_plugins.config import ConfigError, load_config
-    from pgenrm_plugins.judge import judge_settings, with_judge_defaults
 
     try:
         cfg = load_config(str(config) if config else None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 
 from pgenrm_plugins.commands import err, fail
 from pgenrm_plugins.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.prototypes.base import PrototypeStore
 
 app = typer.Typer(
     help="User prototypes: cluster users by their preferences, so similar users can help score each other.\n\n"
@@ -255,7 +258,7 @@ def add_user_command(
               highlight=False)
 
 
-def plot_prototypes(store, path: Path, max_points: int = 20000, seed: int = 0) -> int:
+def plot_prototypes(store: PrototypeStore, path: Path, max_points: int = 20000, seed: int = 0) -> int:
     """A 2-D PCA picture of the members, coloured by prototype, centroids marked. Returns points drawn."""
     import matplotlib
 

@@ -277,7 +277,7 @@ def register_commands(cli):
         teacher's synthesis), the whole vocabulary verified on the user's own pairs, end to end."""
         import json
 
-        from pgenrm_plugins.judge import read_manifest
+        from pgenrm_plugins.backends.judge_folder import read_manifest
         from pgenrm_plugins.training.run import evaluate
 
         manifest = read_manifest(judge)
@@ -316,7 +316,7 @@ def register_commands(cli):
                                                   "or convert it with llama.cpp's convert_hf_to_gguf.py."),
     ):
         """Merge the adapter into its base and write a plain HF model folder."""
-        from pgenrm_plugins.judge import export_merged
+        from pgenrm_plugins.backends.judge_folder import export_merged
 
         export_merged(judge, to)
         err.print(f"wrote {to}", highlight=False)

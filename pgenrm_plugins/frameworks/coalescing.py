@@ -3,7 +3,7 @@
 verl calls a reward function once per sample (many at once, on its reward worker's event loop) and
 OpenRLHF calls `reward_func` once per sample (many at once, each in a thread). The scoring
 service's `Batcher` already turns such a stream into backend batches and merges the samples of one
-(user, prompt) into one request, so persona and criteria are derived once per group. `SampleScorer`
+(user, prompt) into one request, so persona and criteria are derived once per group. `SampleCoalescer`
 runs that same `Batcher` on a private event loop in a daemon thread, so callers on any thread or
 any event loop share one batching window, and adds what every per-sample adapter needs: the user's
 fields in, one finite reward and a fixed set of numeric components out, the failure policy for
@@ -22,13 +22,17 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pgenrm_plugins.frameworks.batching import Batcher, ResultCache, scoring_identity
 from pgenrm_plugins.frameworks.logs import sample_logs
 from pgenrm_plugins.frameworks.user_fields import UserFields
 from pgenrm_plugins.scoring import LazyScorer, WithLazyScorer
+from pgenrm_plugins.scoring.batching import Batcher, ResultCache
 from pgenrm_plugins.types import ScoreResult
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.backends.base import Backend
+    from pgenrm_plugins.scoring.contract import RequestScorer
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ class SharedBatcher:
         self._finalizer()
 
 
-class SampleScorer(WithLazyScorer):
+class SampleCoalescer(WithLazyScorer):
     """One judge for per-sample callers: config and judge built on first use, calls coalesced.
 
     config: a PGenRMConfig, dict, YAML/TOML path, or None (then `$PGENRM_CONFIG`, else the embedded
@@ -108,7 +112,8 @@ class SampleScorer(WithLazyScorer):
     window (default `$PGENRM_COALESCE_WAIT_MS`, else 20 ms).
     """
 
-    def __init__(self, config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None):
+    def __init__(self, config=None, *, backend: Backend | None = None, scorer: RequestScorer | None = None,
+                 max_wait_ms: float | None = None):
         self._judge = LazyScorer(config, backend=backend, scorer=scorer)
         self._owns_scorer = scorer is None and backend is None  # close only a judge we built
         self._batcher: SharedBatcher | None = None
@@ -124,7 +129,7 @@ class SampleScorer(WithLazyScorer):
                 if self._batcher is None:
                     # identical samples share one computation here too (GRPO groups repeat completions)
                     self._batcher = SharedBatcher(scorer.score, max_wait_ms=self.max_wait_ms,
-                                                  identity=lambda: scoring_identity(scorer), cache=ResultCache())
+                                                  identity=scorer.identity, cache=ResultCache())
         return self._batcher
 
     def policy(self) -> tuple[str, float]:

@@ -8,11 +8,15 @@ one seed. The rewards must be identical: the adapters only translate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from pgenrm_plugins import plugins
 from pgenrm_plugins.types import ScoreRequest
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.scoring.contract import RequestScorer
 
 
 def per_request(flat: list[float], requests) -> list[list[float]]:
@@ -57,7 +61,8 @@ class ParityTable:
                     for rc, ra in zip(core, col) for a, b in zip(rc, ra)), default=0.0)
 
 
-def adapter_parity(requests: list[ScoreRequest], scorer, adapters: list[str] | None = None) -> ParityTable:
+def adapter_parity(requests: list[ScoreRequest], scorer: RequestScorer,
+                   adapters: list[str] | None = None) -> ParityTable:
     """The core API's rewards and each adapter's, for the same requests and the same judge."""
     columns = {"core": [r.rewards for r in scorer.score(requests)]}
     errors = {}

@@ -1,5 +1,6 @@
 """The prototype contract: what an embedder and a store must do. Both stores (SQLite, PostgreSQL)
-implement `PrototypeStore`; the builder and the scorer only ever see this interface.
+implement `PrototypeStore`; the builder and the scorer only ever see this interface. A store that
+searches its members with the in-memory index (index.py) also hands them over as a `MemberSource`.
 
 A store holds *builds*. A build is a set of users (history, synthesis, embedding) plus the
 prototypes computed from them. The builder stages users into a new build batch by batch (so an
@@ -118,3 +119,28 @@ class PrototypeStore(Protocol):
         """Sizes for `pgenrm prototypes show`: users, prototypes, population per prototype, version."""
 
     def close(self) -> None: ...
+
+
+@dataclass
+class Members:
+    """Members of one build as the store hands them over: rows sorted by prototype id."""
+
+    build_id: str
+    version: int
+    centroids: np.ndarray  # float32 [K, dim]
+    ids: np.ndarray  # object [n]
+    prototype_ids: np.ndarray  # int32 [n], non-decreasing for a full load
+    vectors: np.ndarray  # float32 [n, dim]
+
+
+class MemberSource(Protocol):
+    """What the in-memory member index (index.py) reads from a store."""
+
+    def version(self) -> int: ...
+
+    def load_members(self) -> Members | None:
+        """The current build's centroids and members, sorted by prototype, read in one snapshot."""
+
+    def member_changes(self, build_id: str, since_version: int) -> Members | None:
+        """Members of `build_id` written after `since_version` (add_user), with the version read in
+        the same snapshot; None when the current build is no longer `build_id`."""

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -29,6 +31,10 @@ from pgenrm_plugins.prototypes.base import PrototypeSet, UserRecord
 from pgenrm_plugins.prototypes.sources import JUDGE_SOURCES, SourceSettings, embed_users, prompt_text
 from pgenrm_plugins.prototypes.updater import UpdaterSettings, UserPairs, refine_prototypes
 from pgenrm_plugins.requests_io import LineError
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.backends.base import Backend
+    from pgenrm_plugins.prototypes.base import Embedder, PrototypeStore
 
 # Prototypes aim at about this many members each when K is not given: the paper takes the top 4-8
 # members of a prototype as neighbours, so a prototype needs more than that to choose from.
@@ -95,7 +101,16 @@ def _progress(console):
                     console=console)
 
 
-def _embed_unique(embedder, texts: list[str]) -> np.ndarray:
+@contextmanager
+def _phase(progress, seconds: dict[str, float], name: str, label: str, total: int, completed: int = 0):
+    """One timed phase of a build with its own progress bar; yields `advance(n)`."""
+    task = progress.add_task(label, total=total, completed=completed)
+    started = time.perf_counter()
+    yield lambda n: progress.advance(task, n)
+    seconds[name] = time.perf_counter() - started
+
+
+def _embed_unique(embedder: Embedder, texts: list[str]) -> np.ndarray:
     """Embed each distinct text once (prompts and answers repeat across users)."""
     unique = list(dict.fromkeys(texts))
     vectors = embedder.embed(unique)
@@ -103,8 +118,8 @@ def _embed_unique(embedder, texts: list[str]) -> np.ndarray:
     return vectors[[row[t] for t in texts]]
 
 
-def pair_embeddings(embedder, users: list[UserRecord], settings: SourceSettings, progress=None, task=None,
-                    chunk: int = 64) -> list[UserPairs]:
+def pair_embeddings(embedder: Embedder, users: list[UserRecord], settings: SourceSettings,
+                    advance: Callable[[int], None] | None = None, chunk: int = 64) -> list[UserPairs]:
     """Each user's pairs (prompt, chosen, rejected), embedded for the updater, `chunk` users per call."""
     clip = settings.max_chars
     out = []
@@ -120,8 +135,8 @@ def pair_embeddings(embedder, users: list[UserRecord], settings: SourceSettings,
             n = len(user.history)
             out.append(UserPairs(vectors[at:at + n], vectors[at + n:at + 2 * n], vectors[at + 2 * n:at + 3 * n]))
             at += 3 * n
-        if progress is not None:
-            progress.advance(task, len(group))
+        if advance is not None:
+            advance(len(group))
     return out
 
 
@@ -147,10 +162,10 @@ def assign_nearest(embeddings: np.ndarray, centroids: np.ndarray) -> tuple[np.nd
 
 def build_prototypes(
     rows_path: str | Path,
-    store,
-    embedder,
+    store: PrototypeStore,
+    embedder: Embedder,
     *,
-    backend=None,
+    backend: Backend | None = None,
     k: int | None = None,
     skip_judge: bool = False,
     source: str | None = None,
@@ -200,49 +215,36 @@ def build_prototypes(
     unparsed = 0  # syntheses whose JSON could not be read (their raw text is embedded), this run
 
     with _progress(console) as progress:
+        phase = partial(_phase, progress, seconds)
         # -- users: synthesis (or history), embedding, staging; resumable -----------------------
-        t0 = time.perf_counter()
         label = f"judge {source} + embedding" if source in JUDGE_SOURCES else f"embedding histories ({source})"
-        users_task = progress.add_task(label, total=len(histories), completed=len(staged))
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            pairs = [(histories[u], None) for u in batch]
-            vectors, syntheses = embed_users(embedder, source, pairs, source_settings, backend=backend)
-            unparsed += sum(1 for syn in syntheses if syn is not None and not syn.parsed)
-            store.stage_users(build_id, [
-                UserRecord(user_id=u, history=histories[u], synthesis=s.text if s else None, embedding=v)
-                for u, v, s in zip(batch, vectors, syntheses)
-            ])
-            progress.advance(users_task, len(batch))
-            if on_batch_staged is not None:
-                on_batch_staged(len(staged) + start + len(batch))
-        seconds["users"] = time.perf_counter() - t0
+        with phase("users", label, len(histories), completed=len(staged)) as advance:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                pairs = [(histories[u], None) for u in batch]
+                vectors, syntheses = embed_users(embedder, source, pairs, source_settings, backend=backend)
+                unparsed += sum(1 for syn in syntheses if syn is not None and not syn.parsed)
+                store.stage_users(build_id, [
+                    UserRecord(user_id=u, history=histories[u], synthesis=s.text if s else None, embedding=v)
+                    for u, v, s in zip(batch, vectors, syntheses)
+                ])
+                advance(len(batch))
+                if on_batch_staged is not None:
+                    on_batch_staged(len(staged) + start + len(batch))
 
         members = list(store.staged_users(build_id))
         embeddings = np.stack([u.embedding for u in members]).astype(np.float32)
         k_used = min(k if k is not None else auto_k(len(members)), len(members))
-
-        t0 = time.perf_counter()
-        km_task = progress.add_task("k-means", total=1)
-        centroids, labels = kmeans(embeddings, k_used, seed=updater.seed)
-        progress.advance(km_task)
-        seconds["kmeans"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        pairs_task = progress.add_task("embedding history pairs", total=len(members))
-        user_pairs = pair_embeddings(embedder, members, source_settings, progress, pairs_task)
-        seconds["pair_embeddings"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        upd_task = progress.add_task("prototype updater (epochs)", total=updater.epochs)
-        refined = refine_prototypes(centroids, labels.tolist(), user_pairs, updater,
-                                    progress=lambda n: progress.advance(upd_task, n))
-        final, assignments = assign_nearest(embeddings, refined.centroids)
-        moved = int(sum(1 for a, b in zip(labels, np.argmax(embeddings @ refined.centroids.T, axis=1)) if a != b))
-        seconds["updater"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        pub_task = progress.add_task("publish", total=1)
+        with phase("kmeans", "k-means", 1) as advance:
+            centroids, labels = kmeans(embeddings, k_used, seed=updater.seed)
+            advance(1)
+        with phase("pair_embeddings", "embedding history pairs", len(members)) as advance:
+            user_pairs = pair_embeddings(embedder, members, source_settings, advance)
+        with phase("updater", "prototype updater (epochs)", updater.epochs) as advance:
+            refined = refine_prototypes(centroids, labels.tolist(), user_pairs, updater, progress=advance)
+            final, assignments = assign_nearest(embeddings, refined.centroids)
+            moved = int(sum(1 for a, b in zip(labels, np.argmax(embeddings @ refined.centroids.T, axis=1))
+                            if a != b))
         meta = {
             "source": source,
             "embedder": embedder.name,
@@ -260,10 +262,10 @@ def build_prototypes(
             "updater": {**refined.meta(), "moved_users": moved},
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        store.publish(build_id, PrototypeSet(final, embedder.name, meta),
-                      {u.user_id: int(p) for u, p in zip(members, assignments)})
-        progress.advance(pub_task)
-        seconds["publish"] = time.perf_counter() - t0
+        with phase("publish", "publish", 1) as advance:
+            store.publish(build_id, PrototypeSet(final, embedder.name, meta),
+                          {u.user_id: int(p) for u, p in zip(members, assignments)})
+            advance(1)
     seconds["total"] = time.perf_counter() - started
     population = {int(p): int(n) for p, n in zip(*np.unique(assignments, return_counts=True))}
     return BuildReport(
@@ -273,7 +275,8 @@ def build_prototypes(
     )
 
 
-def add_user(store, embedder, user_id: str, history, persona: str | None = None, backend=None) -> UserRecord:
+def add_user(store: PrototypeStore, embedder: Embedder, user_id: str, history, persona: str | None = None,
+             backend: Backend | None = None) -> UserRecord:
     """Add or update one user of the current build without rebuilding: embedded the way the build
     embedded its members, placed in the nearest prototype. Returns the stored record."""
     from pgenrm_plugins.prototypes.base import StoreError

@@ -1,12 +1,15 @@
-"""What both stores share: the schema version, how a user row is encoded, and the checks that keep
-bad input out of a store (each error names the field and the fix)."""
+"""What both stores share: `SQLStore`, the store core (connections, staging, publish's checks,
+garbage collection, the centroid cache), the schema version, how a user row is encoded, and the
+checks that keep bad input out of a store (each error names the field and the fix). A store keeps
+only what its engine needs: its tables, its transactions, its bulk loading and streaming."""
 
 from __future__ import annotations
 
 import json
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
@@ -52,6 +55,103 @@ class ThreadConnections:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class SQLStore(ThreadConnections):
+    """The store core both SQL stores build on. A store says how its engine marks a parameter (`P`),
+    where a table lives (`table`), how to write (`_write`: one transaction) and how a staging build
+    is locked (`_lock`); the rest of the build's life is written here once."""
+
+    P = "?"
+    current_build = "(SELECT value FROM meta WHERE key = 'current_build')"  # SQL: the current build's id
+    index: Any  # the store's MemberIndex
+    _centroids_cache: dict[str, np.ndarray]
+
+    def table(self, name: str) -> str:
+        return name
+
+    def _write(self) -> AbstractContextManager:
+        raise NotImplementedError
+
+    def _lock(self, kind: str) -> str:
+        """The clause that locks a build's row for this transaction ('' where the write lock is global)."""
+        return ""
+
+    def _iter_users(self, where: str, params: Sequence) -> Iterator[UserRecord]:
+        raise NotImplementedError  # each engine streams in its own way
+
+    def users_query(self, where: str) -> str:
+        """Users with their prototype, `where` the caller says (u: users, m: memberships)."""
+        return ("SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id "
+                f"FROM {self.table('users')} u LEFT JOIN {self.table('memberships')} m USING (build_id, user_id) "
+                f"{where}")
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        row = self._conn.execute(self.users_query(f"WHERE u.build_id = {self.current_build} AND u.user_id = {self.P}"),
+                                 (user_id,)).fetchone()
+        return to_record(*row) if row else None
+
+    def users(self) -> Iterator[UserRecord]:
+        yield from self._iter_users(f"WHERE u.build_id = {self.current_build}", ())
+
+    def staged_users(self, build_id: str) -> Iterator[UserRecord]:
+        yield from self._iter_users(f"WHERE u.build_id = {self.P}", (int(build_id),))
+
+    def _staging(self, c, build_id: str, lock: str = "SHARE") -> int:
+        """The build's id, checked to be still staging (locked against publish when the engine can)."""
+        try:
+            bid = int(build_id)
+        except (TypeError, ValueError):
+            raise StoreError(f"unknown build {build_id!r}; call begin_build first") from None
+        row = c.execute(f"SELECT state FROM {self.table('builds')} WHERE build_id = {self.P}{self._lock(lock)}",
+                        (bid,)).fetchone()
+        if row is None:
+            raise StoreError(f"unknown build {build_id!r}; call begin_build first")
+        if row[0] != "staging":
+            raise StoreError(f"build {build_id} is already {row[0]}; start a new one with begin_build")
+        return bid
+
+    def _check_embeddings(self, c, bid: int, build_id: str, dim: int) -> None:
+        """Before publish: every staged user has an embedding of the prototypes' dimension."""
+        bad = c.execute(f"SELECT user_id FROM {self.table('users')} WHERE build_id = {self.P} AND "
+                        f"(embedding IS NULL OR length(embedding) <> {self.P}) LIMIT 1", (bid, dim * 4)).fetchone()
+        if bad:
+            raise StoreError(f"build {build_id}: user {bad[0]!r} has no embedding of dimension {dim} "
+                             "(the prototypes' dimension); stage it again with one")
+
+    def _check_memberships(self, c, bid: int, build_id: str) -> None:
+        """After the assignments are written: they name exactly the staged users."""
+        users, memberships, p = self.table("users"), self.table("memberships"), self.P
+        stray = c.execute(f"SELECT m.user_id FROM {memberships} m LEFT JOIN {users} u USING (build_id, user_id) "
+                          f"WHERE m.build_id = {p} AND u.user_id IS NULL LIMIT 1", (bid,)).fetchone()
+        if stray:
+            raise StoreError(f"assignments names user {stray[0]!r}, who was not staged in build {build_id}")
+        missing = c.execute(f"SELECT u.user_id FROM {users} u LEFT JOIN {memberships} m USING (build_id, user_id) "
+                            f"WHERE u.build_id = {p} AND m.user_id IS NULL LIMIT 1", (bid,)).fetchone()
+        if missing:
+            raise StoreError(f"assignments has no prototype for staged user {missing[0]!r}; assign every staged user")
+
+    def _collect_garbage(self) -> None:
+        """Delete replaced builds, one transaction each: readers still on them keep their snapshot."""
+        retired = self._conn.execute(f"SELECT build_id FROM {self.table('builds')} WHERE state = 'retired'").fetchall()
+        for (bid,) in retired:
+            with self._write() as c:
+                for name in ("memberships", "prototypes", "users", "builds"):
+                    c.execute(f"DELETE FROM {self.table(name)} WHERE build_id = {self.P}", (bid,))
+
+    def _centroids(self, c, bid) -> np.ndarray:
+        key = str(bid)
+        if key not in self._centroids_cache:  # a build's prototypes never change once published
+            rows = c.execute(f"SELECT centroid FROM {self.table('prototypes')} WHERE build_id = {self.P} "
+                             "ORDER BY prototype_id", (bid,)).fetchall()
+            self._centroids_cache[key] = np.stack([decode_vector(r[0]) for r in rows])
+        return self._centroids_cache[key]
+
+    def close(self) -> None:
+        index = getattr(self, "index", None)
+        if index is not None:
+            index.close()  # its background loader reads through these connections
+        super().close()
 
 
 # Bumped whenever a store's tables change; a store refuses a file or database written by a newer one.

@@ -24,11 +24,11 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Iterable, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Sequence
 
 import numpy as np
 
-from pgenrm_plugins.prototypes.base import Lookup, Neighbour, StoreError
+from pgenrm_plugins.prototypes.base import Lookup, Members, MemberSource, Neighbour, StoreError
 from pgenrm_plugins.prototypes.common import as_unit_vector
 
 if TYPE_CHECKING:  # faiss is imported where an index is built: registering a store needs none
@@ -38,29 +38,6 @@ log = logging.getLogger(__name__)
 
 Storage = Literal["fp16", "sq8", "fp32"]
 STORAGES: tuple[str, ...] = ("fp16", "sq8", "fp32")
-
-
-@dataclass
-class Members:
-    """Members of one build as the store hands them over: rows sorted by prototype id."""
-
-    build_id: str
-    version: int
-    centroids: np.ndarray  # float32 [K, dim]
-    ids: np.ndarray  # object [n]
-    prototype_ids: np.ndarray  # int32 [n], non-decreasing for a full load
-    vectors: np.ndarray  # float32 [n, dim]
-
-
-class MemberSource(Protocol):
-    def version(self) -> int: ...
-
-    def load_members(self) -> Members | None:
-        """The current build's centroids and members, sorted by prototype, read in one snapshot."""
-
-    def member_changes(self, build_id: str, since_version: int) -> Members | None:
-        """Members of `build_id` written after `since_version` (add_user), with the version read in
-        the same snapshot; None when the current build is no longer `build_id`."""
 
 
 def assemble(build_id: str, version: int, centroids: np.ndarray, count: int, rows: Iterable[Sequence]) -> Members:

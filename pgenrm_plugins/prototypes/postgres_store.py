@@ -26,8 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pgenrm_plugins.hookspecs import hookimpl
 from pgenrm_plugins.prototypes import common
-from pgenrm_plugins.prototypes.base import CachedSynthesis, Lookup, Neighbour, PrototypeSet, StoreError, UserRecord
-from pgenrm_plugins.prototypes.index import MemberIndex, Members, Storage, assemble
+from pgenrm_plugins.prototypes.base import (
+    CachedSynthesis,
+    Lookup,
+    Members,
+    Neighbour,
+    PrototypeSet,
+    StoreError,
+    UserRecord,
+)
+from pgenrm_plugins.prototypes.index import MemberIndex, Storage, assemble
 
 DSN_ENV = "PGENRM_POSTGRES_DSN"
 
@@ -104,8 +112,9 @@ class PostgresOptions(BaseModel):
         return v
 
 
-class PostgresStore(common.ThreadConnections):
+class PostgresStore(common.SQLStore):
     name = "postgres"
+    P = "%s"
 
     def __init__(self, options: PostgresOptions | None = None, **kwargs: Any):
         try:
@@ -140,6 +149,22 @@ class PostgresStore(common.ThreadConnections):
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield conn
+
+    def table(self, name: str) -> str:
+        return f"{self.s}.{name}"
+
+    @property
+    def current_build(self) -> str:
+        return f"(SELECT current_build FROM {self.s}.meta WHERE id = 1)"
+
+    @contextmanager
+    def _write(self):
+        conn = self._conn
+        with conn.transaction():
+            yield conn
+
+    def _lock(self, kind: str) -> str:
+        return f" FOR {kind}"
 
     def _init_schema(self) -> None:
         conn = self._conn
@@ -194,18 +219,6 @@ class PostgresStore(common.ThreadConnections):
                                    (key,)).fetchone()
         return str(row[0])
 
-    def _staging(self, conn, build_id: str, lock: str) -> int:
-        try:
-            bid = int(build_id)
-        except (TypeError, ValueError):
-            raise StoreError(f"unknown build {build_id!r}; call begin_build first") from None
-        row = conn.execute(f"SELECT state FROM {self.s}.builds WHERE build_id = %s FOR {lock}", (bid,)).fetchone()
-        if row is None:
-            raise StoreError(f"unknown build {build_id!r}; call begin_build first")
-        if row[0] != "staging":
-            raise StoreError(f"build {build_id} is already {row[0]}; start a new one with begin_build")
-        return bid
-
     def stage_users(self, build_id: str, users: Iterable[UserRecord]) -> None:
         conn = self._conn
         vec_col = ", embedding_v" if self._pgvector else ""
@@ -228,9 +241,6 @@ class PostgresStore(common.ThreadConnections):
                 "synthesis = excluded.synthesis, embedding = excluded.embedding"
                 + (", embedding_v = excluded.embedding_v" if self._pgvector else ""), (bid,))
 
-    def staged_users(self, build_id: str) -> Iterator[UserRecord]:
-        yield from self._iter_users("WHERE u.build_id = %s", (int(build_id),))
-
     def publish(self, build_id: str, prototypes: PrototypeSet, assignments: dict[str, int]) -> None:
         centroids = common.check_prototypes(prototypes)
         k, dim = centroids.shape
@@ -238,27 +248,13 @@ class PostgresStore(common.ThreadConnections):
         with conn.transaction():
             bid = self._staging(conn, build_id, "UPDATE")
             conn.execute(f"SELECT 1 FROM {s}.meta WHERE id = 1 FOR UPDATE")  # publishes and add_users queue here
-            bad = conn.execute(f"SELECT user_id FROM {s}.users WHERE build_id = %s AND "
-                               "(embedding IS NULL OR length(embedding) <> %s) LIMIT 1", (bid, dim * 4)).fetchone()
-            if bad:
-                raise StoreError(f"build {build_id}: user {bad[0]!r} has no embedding of dimension {dim} "
-                                 "(the prototypes' dimension); stage it again with one")
+            self._check_embeddings(conn, bid, build_id, dim)
             with conn.cursor().copy(f"COPY {s}.memberships (build_id, user_id, prototype_id) "
                                     "FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "text", "int4"])
                 for uid, p in assignments.items():
                     copy.write_row((bid, uid, common.check_assignment(uid, p, k)))
-            stray = conn.execute(f"SELECT m.user_id FROM {s}.memberships m "
-                                 f"LEFT JOIN {s}.users u USING (build_id, user_id) "
-                                 "WHERE m.build_id = %s AND u.user_id IS NULL LIMIT 1", (bid,)).fetchone()
-            if stray:
-                raise StoreError(f"assignments names user {stray[0]!r}, who was not staged in build {build_id}")
-            missing = conn.execute(f"SELECT u.user_id FROM {s}.users u "
-                                   f"LEFT JOIN {s}.memberships m USING (build_id, user_id) "
-                                   "WHERE u.build_id = %s AND m.user_id IS NULL LIMIT 1", (bid,)).fetchone()
-            if missing:
-                raise StoreError(f"assignments has no prototype for staged user {missing[0]!r}; "
-                                 "assign every staged user")
+            self._check_memberships(conn, bid, build_id)
             with conn.cursor().copy(f"COPY {s}.prototypes FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "int4", "bytea"])
                 for i, row in enumerate(centroids):
@@ -276,13 +272,6 @@ class PostgresStore(common.ThreadConnections):
         for table in ("users", "memberships"):
             conn.execute(f"ANALYZE {s}.{table}")
 
-    def _collect_garbage(self) -> None:
-        conn = self._conn
-        for (bid,) in conn.execute(f"SELECT build_id FROM {self.s}.builds WHERE state = 'retired'").fetchall():
-            with conn.transaction():
-                for table in ("memberships", "prototypes", "users", "builds"):
-                    conn.execute(f"DELETE FROM {self.s}.{table} WHERE build_id = %s", (bid,))
-
     # -- reading the current build --------------------------------------------------------------
     def _iter_users(self, where: str, params: Sequence) -> Iterator[UserRecord]:
         # Own connection, one snapshot, a server-side cursor: a million users stream in pages.
@@ -292,34 +281,11 @@ class PostgresStore(common.ThreadConnections):
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 with conn.cursor(name="pgenrm_users") as cur:
                     cur.itersize = 2000
-                    cur.execute(
-                        "SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id "
-                        f"FROM {self.s}.users u "
-                        f"LEFT JOIN {self.s}.memberships m USING (build_id, user_id) {where} ORDER BY u.user_id",
-                        params)
+                    cur.execute(self.users_query(f"{where} ORDER BY u.user_id"), params)
                     for row in cur:
                         yield common.to_record(*row)
         finally:
             conn.close()
-
-    def get_user(self, user_id: str) -> UserRecord | None:
-        row = self._conn.execute(
-            f"SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id FROM {self.s}.users u "
-            f"LEFT JOIN {self.s}.memberships m USING (build_id, user_id) "
-            f"WHERE u.build_id = (SELECT current_build FROM {self.s}.meta WHERE id = 1) AND u.user_id = %s",
-            (user_id,)).fetchone()
-        return common.to_record(*row) if row else None
-
-    def users(self) -> Iterator[UserRecord]:
-        yield from self._iter_users(f"WHERE u.build_id = (SELECT current_build FROM {self.s}.meta WHERE id = 1)", ())
-
-    def _centroids(self, conn, bid) -> np.ndarray:
-        key = str(bid)
-        if key not in self._centroids_cache:  # a build's prototypes never change once published
-            rows = conn.execute(f"SELECT centroid FROM {self.s}.prototypes WHERE build_id = %s ORDER BY prototype_id",
-                                (bid,)).fetchall()
-            self._centroids_cache[key] = np.stack([common.decode_vector(r[0]) for r in rows])
-        return self._centroids_cache[key]
 
     def prototypes(self) -> PrototypeSet | None:
         conn = self._conn
@@ -420,12 +386,6 @@ class PostgresStore(common.ThreadConnections):
             conn.execute(f"UPDATE {s}.meta SET version = %s WHERE id = 1", (version,))
         user.prototype_id = p
         return p
-
-    def close(self) -> None:
-        index = getattr(self, "index", None)
-        if index is not None:
-            index.close()  # its background loader reads through these connections
-        super().close()
 
     # -- the synthesis cache ----------------------------------------------------------------------
     def get_syntheses(self, keys: Sequence[str]) -> dict[str, CachedSynthesis]:

@@ -26,7 +26,7 @@ prototype's members alone.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -34,6 +34,10 @@ from pgenrm_plugins.backends.base import GenerationRequest
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain.parser import ParseFailure, parse_criteria
 from pgenrm_plugins.types import HistoryItem, Prompt
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.backends.base import Backend
+    from pgenrm_plugins.prototypes.base import Embedder
 
 SOURCES = ("synthesis", "history", "contrast", "analysis")
 JUDGE_SOURCES = ("synthesis", "analysis")  # the sources that need the judge (a backend)
@@ -79,7 +83,7 @@ def render_synthesis(raw: str) -> Synthesis:
     return Synthesis("\n".join(lines), True)
 
 
-def synthesize(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
+def synthesize(backend: Backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
                settings: SourceSettings) -> list[Synthesis]:
     """One preference synthesis per (history, persona), all in one backend call. Greedy, so a
     rebuild writes the same text."""
@@ -94,14 +98,14 @@ def synthesize(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]
     return [render_synthesis(text) for text in _generate(backend, requests, settings)]
 
 
-def _generate(backend, requests: list[GenerationRequest], settings: SourceSettings) -> list[str]:
+def _generate(backend: Backend, requests: list[GenerationRequest], settings: SourceSettings) -> list[str]:
     """The one reply to each request, `settings.judge_batch` requests per backend call."""
     step = max(1, settings.judge_batch)
     return [gens[0].text for start in range(0, len(requests), step)
             for gens in backend.generate(requests[start:start + step])]
 
 
-def analyse(backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
+def analyse(backend: Backend, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
             settings: SourceSettings) -> list[Synthesis]:
     """One chain per user in `settings.chain_format`, judging the user's latest choice with the
     earlier ones as history; its analysis part is what gets embedded. Greedy, like `synthesize`."""
@@ -134,7 +138,7 @@ def history_texts(history: Sequence[HistoryItem], persona: str | None, settings:
     return texts
 
 
-def embed_history_users(embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
+def embed_history_users(embedder: Embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
                         settings: SourceSettings) -> np.ndarray:
     """[len(users), dim]: each user's normalised mean over their history texts (one embed call)."""
     per_user = [history_texts(h, p, settings) for h, p in users]
@@ -160,7 +164,7 @@ def contrast_texts(item: HistoryItem, clip: int) -> tuple[str, str]:
     return (" ".join(shown[0]) or "(nothing)")[:clip], (" ".join(shown[1]) or "(nothing)")[:clip]
 
 
-def embed_contrast_users(embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
+def embed_contrast_users(embedder: Embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
                          settings: SourceSettings) -> np.ndarray:
     """[len(users), dim]: each user's normalised mean over their recent choices of
     e(only the preferred) - e(only the rejected) (one embed call); a persona-only user is the
@@ -189,8 +193,8 @@ def embed_contrast_users(embedder, users: Sequence[tuple[Sequence[HistoryItem], 
 
 
 def embed_users(
-    embedder, source: str, users: Sequence[tuple[Sequence[HistoryItem], str | None]], settings: SourceSettings,
-    backend=None,
+    embedder: Embedder, source: str, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
+    settings: SourceSettings, backend: Backend | None = None,
 ) -> tuple[np.ndarray, list[Synthesis | None]]:
     """Embeddings of users (history, persona) from `source`, and their syntheses (None for `history`)."""
     if source == "history":
@@ -206,7 +210,7 @@ def embed_users(
     return embedder.embed(texts), list(syntheses)
 
 
-def check_embedder(prototypes, embedder) -> None:
+def check_embedder(prototypes, embedder: Embedder) -> None:
     """A store is only searched with the embedder that built it (other embedders' spaces differ)."""
     if embedder.name != prototypes.embedder:
         raise ValueError(
@@ -215,7 +219,8 @@ def check_embedder(prototypes, embedder) -> None:
         )
 
 
-def embed_like_build(prototypes, embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]], backend=None):
+def embed_like_build(prototypes, embedder: Embedder, users: Sequence[tuple[Sequence[HistoryItem], str | None]],
+                     backend: Backend | None = None):
     """Embed users (history, persona) the way the current build embedded its members."""
     check_embedder(prototypes, embedder)
     meta = prototypes.meta or {}

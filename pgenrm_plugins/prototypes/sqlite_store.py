@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pgenrm_plugins.hookspecs import hookimpl
 from pgenrm_plugins.prototypes import common
-from pgenrm_plugins.prototypes.base import CachedSynthesis, Lookup, PrototypeSet, StoreError, UserRecord
-from pgenrm_plugins.prototypes.index import MemberIndex, Members, Storage, assemble
+from pgenrm_plugins.prototypes.base import CachedSynthesis, Lookup, Members, PrototypeSet, StoreError, UserRecord
+from pgenrm_plugins.prototypes.index import MemberIndex, Storage, assemble
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
@@ -64,8 +64,6 @@ CREATE TABLE IF NOT EXISTS prototypes (
 );
 """ + common.SYNTHESES_TABLE.format(t="syntheses") + ";\n"
 
-_CURRENT = "(SELECT value FROM meta WHERE key = 'current_build')"
-
 _UPSERT_USER = """
 INSERT INTO users (build_id, user_id, history, persona, synthesis, embedding, changed_version)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -86,7 +84,7 @@ class SQLiteOptions(BaseModel):
         "sq8 (a quarter, approximate ranks) or fp32")
 
 
-class SQLiteStore(common.ThreadConnections):
+class SQLiteStore(common.SQLStore):
     name = "sqlite"
 
     def __init__(self, options: SQLiteOptions | None = None, **kwargs: Any):
@@ -121,6 +119,9 @@ class SQLiteStore(common.ThreadConnections):
             raise
         conn.execute("COMMIT")
 
+    def _write(self):
+        return self._transaction()  # BEGIN IMMEDIATE: SQLite's write lock is the whole file's
+
     def _init_schema(self) -> None:
         with self._transaction() as c:
             has_meta = c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
@@ -149,18 +150,6 @@ class SQLiteStore(common.ThreadConnections):
                             (key, time.time()))
             return str(cur.lastrowid)
 
-    def _staging(self, c: sqlite3.Connection, build_id: str) -> int:
-        try:
-            bid = int(build_id)
-        except (TypeError, ValueError):
-            raise StoreError(f"unknown build {build_id!r}; call begin_build first") from None
-        row = c.execute("SELECT state FROM builds WHERE build_id = ?", (bid,)).fetchone()
-        if row is None:
-            raise StoreError(f"unknown build {build_id!r}; call begin_build first")
-        if row[0] != "staging":
-            raise StoreError(f"build {build_id} is already {row[0]}; start a new one with begin_build")
-        return bid
-
     def stage_users(self, build_id: str, users: Iterable[UserRecord]) -> None:
         with self._transaction() as c:
             bid = self._staging(c, build_id)
@@ -172,31 +161,15 @@ class SQLiteStore(common.ThreadConnections):
 
             c.executemany(_UPSERT_USER, rows())
 
-    def staged_users(self, build_id: str) -> Iterator[UserRecord]:
-        yield from self._iter_users("WHERE u.build_id = ?", (int(build_id),))
-
     def publish(self, build_id: str, prototypes: PrototypeSet, assignments: dict[str, int]) -> None:
         centroids = common.check_prototypes(prototypes)
         k, dim = centroids.shape
         with self._transaction() as c:
             bid = self._staging(c, build_id)
-            bad = c.execute("SELECT user_id FROM users WHERE build_id = ? "
-                            "AND (embedding IS NULL OR length(embedding) != ?) "
-                            "LIMIT 1", (bid, dim * 4)).fetchone()
-            if bad:
-                raise StoreError(f"build {build_id}: user {bad[0]!r} has no embedding of dimension {dim} "
-                                 "(the prototypes' dimension); stage it again with one")
+            self._check_embeddings(c, bid, build_id, dim)
             c.executemany("INSERT INTO memberships VALUES (?, ?, ?)",
                           ((bid, uid, common.check_assignment(uid, p, k)) for uid, p in assignments.items()))
-            stray = c.execute("SELECT m.user_id FROM memberships m LEFT JOIN users u USING (build_id, user_id) "
-                              "WHERE m.build_id = ? AND u.user_id IS NULL LIMIT 1", (bid,)).fetchone()
-            if stray:
-                raise StoreError(f"assignments names user {stray[0]!r}, who was not staged in build {build_id}")
-            missing = c.execute("SELECT u.user_id FROM users u LEFT JOIN memberships m USING (build_id, user_id) "
-                                "WHERE u.build_id = ? AND m.user_id IS NULL LIMIT 1", (bid,)).fetchone()
-            if missing:
-                raise StoreError(f"assignments has no prototype for staged user {missing[0]!r}; "
-                                 "assign every staged user")
+            self._check_memberships(c, bid, build_id)
             c.executemany("INSERT INTO prototypes VALUES (?, ?, ?)",
                           ((bid, i, common.encode_vector(row)) for i, row in enumerate(centroids)))
             c.execute("UPDATE builds SET state = 'retired' WHERE state = 'published'")
@@ -208,13 +181,6 @@ class SQLiteStore(common.ThreadConnections):
         if not self.options.keep_old_builds:
             self._collect_garbage()
 
-    def _collect_garbage(self) -> None:
-        """Delete replaced builds, one transaction each: readers still on them keep their snapshot."""
-        for (bid,) in self._conn.execute("SELECT build_id FROM builds WHERE state = 'retired'").fetchall():
-            with self._transaction() as c:
-                for table in ("memberships", "prototypes", "users", "builds"):
-                    c.execute(f"DELETE FROM {table} WHERE build_id = ?", (bid,))
-
     # -- reading the current build --------------------------------------------------------------
     def _iter_users(self, where: str, params: Sequence) -> Iterator[UserRecord]:
         # Its own connection and read transaction: one consistent snapshot for the whole iteration,
@@ -222,35 +188,15 @@ class SQLiteStore(common.ThreadConnections):
         conn = self._open()
         try:
             with self._transaction("DEFERRED", conn) as c:
-                cur = c.execute(
-                    "SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id FROM users u "
-                    f"LEFT JOIN memberships m USING (build_id, user_id) {where} ORDER BY u.user_id", params)
-                for row in cur:
+                for row in c.execute(self.users_query(f"{where} ORDER BY u.user_id"), params):
                     yield common.to_record(*row)
         finally:
             conn.close()
 
-    def get_user(self, user_id: str) -> UserRecord | None:
-        row = self._conn.execute(
-            "SELECT u.user_id, u.history, u.persona, u.synthesis, u.embedding, m.prototype_id FROM users u "
-            f"LEFT JOIN memberships m USING (build_id, user_id) WHERE u.build_id = {_CURRENT} AND u.user_id = ?",
-            (user_id,)).fetchone()
-        return common.to_record(*row) if row else None
-
-    def users(self) -> Iterator[UserRecord]:
-        yield from self._iter_users(f"WHERE u.build_id = {_CURRENT}", ())
-
-    def _centroids(self, c: sqlite3.Connection, bid) -> np.ndarray:
-        key = str(bid)
-        if key not in self._centroids_cache:  # a build's prototypes never change once published
-            blobs = [r[0] for r in c.execute("SELECT centroid FROM prototypes WHERE build_id = ? ORDER BY prototype_id",
-                                             (bid,))]
-            self._centroids_cache[key] = np.stack([common.decode_vector(b) for b in blobs])
-        return self._centroids_cache[key]
-
     def prototypes(self) -> PrototypeSet | None:
         with self._transaction("DEFERRED") as c:
-            row = c.execute(f"SELECT build_id, embedder, meta FROM builds WHERE build_id = {_CURRENT}").fetchone()
+            row = c.execute("SELECT build_id, embedder, meta FROM builds "
+                            f"WHERE build_id = {self.current_build}").fetchone()
             if row is None:
                 return None
             return PrototypeSet(self._centroids(c, row[0]).copy(), row[1], json.loads(row[2] or "{}"))
@@ -317,17 +263,11 @@ class SQLiteStore(common.ThreadConnections):
         with self._transaction() as c:
             c.executemany(common.PUT_SYNTHESIS.format(t="syntheses", p="?"), rows)
 
-    def close(self) -> None:
-        index = getattr(self, "index", None)
-        if index is not None:
-            index.close()  # its background loader reads through these connections
-        super().close()
-
     def stats(self) -> dict[str, Any]:
         with self._transaction("DEFERRED") as c:
             version = int(c.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
             build = c.execute("SELECT build_id, embedder, meta, published_at FROM builds "
-                              f"WHERE build_id = {_CURRENT}").fetchone()
+                              f"WHERE build_id = {self.current_build}").fetchone()
             staging = c.execute("SELECT count(*) FROM builds WHERE state = 'staging'").fetchone()[0]
             out: dict[str, Any] = {
                 "store": self.name, "path": str(self.path), "schema_version": common.SCHEMA_VERSION,

@@ -30,7 +30,7 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pgenrm_plugins.backends.base import Backend, Generation, GenerationRequest
 from pgenrm_plugins.chain.formats import PGENRM, ChainFormat
@@ -39,6 +39,9 @@ from pgenrm_plugins.chain.prompts import DIGITS
 from pgenrm_plugins.config import PGenRMConfig
 from pgenrm_plugins.scoring.syntheses import SynthesisCache, judge_identity
 from pgenrm_plugins.types import HistoryItem, ScoreRequest
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.prototypes.base import PrototypeStore
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ class RewardModes:
     """Runs the configured mode over a list of requests, all in the same backend calls."""
 
     def __init__(self, config: PGenRMConfig, backend: Backend, criteria: str, chain_format: ChainFormat,
-                 store=None):
+                 store: PrototypeStore | None = None):
         self.config, self.backend, self.criteria, self.format = config, backend, criteria, chain_format
         # Learned once and never unlearned: a backend that gave no token probabilities will not
         # start to (asking again would cost an OpenAI-compatible server a request per call).

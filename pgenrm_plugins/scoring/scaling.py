@@ -20,11 +20,15 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pgenrm_plugins.config import PrototypeConfig
 from pgenrm_plugins.scoring.modes import Tally
 from pgenrm_plugins.types import NeighbourUse, ScoreRequest
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.backends.base import Backend
+    from pgenrm_plugins.prototypes.base import Embedder, PrototypeStore
 
 PLACED_CACHE = 4096  # users placed at scoring time, kept so a user's next request is not embedded again
 
@@ -79,7 +83,7 @@ class Plan:
 class PrototypeScaling:
     """Plans requests against a prototype store: where each user sits, which requests score it."""
 
-    def __init__(self, config: PrototypeConfig, store, embedder, backend):
+    def __init__(self, config: PrototypeConfig, store: PrototypeStore, embedder: Embedder, backend: Backend):
         self.config, self.store, self.embedder, self.backend = config, store, embedder, backend
         self._placed: OrderedDict[str, Any] = OrderedDict()  # a cache of embeddings, not state that decides
 

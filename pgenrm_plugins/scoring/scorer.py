@@ -9,20 +9,20 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pgenrm_plugins.backends.base import Backend
 from pgenrm_plugins.chain.formats import chain_format
 from pgenrm_plugins.config import PGenRMConfig, load_config
+from pgenrm_plugins.scoring.contract import ScoringError, settings_identity
 from pgenrm_plugins.scoring.modes import RewardModes, Tally
 from pgenrm_plugins.scoring.scaling import PrototypeScaling, mean
 from pgenrm_plugins.types import Components, ScoreRequest, ScoreResult
 
+if TYPE_CHECKING:
+    from pgenrm_plugins.prototypes.base import Embedder, PrototypeStore
+
 log = logging.getLogger(__name__)
-
-
-class ScoringError(RuntimeError):
-    """Raised under `failure_policy: raise` when a completion could not be scored."""
 
 
 def check_references(reqs: Sequence[ScoreRequest], mode: str) -> None:
@@ -40,8 +40,8 @@ class Scorer:
     """Score `ScoreRequest`s with P-GenRM. Build with `load_scorer(config)`."""
 
     def __init__(self, config: PGenRMConfig | dict | str | None = None, backend: Backend | None = None,
-                 store=None, embedder=None):
-        from pgenrm_plugins.judge import with_judge_defaults
+                 store: PrototypeStore | None = None, embedder: Embedder | None = None):
+        from pgenrm_plugins.backends.judge_folder import with_judge_defaults
 
         self.config = with_judge_defaults(load_config(config))
         self.backend = backend if backend is not None else self.config.backend.build("backend")
@@ -78,6 +78,9 @@ class Scorer:
 
     def score_one(self, request: ScoreRequest | dict) -> ScoreResult:
         return self.score([request])[0]
+
+    def identity(self) -> str:
+        return settings_identity(self.config, self.store)
 
     def close(self) -> None:
         self.backend.close()
@@ -145,7 +148,7 @@ def resolve_criteria(config: PGenRMConfig) -> str:
     format it was trained for); judges without one write criteria."""
     if config.reward.criteria != "auto":
         return config.reward.criteria
-    from pgenrm_plugins.judge import manifest_for_backend
+    from pgenrm_plugins.backends.judge_folder import manifest_for_backend
 
     manifest = manifest_for_backend(config.backend)
     if manifest is None:
@@ -154,7 +157,7 @@ def resolve_criteria(config: PGenRMConfig) -> str:
 
 
 def load_scorer(config: PGenRMConfig | dict | str | None = None, backend: Backend | None = None,
-                store=None, embedder=None, local: bool = False):
+                store: PrototypeStore | None = None, embedder: Embedder | None = None, local: bool = False):
     """The public entry point: a scorer from a config file, dict, or nothing (the embedded default).
     `store`/`embedder`: an open prototype store and embedder to use instead of building the config's.
     With a `scorer:` section (and no backend given) it is a `RemoteScorer` of that service, unless

@@ -15,9 +15,12 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from typing import Callable, Generic, Iterable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Callable, Generic, Iterable, Protocol, TypeVar
 
 from pgenrm_plugins.prototypes.base import CachedSynthesis
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.prototypes.base import PrototypeStore
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ def judge_identity(config) -> str:
     """What makes one scorer's syntheses and verified weights those of another: the backend section,
     the judge folder's adapter bytes (a retrained judge at the same path is another judge), the chain
     format and how a check is asked."""
-    from pgenrm_plugins.judge import judge_fingerprint
+    from pgenrm_plugins.backends.judge_folder import judge_fingerprint
 
     rc = config.reward
     return json.dumps({"backend": config.backend.model_dump(mode="json"), "judge": judge_fingerprint(config.backend),
@@ -45,7 +48,7 @@ class SynthesisCache(Generic[S]):
     """Syntheses by key: an LRU of `size` entries in memory, backed by `store` (any
     `PrototypeStore`) when given. `make(text)` turns a stored text back into the scorer's object."""
 
-    def __init__(self, identity: str, make: Callable[[str], S], store=None, size: int = 4096):
+    def __init__(self, identity: str, make: Callable[[str], S], store: PrototypeStore | None = None, size: int = 4096):
         self.identity, self.make, self.store, self.size = identity, make, store, size
         self.memory: OrderedDict[str, S] = OrderedDict()
 

@@ -21,11 +21,11 @@ def __getattr__(name):
 
         return getattr(app, name)
     if name == "Batcher":
-        from pgenrm_plugins.frameworks.batching import Batcher
+        from pgenrm_plugins.scoring.batching import Batcher
 
         return Batcher
     if name in ("ScoringClient", "ScoringClientError"):
-        from pgenrm_plugins.server import client
+        from pgenrm_plugins.scoring import remote
 
-        return getattr(client, name)
+        return getattr(remote, name)
     raise AttributeError(name)

@@ -30,14 +30,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pgenrm_plugins.frameworks import openrlhf
-from pgenrm_plugins.frameworks.batching import (
+from pgenrm_plugins.requests_io import describe_validation_error
+from pgenrm_plugins.scoring.batching import (
     Batcher,
     BatcherClosed,
     ResultCache,
     ScorerFailed,
-    scoring_identity,
 )
-from pgenrm_plugins.requests_io import describe_validation_error
+from pgenrm_plugins.scoring.contract import RequestScorer
 from pgenrm_plugins.server.metrics import Metrics
 from pgenrm_plugins.types import ScoreRequest
 
@@ -131,13 +131,12 @@ def _parse_score_body(body: Any, s: ServerSettings) -> tuple[list[ScoreRequest],
     return reqs, single
 
 
-def _check_mode(scorer, reqs: list[ScoreRequest]) -> None:
+def _check_mode(scorer: RequestScorer, reqs: list[ScoreRequest]) -> None:
     """Refuse what would fail the scorer here, so one bad request never fails its batch-mates."""
     from pgenrm_plugins.scoring import check_references
 
-    mode = getattr(getattr(getattr(scorer, "config", None), "reward", None), "mode", None)
     try:
-        check_references(reqs, mode)
+        check_references(reqs, scorer.config.reward.mode)
     except ValueError as exc:
         raise HTTPProblem(422, str(exc), "invalid") from None
 
@@ -148,8 +147,8 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI:
-    """The service over `scorer` (anything with `score(list[ScoreRequest]) -> list[ScoreResult]`)."""
+def create_app(scorer: RequestScorer, settings: ServerSettings | dict | None = None) -> FastAPI:
+    """The service over `scorer` (a `Scorer`, or any `RequestScorer`)."""
     s = settings if isinstance(settings, ServerSettings) else ServerSettings.model_validate(settings or {})
     api_key = s.api_key if s.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     metrics = Metrics()
@@ -158,15 +157,14 @@ def create_app(scorer, settings: ServerSettings | dict | None = None) -> FastAPI
 
     def score_and_sign(reqs: list[ScoreRequest]):
         """The scorer's results, each saying which replica and which store version scored it."""
-        store = getattr(scorer, "store", None)
-        served_by = {"replica": replica, "store_version": store.version() if hasattr(store, "version") else None}
+        served_by = {"replica": replica, "store_version": scorer.store.version() if scorer.store is not None else None}
         results = scorer.score(reqs)
         for result in results:
             result.components.served_by = served_by
         return results
 
     batcher = Batcher(score_and_sign, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests,
-                      metrics=metrics, identity=(lambda: scoring_identity(scorer)) if s.dedupe else None,
+                      metrics=metrics, identity=scorer.identity if s.dedupe else None,
                       cache=cache, deadline_s=s.deadline_s)
 
     @asynccontextmanager

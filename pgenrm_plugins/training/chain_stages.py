@@ -43,10 +43,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pgenrm_plugins.backends.judge_folder import (
+    BASE_MODEL,
+    JudgeManifest,
+    base_model_dir,
+    is_adapter,
+    read_manifest,
+    write_manifest,
+)
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain.parser import ParsedChain, ParseFailure, parse_chain
 from pgenrm_plugins.datasets.bench import load_bench
-from pgenrm_plugins.judge import BASE_MODEL, JudgeManifest, base_model_dir, is_adapter, read_manifest, write_manifest
 from pgenrm_plugins.training.items import ItemSettings, ItemSource
 from pgenrm_plugins.training.run import file_hash, peak_rss_mib
 from pgenrm_plugins.training.score_stage import latest_checkpoint

@@ -21,8 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from pgenrm_plugins.backends.judge_folder import base_model_dir, is_adapter, read_manifest, write_manifest
 from pgenrm_plugins.datasets.bench import load_bench
-from pgenrm_plugins.judge import base_model_dir, is_adapter, read_manifest, write_manifest
 from pgenrm_plugins.training.items import ItemSettings, ItemSource
 
 FORMAT = "direct-v1"

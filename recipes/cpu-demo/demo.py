@@ -76,16 +76,16 @@ def main(argv=None):
     started = time.perf_counter()
 
     from pgenrm_plugins.backends.embedded import embedded_model_dir
+    from pgenrm_plugins.backends.judge_folder import shipped_judge
     from pgenrm_plugins.backends.transformers_backend import TransformersBackend
     from pgenrm_plugins.config import load_config
     from pgenrm_plugins.datasets.bench import load_bench
     from pgenrm_plugins.datasets.synthetic import generate, write_bench
     from pgenrm_plugins.frameworks.prepare import training_prompts
-    from pgenrm_plugins.judge import shipped_judge
-    from pgenrm_plugins.personalize.probe import greedy_answer
     from pgenrm_plugins.prototypes.builder import build_prototypes
     from pgenrm_plugins.prototypes.sources import SourceSettings
     from pgenrm_plugins.scoring import Scorer
+    from pgenrm_trl.personalize.probe import greedy_answer
 
     # 1. users ---------------------------------------------------------------------------------
     console.rule("[bold]1/4 synthetic users")

@@ -10,7 +10,7 @@
 Held-out prompts: the answer bank's questions that neither user's train rows ask (never trained on by
 either policy). Each policy (a transformers folder) answers them greedily, in eval mode with the KV
 cache, and each answer is scored under BOTH users' true weights with the CPU recipe's code
-(`pgenrm_plugins.personalize`: `greedy_answers`, `latent_utility`, `summarize`). Writes results.json and
+(`pgenrm_trl.personalize`: `greedy_answers`, `latent_utility`, `summarize`). Writes results.json and
 answers.jsonl to --out and prints the table; the crossover is the CPU recipe's:
 [dU_A(pi_A) - dU_B(pi_A)] + [dU_B(pi_B) - dU_A(pi_B)], dU = after - before, with a 95% bootstrap interval.
 """
@@ -65,7 +65,7 @@ def load_policy(path: str):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from pgenrm_plugins.datasets.synthetic import load_truth
-    from pgenrm_plugins.personalize.run import opposite_users
+    from pgenrm_trl.personalize.run import opposite_users
 
     truth = load_truth(args.data)
     if truth is None:
@@ -86,9 +86,9 @@ def main(argv=None) -> int:
 
     from transformers import AutoTokenizer
 
-    from pgenrm_plugins.personalize.probe import greedy_answers
-    from pgenrm_plugins.personalize.run import degenerate_fraction, summarize
-    from pgenrm_plugins.personalize.truth import LengthScale, latent_utility
+    from pgenrm_trl.personalize.probe import greedy_answers
+    from pgenrm_trl.personalize.run import degenerate_fraction, summarize
+    from pgenrm_trl.personalize.truth import LengthScale, latent_utility
 
     weights = {u: truth["users"][u]["weights"] for u in (a, b)}
     heldout = heldout_questions(rows, (a, b))[:args.limit or None]

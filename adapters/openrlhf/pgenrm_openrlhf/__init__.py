@@ -14,6 +14,10 @@ __all__ = ["configure", "reward_file", "reward_func"]
 
 
 def __getattr__(name):
+    if name == "reward_file":
+        from pgenrm_openrlhf.plugin import reward_file
+
+        return reward_file
     if name in __all__:
         from pgenrm_openrlhf import reward
 

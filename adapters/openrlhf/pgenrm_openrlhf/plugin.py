@@ -30,10 +30,10 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from pgenrm_openrlhf.reward import score_sample
-    from pgenrm_plugins.frameworks.coalescing import SampleScorer
+    from pgenrm_plugins.frameworks.coalescing import SampleCoalescer
     from pgenrm_plugins.types import as_messages
 
-    judge = SampleScorer(scorer=scorer)
+    judge = SampleCoalescer(scorer=scorer)
     calls = []
     for r in requests:
         row = r.model_dump(mode="json")

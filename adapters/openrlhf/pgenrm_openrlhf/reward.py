@@ -21,8 +21,7 @@ import logging
 import threading
 from typing import Any
 
-from pgenrm_openrlhf.plugin import reward_file  # noqa: F401  (public: pgenrm_openrlhf.reward_file)
-from pgenrm_plugins.frameworks.coalescing import SampleReward, SampleScorer
+from pgenrm_plugins.frameworks.coalescing import SampleCoalescer, SampleReward
 from pgenrm_plugins.frameworks.openrlhf import completion_of, prompt_of
 from pgenrm_plugins.frameworks.user_fields import FieldSource, UserFieldError, read_container, read_user_fields
 
@@ -35,29 +34,29 @@ LABEL_SOURCE = FieldSource(
 )
 
 _lock = threading.Lock()
-_judge: SampleScorer | None = None
+_judge: SampleCoalescer | None = None
 
 
-def configure(config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None) -> SampleScorer:
+def configure(config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None) -> SampleCoalescer:
     """Set the judge `reward_func` uses in this process (default: `$PGENRM_CONFIG`, else the
     embedded judge, built on the first call). Returns it."""
     global _judge
     with _lock:
-        old, _judge = _judge, SampleScorer(config, backend=backend, scorer=scorer, max_wait_ms=max_wait_ms)
+        old, _judge = _judge, SampleCoalescer(config, backend=backend, scorer=scorer, max_wait_ms=max_wait_ms)
     if old is not None:
         old.close()
     return _judge
 
 
-def judge() -> SampleScorer:
+def judge() -> SampleCoalescer:
     global _judge
     with _lock:
         if _judge is None:
-            _judge = SampleScorer()
+            _judge = SampleCoalescer()
         return _judge
 
 
-def score_sample(query: str, prompt: str, label: Any, scorer: SampleScorer | None = None) -> SampleReward:
+def score_sample(query: str, prompt: str, label: Any, scorer: SampleCoalescer | None = None) -> SampleReward:
     """One OpenRLHF sample's reward: read the label, cut the response out of the query, score
     (coalesced with concurrent calls), apply the failure policy to unreadable samples."""
     scorer = scorer or judge()

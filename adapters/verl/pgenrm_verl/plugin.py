@@ -36,10 +36,10 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
     call per completion, all at once, the user in `extra_info`, with `scorer`'s judge."""
     import asyncio
 
-    from pgenrm_plugins.frameworks.coalescing import SampleScorer
+    from pgenrm_plugins.frameworks.coalescing import SampleCoalescer
     from pgenrm_verl.reward import score_sample
 
-    judge = SampleScorer(scorer=scorer)
+    judge = SampleCoalescer(scorer=scorer)
 
     async def run():
         calls = []

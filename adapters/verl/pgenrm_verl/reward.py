@@ -29,7 +29,7 @@ import json
 import threading
 from typing import Any
 
-from pgenrm_plugins.frameworks.coalescing import SampleReward, SampleScorer
+from pgenrm_plugins.frameworks.coalescing import SampleCoalescer, SampleReward
 from pgenrm_plugins.frameworks.user_fields import FieldSource, UserFieldError, read_container, read_user_fields
 
 __all__ = ["VERL_SOURCE", "compute_score", "configure", "judge_for", "score_sample"]
@@ -42,16 +42,16 @@ VERL_SOURCE = FieldSource(
 )
 
 _lock = threading.Lock()
-_default: SampleScorer | None = None
-_judges: dict[str, SampleScorer] = {}  # by (config, router address)
+_default: SampleCoalescer | None = None
+_judges: dict[str, SampleCoalescer] = {}  # by (config, router address)
 
 
-def configure(config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None) -> SampleScorer:
+def configure(config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None) -> SampleCoalescer:
     """Set the judge `compute_score` and the `pgenrm` reward manager use in this process (default:
     `$PGENRM_CONFIG`, else the embedded judge, built on the first call). Returns it."""
     global _default
     with _lock:
-        old, _default = _default, SampleScorer(config, backend=backend, scorer=scorer, max_wait_ms=max_wait_ms)
+        old, _default = _default, SampleCoalescer(config, backend=backend, scorer=scorer, max_wait_ms=max_wait_ms)
         stale = list(_judges.values())
         _judges.clear()
     for judge in [old, *stale]:
@@ -75,13 +75,13 @@ def _router_config(config_source, address: str, reward_model_tokenizer=None) -> 
 
 
 def judge_for(reward_router_address: str | None = None, reward_model_tokenizer=None,
-              pgenrm_config=None) -> SampleScorer:
+              pgenrm_config=None) -> SampleCoalescer:
     """The judge for a call: the default one, or one per (config, reward router address)."""
     global _default
     if reward_router_address is None and pgenrm_config is None:
         with _lock:
             if _default is None:
-                _default = SampleScorer()
+                _default = SampleCoalescer()
             return _default
     key = json.dumps([pgenrm_config, reward_router_address], sort_keys=True, default=str)
     with _lock:
@@ -91,7 +91,7 @@ def judge_for(reward_router_address: str | None = None, reward_model_tokenizer=N
                 source = _default.config  # what configure() set
             if reward_router_address is not None:
                 source = _router_config(source, reward_router_address, reward_model_tokenizer)
-            _judges[key] = SampleScorer(source)
+            _judges[key] = SampleCoalescer(source)
         return _judges[key]
 
 
@@ -102,7 +102,7 @@ def _prompt_of(extra_info: dict, raw_prompt: Any = None) -> Any:
     return None
 
 
-async def score_sample(judge: SampleScorer, extra_info: Any, response: str, *, raw_prompt: Any = None,
+async def score_sample(judge: SampleCoalescer, extra_info: Any, response: str, *, raw_prompt: Any = None,
                        ground_truth: Any = None) -> SampleReward:
     """One verl sample's reward: read the user, score (coalesced), apply the failure policy."""
     try:

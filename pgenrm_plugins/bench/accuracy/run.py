@@ -17,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,7 +37,6 @@ from pgenrm_plugins.bench.accuracy.settings import (
 from pgenrm_plugins.bench.accuracy.stats import _groups, _user_counts, bootstrap_ci, summarize
 from pgenrm_plugins.config import load_config
 from pgenrm_plugins.datasets.bench import BenchData, BenchRow, load_bench
-from pgenrm_plugins.frameworks.batching import scoring_identity
 from pgenrm_plugins.frameworks.logs import sample_logs
 from pgenrm_plugins.requests_io import (
     complete_lines,
@@ -49,6 +48,9 @@ from pgenrm_plugins.requests_io import (
     write_run_record,
 )
 from pgenrm_plugins.types import HistoryItem, ScoreRequest
+
+if TYPE_CHECKING:
+    from pgenrm_plugins.backends.base import Backend
 
 
 def global_history(data: BenchData, size: int, seed: int = 0) -> list[HistoryItem]:
@@ -263,7 +265,7 @@ def _run_setting(run: _Run, setting: Setting, progress: Progress) -> tuple[dict,
 
     scorer = Scorer(_setting_config(run, setting), backend=run.cache)
     mode = scorer.config.reward.mode
-    done = _check_setting(run.progress, setting.name, scoring_identity(scorer))
+    done = _check_setting(run.progress, setting.name, scorer.identity())
     task = progress.add_task(f"{setting.name:<16}", total=len(run.test_rows))
     before = dict(run.cache.stats.extra), run.cache.stats.generated_tokens
     t0 = time.perf_counter()
@@ -389,7 +391,7 @@ def run_accuracy(
     batch_rows: int = 8,
     max_test_rows: int | None = None,
     seed: int = 0,
-    backend=None,
+    backend: Backend | None = None,
     console: Console | None = None,
     restart: bool = False,
 ) -> dict[str, Any]:
@@ -403,7 +405,7 @@ def run_accuracy(
     report_dir = Path(report_dir)
     data, bad_rows, test_rows, truth_file, truth = _load_rows(data_path, truth_path, max_test_rows, console)
 
-    from pgenrm_plugins.judge import with_judge_defaults
+    from pgenrm_plugins.backends.judge_folder import with_judge_defaults
 
     base = with_judge_defaults(load_config(config))  # a trained judge's own settings, before the grid copies them
     store_section = store_config(store)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pgenrm_plugins.config import ChainConfig, PrototypeConfig, RewardConfig, SamplingConfig
 
 MANIFEST = "pgenrm_judge.json"
-SHIPPED_DIR = Path(__file__).parent / "judges" / "smollm2-135m-direct-v1"
+SHIPPED_DIR = Path(__file__).parents[1] / "judges" / "smollm2-135m-direct-v1"
 # `backend.options.model` value that asks for the untrained embedded base model
 BASE_MODEL = "embedded-base"
 

@@ -14,8 +14,8 @@ import inspect
 from typing import Any
 
 from pgenrm_plugins.frameworks.user_fields import completion_text
-from pgenrm_plugins.personalize.probe import degenerate_reason
-from pgenrm_plugins.personalize.truth import LengthScale, latent_utility
+from pgenrm_trl.personalize.probe import degenerate_reason
+from pgenrm_trl.personalize.truth import LengthScale, latent_utility
 
 REWARDS = ("truth", "judge", "judge-no-history")
 
@@ -46,7 +46,7 @@ class TruthReward:
 
 def judge_reward(max_chars: int, backend=None, name: str = "judge"):
     """The shipped judge (the embedded default config), texts cut at `max_chars` characters."""
-    from pgenrm_trl import PGenRMReward
+    from pgenrm_trl.adapter import PGenRMReward
 
     return PGenRMReward({"reward": {"max_chars": max_chars}}, backend=backend, name=name)
 

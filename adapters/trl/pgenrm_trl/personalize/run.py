@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgenrm_plugins.personalize.rewards import REWARDS
+from pgenrm_trl.personalize.rewards import REWARDS
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pgenrm_plugins.personalize", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pgenrm_trl.personalize", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("out/personalize"), help="folder for the report and plot")
     p.add_argument("--reward", choices=REWARDS, default="truth",
                    help="truth: the user's latent utility; judge: the shipped judge with the user's history; "
@@ -96,7 +96,7 @@ def training_rows(questions: list[str], user: str, history: list[dict[str, str]]
 # -- statistics -----------------------------------------------------------------------------------
 def summarize(utilities: dict[str, dict[str, list[float]]], a: str, b: str, n: int, seed: int) -> dict[str, Any]:
     """utilities[policy][user] = per-prompt latent utility, policy in base / a / b. Means with intervals."""
-    from pgenrm_plugins.personalize.truth import bootstrap_mean
+    from pgenrm_trl.personalize.truth import bootstrap_mean
 
     def ci(values):
         mean, lo, hi = bootstrap_mean(values, n=n, seed=seed)
@@ -139,8 +139,8 @@ def train_for_user(user, weights_by_user, args, tokenizer, policy_dir, rows, hel
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from pgenrm_plugins.personalize.probe import greedy_answers
-    from pgenrm_plugins.personalize.rewards import StepRecorder, TruthReward, judge_reward
+    from pgenrm_trl.personalize.probe import greedy_answers
+    from pgenrm_trl.personalize.rewards import StepRecorder, TruthReward, judge_reward
 
     if args.reward == "truth":
         inner = TruthReward(weights_by_user[user], scale, stop_ids)
@@ -196,8 +196,8 @@ def main(argv=None) -> int:
 
     from pgenrm_plugins.backends.embedded import embedded_model_dir
     from pgenrm_plugins.datasets.synthetic import generate
-    from pgenrm_plugins.personalize.probe import greedy_answers
-    from pgenrm_plugins.personalize.truth import LengthScale, latent_utility
+    from pgenrm_trl.personalize.probe import greedy_answers
+    from pgenrm_trl.personalize.truth import LengthScale, latent_utility
 
     console = Console()
     if args.threads:

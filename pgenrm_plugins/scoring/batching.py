@@ -13,7 +13,7 @@ worker goes on with the next batch. A caller that went away (its future cancelle
 `stop()` refuses new requests and drains what is queued before returning.
 
 Identical requests share one computation when the batcher is given an `identity` (what scores the
-requests: `scoring_identity`; scoring is deterministic, so a request is identified by its content
+requests: the scorer's `identity()`; scoring is deterministic, so a request is identified by its content
 and by that, `request_key`). A
 request identical to one in flight joins it; one identical to a request answered recently gets the
 stored answer from `cache` at once. A caller that goes away does not cancel a keyed computation: it
@@ -100,17 +100,6 @@ def request_key(request: ScoreRequest, scoring: str) -> str:
     """A request's identity: its whole content and `scoring` (what scores it: the scoring settings
     and the prototype store's build)."""
     return json.dumps([request.model_dump(mode="json"), scoring], sort_keys=True)
-
-
-def scoring_identity(scorer) -> str:
-    """What scores a request besides its content: the scorer's settings and the version of its
-    prototype store (a new build or an added user changes it), so an answer is reused only while
-    both are the same."""
-    config = getattr(scorer, "config", None)
-    settings = config.model_dump(mode="json") if config is not None else type(scorer).__qualname__
-    store = getattr(scorer, "store", None)
-    version = store.version() if store is not None and hasattr(store, "version") else None
-    return json.dumps([settings, version], sort_keys=True, default=str)
 
 
 class Batcher:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, detect_attributes
-from pgenrm_plugins.personalize.probe import degenerate_reason
+from pgenrm_trl.personalize.probe import degenerate_reason
 
 CUTOFF_CREDIT = 0.5
 

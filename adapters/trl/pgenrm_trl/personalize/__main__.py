@@ -1,0 +1,5 @@
+import sys
+
+from pgenrm_trl.personalize.run import main
+
+sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from pgenrm_plugins.personalize.run import main
-
-sys.exit(main())
