@@ -18,7 +18,7 @@ CHECK_STEPS=${CHECK_STEPS:-200}  # stage 1: the checks alone, from a new adapter
 STEPS=${STEPS:-150}          # stage 2: syntheses and checks, from stage 1's adapter (600 steps of 32 took
                              # 441 s on an H200, docs/training.md)
 BATCH=${BATCH:-32}
-CHECK_SHARE=${CHECK_SHARE:-0.7}
+CHECK_SHARE=${CHECK_SHARE:-0.3}  # stage 2: share of check examples (the checks are learnt in stage 1)
 VARIANTS=${VARIANTS:-last}    # "last first" also trains the criterion-first order (a reply read per criterion)
 ABLATION=${ABLATION:-0}
 LR=${LR:-5e-4}
