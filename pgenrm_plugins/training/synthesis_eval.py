@@ -79,19 +79,22 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
         asked = [(r.context, reply, f"{name}: {description}", truth_attrs[a] == side)
                  for r in rows[:100] for reply, truth_attrs in _replies(r, attrs[row_key(r.model_dump(mode="json"))])
                  for (a, side), (name, description, _) in CRITERIA.items()]
-        digits = criterion_digits(scorer.backend, [q[:3] for q in asked], rc.max_chars, rc.criterion_first)
-        by_vocabulary = _vocabulary(scorer.backend, rows, histories, view, rc)
+        vocabulary_asked, vocabulary_right = _vocabulary(rows, histories, view)
+        # one call: the test replies' checks are among the vocabulary's, and are asked once
+        digits = criterion_digits(scorer.backend, [q[:3] for q in asked] + vocabulary_asked, rc.max_chars,
+                                  rc.criterion_first)
+        digits, by_vocabulary = digits[:len(asked)], vocabulary_right(digits[len(asked):])
     finally:
         scorer.close()
     right: dict[str, Counter] = defaultdict(Counter)
     recovery: Counter = Counter()
     seen = set()
-    for r, result, best in zip(rows, results, ceiling):
+    for r, result, best, vocabulary in zip(rows, results, ceiling, by_vocabulary):
         group = groups.get(r.user_id, "no_history")
         right[group]["pairs"] += 1
         right[group]["end_to_end"] += result.rewards[0] > result.rewards[1]
         right[group]["ceiling"] += best[0] is not None and best[1] is not None and best[0] > best[1]
-        right[group]["vocabulary"] += by_vocabulary.pop(0)
+        right[group]["vocabulary"] += vocabulary
         if r.user_id in seen or group == "no_history":
             continue
         seen.add(r.user_id)
@@ -127,9 +130,10 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
     }
 
 
-def _vocabulary(backend, rows, histories, view: int, rc) -> list[bool]:
-    """Each test pair judged right or not by the whole vocabulary, verified on the user's own view."""
-    from pgenrm_plugins.scoring.modes import combine, criterion_digits, history_view, verify_criteria
+def _vocabulary(rows, histories, view: int):
+    """The checks that judge each test pair by the whole vocabulary, verified on the user's own view
+    of `view` pairs, and the function that reads their digits into one right-or-wrong per pair."""
+    from pgenrm_plugins.scoring.modes import combine, history_view, verify_criteria
 
     vocabulary = [Criterion(f"{name}: {description}", 10.0) for name, description, _ in CRITERIA.values()]
     vocabulary.append(chain.SOUND)
@@ -138,16 +142,20 @@ def _vocabulary(backend, rows, histories, view: int, rc) -> list[bool]:
              for c in vocabulary]
     asked += [(r.context, reply, c.name) for r in rows for reply in (r.chosen.content, r.rejected.content)
               for c in vocabulary]
-    digits = iter(criterion_digits(backend, asked, rc.max_chars, rc.criterion_first))
-    weights = {}
-    for user, history in views.items():
-        found = [list(zip(*[[next(digits) for c in vocabulary] for _ in (0, 1)])) for _ in history]
-        weights[user] = verify_criteria(vocabulary, found)
-    right = []
-    for r in rows:
-        chosen, rejected = (combine(weights[r.user_id], [next(digits) for _ in vocabulary]) for _ in (0, 1))
-        right.append(chosen is not None and rejected is not None and chosen > rejected)
-    return right
+
+    def right(found: list[float | None]) -> list[bool]:
+        digits = iter(found)
+        weights = {}
+        for user, history in views.items():
+            separations = [list(zip(*[[next(digits) for _ in vocabulary] for _ in (0, 1)])) for _ in history]
+            weights[user] = verify_criteria(vocabulary, separations)
+        out = []
+        for r in rows:
+            chosen, rejected = (combine(weights[r.user_id], [next(digits) for _ in vocabulary]) for _ in (0, 1))
+            out.append(chosen is not None and rejected is not None and chosen > rejected)
+        return out
+
+    return asked, right
 
 
 def _replies(row, truth_row):
