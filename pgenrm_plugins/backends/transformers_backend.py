@@ -29,6 +29,12 @@ from pgenrm_plugins.hookspecs import hookimpl
 MIN_SHARED_PREFIX = 16
 
 
+
+def cache_argument(forward) -> str:
+    """The keyword under which `forward` takes a prefix's keys and values: transformers 5.2x renamed
+    it `cache`; verl pins a 5.10 that only knows `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
 class TransformersOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,9 +85,7 @@ class TransformersBackend:
         if isinstance(end, int) and end != self.tokenizer.unk_token_id:
             eos.add(end)
         self.eos_ids = sorted(i for i in eos if isinstance(i, int))
-        # transformers 5.2x renamed the cache argument; verl pins a 5.10 that only knows the old name.
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(self.model.forward)
         self.stats = BackendStats()
         self._kept = KeptPrefixes(options.kept_tokens)
 

@@ -64,7 +64,7 @@ class ItemDataset:
     def __init__(self, source: ItemSource, tokenizer, length: int, max_chars: int, render: str = "full"):
         self.source, self.tokenizer, self.length = source, tokenizer, length
         self.max_chars, self.render = max_chars, render
-        self.digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in prompts.DIGITS]
+        self.digit_ids = digit_ids(tokenizer)
 
     def __len__(self) -> int:
         return self.length
@@ -90,6 +90,11 @@ def tokenize_rows(rows: list[list[int]], targets: list[str],
 def collate(batch: list[dict[str, Any]]):
     """Items stay whole (each has its own prefix); the loss runs them one by one."""
     return {"items": batch}
+
+
+def digit_ids(tokenizer) -> list[int]:
+    """The token ids of the nine digits the logprob reader reads."""
+    return [tokenizer.convert_tokens_to_ids(d) for d in prompts.DIGITS]
 
 
 def item_loss(model, item: dict[str, Any], digit_ids, bt_weight: float, cache_arg: str):
@@ -150,10 +155,11 @@ def lora_model(base_dir: str, rank: int, alpha: int, layers: int):
 def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints: Path, base_dir: str,
                   progress: bool = True):
     """A `transformers.Trainer` over LoRA on the base judge, with the shared-prefix loss."""
-    import inspect
 
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from pgenrm_plugins.backends.transformers_backend import cache_argument
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -161,8 +167,7 @@ def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints:
     model = lora_model(base_dir, settings.lora_rank, settings.lora_alpha, settings.lora_layers)
     dataset = ItemDataset(source, tokenizer, settings.steps * settings.grad_accum, settings.max_chars,
                           settings.history_render)
-    params = inspect.signature(model.get_base_model().forward).parameters
-    cache_arg = "cache" if "cache" in params else "past_key_values"
+    cache_arg = cache_argument(model.get_base_model().forward)
 
     class ScoreSlotTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

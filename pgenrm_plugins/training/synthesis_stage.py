@@ -236,14 +236,13 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
                   progress: bool = True, init: str | None = None):
     """A `transformers.Trainer` over LoRA on the base judge, with the per-example loss; `init`: a
     judge folder whose adapter this run continues (one stage after another) instead of a new one."""
-    import inspect
     from functools import partial
 
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-    from pgenrm_plugins.chain.prompts import DIGITS
-    from pgenrm_plugins.training.score_stage import item_loss, lora_model
+    from pgenrm_plugins.backends.transformers_backend import cache_argument
+    from pgenrm_plugins.training.score_stage import digit_ids, item_loss, lora_model
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -264,9 +263,7 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
 
     parts: dict[str, list[float]] = {"check_loss": [], "synthesis_loss": []}
 
-    digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in DIGITS]
-    params = inspect.signature(model.get_base_model().forward).parameters
-    cache_arg = "cache" if "cache" in params else "past_key_values"
+    digits, cache_arg = digit_ids(tokenizer), cache_argument(model.get_base_model().forward)
 
     class SynthesisTrainer(Trainer):
         """The mean example loss; the log also shows each step's loss apart (`check_loss`,
@@ -278,7 +275,7 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
                 losses.append(example_losses(model, inputs["sequences"]))
                 parts["synthesis_loss"].append(float(losses[-1].mean().detach()))
             if inputs["checks"]:
-                losses.append(torch.stack([item_loss(model, item, digit_ids, 0.0, cache_arg)
+                losses.append(torch.stack([item_loss(model, item, digits, 0.0, cache_arg)
                                            for item in inputs["checks"]]))
                 parts["check_loss"].append(float(losses[-1].mean().detach()))
             loss = torch.cat(losses).mean()
