@@ -232,7 +232,8 @@ def register_commands(cli):
         max_history: int = typer.Option(8, min=1, help="Most past pairs in a view (the judge's reward.max_history)."),
         max_chars: int = typer.Option(1200, min=64, help="Each text cut to this (the judge's reward.max_chars)."),
         check_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of examples that check one reply "
-                                                                       "against one criterion (the rest: syntheses)."),
+                                                                       "against every criterion (the rest: "
+                                                                       "syntheses)."),
         persona_rate: float = typer.Option(0.3, min=0.0, max=1.0, help="How often a synthesis example shows the "
                                                                         "user's stated persona."),
         criterion_first: bool = typer.Option(False, help="Checks name the criterion before the reply (slower to "

@@ -35,6 +35,8 @@ from pgenrm_plugins.config import PGenRMConfig
 from pgenrm_plugins.scoring.contract import ScoringError, settings_identity
 from pgenrm_plugins.types import Components, ScoreRequest, ScoreResult
 
+log = logging.getLogger(__name__)
+
 RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout, httpx.RemoteProtocolError,
              httpx.ReadError, httpx.WriteError, httpx.PoolTimeout)
 
@@ -68,8 +70,7 @@ class ScoringClient:
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
     def _payload(requests: Sequence[ScoreRequest | dict]) -> list[dict]:
-        return [(r if isinstance(r, ScoreRequest) else ScoreRequest.model_validate(r)).model_dump(mode="json")
-                for r in requests]
+        return [r.model_dump(mode="json") for r in _validated(requests)]
 
     def _decide(self, response: httpx.Response, attempt: int) -> list[ScoreResult] | None:
         """Results, or None to retry; raises on a final failure."""
@@ -139,9 +140,6 @@ class ScoringClient:
 
     def __exit__(self, *exc):
         self.close()
-
-
-log = logging.getLogger(__name__)
 
 
 class RemoteScorer:
