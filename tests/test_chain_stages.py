@@ -24,16 +24,12 @@ from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain.parser import parse_chain
 from pgenrm_plugins.datasets.bench import load_bench
 from pgenrm_plugins.datasets.synthetic import generate, write_bench
-from pgenrm_plugins.training.chain_stages import (
-    TeacherLog,
-    canonical_chain,
-    chain_rewards,
-    draw_pairs,
-    raw_chain,
-    verdict,
-)
+from pgenrm_plugins.training.chain_pairs import canonical_chain, draw_pairs, raw_chain, verdict
+from pgenrm_plugins.training.cre_stage import chain_rewards
+from pgenrm_plugins.training.psi_stage import TeacherLog
+from pgenrm_plugins.training.settings import CRESettings, PSISettings
 
-TINY = dict(history_pairs=1, max_chars=80, threads=1, progress=False)
+TINY = dict(history_pairs=1, max_chars=80, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +112,12 @@ def test_teacher_log_keeps_indexed_samples_and_survives_a_torn_line(tmp_path):
 
 
 def test_psi_with_the_135m_teacher_logs_resumes_and_says_clearly_that_nothing_was_kept(rows, tmp_path, app):
-    from pgenrm_plugins.training.chain_stages import train_psi
+    from pgenrm_plugins.training.psi_stage import train_psi
 
     out = tmp_path / "psi"
-    tiny = dict(pairs=2, samples=2, teacher_max_new_tokens=32, steps=1, **TINY)
+    tiny = PSISettings(pairs=2, samples=2, teacher_max_new_tokens=32, steps=1, **TINY)
     with pytest.raises(ValueError, match=r"PSI kept no chain.*wrote 4 chains, of which 0 parsed.*--teacher-config"):
-        train_psi(rows, out, **tiny)  # the default teacher: the untrained embedded base
+        train_psi(rows, out, tiny, progress=False)  # the default teacher: the untrained embedded base
     lines = [json.loads(line) for line in (out / "teacher.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(len(r["texts"]) == 2 and r["texts"][0].startswith(prompts.CHAIN_PREFILL)
                                    for r in lines)
@@ -156,12 +152,12 @@ def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(r
     from pgenrm_plugins.backends.judge_folder import read_manifest
     from pgenrm_plugins.backends.transformers_backend import TransformersBackend, TransformersOptions
     from pgenrm_plugins.scoring import Scorer
-    from pgenrm_plugins.training.chain_stages import ProcessJudge, train_cre
+    from pgenrm_plugins.training.cre_stage import ProcessJudge, train_cre
 
     out = tmp_path / "cre"
-    tiny = dict(steps=1, pairs=2, num_generations=2, max_completion_length=24, lora_rank=2, lora_layers=2, save_steps=1,
-                **TINY)
-    manifest = train_cre(rows, out, **tiny)
+    tiny = CRESettings(steps=1, pairs=2, num_generations=2, max_completion_length=24, lora_rank=2, lora_layers=2,
+                       save_steps=1, **TINY)
+    manifest = train_cre(rows, out, tiny, progress=False)
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert (out / "checkpoints" / "checkpoint-1").is_dir()
     saved = read_manifest(out)
@@ -174,7 +170,7 @@ def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(r
     assert all(math.isfinite(m[k]) and 0.0 <= m[k] <= 1.0 for k in ("outcome_mean", "format_mean"))
 
     # the same call resumes from checkpoint-1: nothing is trained again
-    again = train_cre(rows, out, **tiny)
+    again = train_cre(rows, out, tiny, progress=False)
     assert again["metrics"]["steps"] == 1 and again["metrics"]["seconds_per_step"] is None
 
     backend = TransformersBackend(TransformersOptions(model=str(out), threads=1))

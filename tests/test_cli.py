@@ -51,3 +51,23 @@ def test_missing_input_file(tmp_path):
 def test_config_command_prints_defaults():
     result = runner.invoke(cli.app, ["config"])
     assert result.exit_code == 0 and "mode: group" in result.output and "name: transformers" in result.output
+
+
+def test_train_options_are_the_stage_settings_and_bad_values_name_the_option():
+    """Each `pgenrm train` stage's options come from its settings model: every field is an option, and
+    a value the model refuses exits 2 naming that option, before any data is read."""
+    import typer
+
+    from pgenrm_plugins.training.settings import CRESettings, PSISettings, ScoreSettings, SynthesisSettings
+
+    train = typer.main.get_command(cli.app).commands["train"]
+    for stage, settings in (("score", ScoreSettings), ("psi", PSISettings), ("cre", CRESettings),
+                            ("synthesis", SynthesisSettings)):
+        helps = {o: p.help for p in train.commands[stage].params for o in p.opts}
+        for name, field in settings.model_fields.items():
+            assert helps[f"--{name.replace('_', '-')}"] == field.description, (stage, name)
+    for option, value, said in (("--learning-rate", "0", "greater than 0"),
+                                ("--check-share", "2", "less than or equal to 1")):
+        result = runner.invoke(cli.app, ["train", "synthesis", "--data", "nowhere.jsonl", "--out", "j",
+                                         option, value], terminal_width=200)
+        assert result.exit_code == 2 and option in result.output and said in result.output, result.output

@@ -16,14 +16,9 @@ from pgenrm_plugins.chain.parser import Criterion, ParseFailure
 from pgenrm_plugins.datasets.bench import load_bench, persona_text
 from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, generate, stated_preferences, write_bench
 from pgenrm_plugins.scoring.modes import combine, verify_criteria
+from pgenrm_plugins.training.settings import SynthesisSettings
 from pgenrm_plugins.training.synthesis_eval import claims
-from pgenrm_plugins.training.synthesis_stage import (
-    Checks,
-    StatedTeacher,
-    SynthesisExamples,
-    SynthesisSettings,
-    teacher_synthesis,
-)
+from pgenrm_plugins.training.synthesis_stage import Checks, StatedTeacher, SynthesisExamples, teacher_synthesis
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +190,7 @@ def test_workers_on_one_store_share_syntheses_and_their_verified_weights(judge, 
 def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
     from pgenrm_plugins.backends.judge_folder import read_manifest
     from pgenrm_plugins.scoring import Scorer
-    from pgenrm_plugins.training.run import train_synthesis
+    from pgenrm_plugins.training.synthesis_stage import train_synthesis
 
     out = tmp_path / "judge"
     settings = SynthesisSettings(steps=2, batch_size=2, lora_rank=2, lora_layers=2, max_history=2, max_chars=300,

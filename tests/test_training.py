@@ -72,22 +72,26 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
     from pgenrm_plugins.backends.judge_folder import read_manifest
     from pgenrm_plugins.backends.transformers_backend import TransformersBackend, TransformersOptions
     from pgenrm_plugins.scoring import Scorer
-    from pgenrm_plugins.training.run import train_score
+    from pgenrm_plugins.training.score_stage import train_score
+    from pgenrm_plugins.training.settings import ScoreSettings
 
     out = tmp_path / "judge"
-    tiny = dict(steps=2, grad_accum=1, lora_rank=2, lora_layers=2, history_pairs=2, targets=1, max_chars=160,
-                history_render="contrast", compare=True, seed=0, progress=False)
-    manifest = train_score(rows, out, **tiny)
+    tiny = ScoreSettings(steps=2, grad_accum=1, lora_rank=2, lora_layers=2, history_pairs=2, targets=1, max_chars=160,
+                         history_render="contrast", compare=True, seed=0)
+    manifest = train_score(rows, out, tiny, progress=False)
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert manifest["metrics"]["steps"] == 2 and math.isfinite(manifest["metrics"]["final_loss"])
     assert read_manifest(out).criteria == "none" and read_manifest(out).data_hash
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
 
     # the same command with more steps resumes from checkpoint-2 instead of starting over
-    manifest = train_score(rows, out, **{**tiny, "steps": 3})
+    manifest = train_score(rows, out, tiny.model_copy(update={"steps": 3}), progress=False)
     assert manifest["metrics"]["steps"] == 3
     log = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
     assert log["global_step"] == 3
+    # ... but not with settings that change what is learnt: it names them and the way out
+    with pytest.raises(ValueError, match=r"--learning-rate 0\.0003 \(now 0\.001\).*--fresh"):
+        train_score(rows, out, tiny.model_copy(update={"learning_rate": 1e-3}), progress=False)
 
     backend = TransformersBackend(TransformersOptions(model=str(out)))
     assert backend.manifest.format == "direct-v1"

@@ -31,8 +31,9 @@ def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, hi
     from pgenrm_plugins.backends.judge_folder import base_model_dir
     from pgenrm_plugins.datasets.bench import load_bench
     from pgenrm_plugins.training.items import ItemSettings, ItemSource, item_conversations
-    from pgenrm_plugins.training.run import peak_rss_mib
-    from pgenrm_plugins.training.score_stage import ScoreStageSettings, build_trainer
+    from pgenrm_plugins.training.score_stage import build_trainer
+    from pgenrm_plugins.training.settings import ScoreSettings
+    from pgenrm_plugins.training.stage import peak_rss_mib
 
     console = console or Console()
     source = ItemSource(load_bench(data, strict=True),
@@ -43,8 +44,7 @@ def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, hi
     rows: dict[str, dict[str, Any]] = {}
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = ScoreStageSettings(steps=steps, grad_accum=items_per_step, lora_layers=lora_layers,
-                                      max_chars=max_chars)
+        settings = ScoreSettings(steps=steps, grad_accum=items_per_step, lora_layers=lora_layers, max_chars=max_chars)
         trainer, _, tokenizer = build_trainer(source, settings, Path(tmp) / "shared", base, progress=False)
         trainer.args.save_strategy = "no"
         t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def run_train_cost(data: str | Path, steps: int = 4, items_per_step: int = 2, hi
                 examples.append({"prompt": conv, "completion": [{"role": "assistant", "content": cand.target}]})
         per_step = len(examples) // steps
         layers = 30
-        lora = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, task_type="CAUSAL_LM",
+        lora = LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, task_type="CAUSAL_LM",
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                           layers_to_transform=list(range(layers - lora_layers, layers)))
         args = SFTConfig(output_dir=str(Path(tmp) / "sft"), max_steps=steps, per_device_train_batch_size=per_step,

@@ -8,6 +8,48 @@ from typing import Optional
 
 from pgenrm_plugins.commands import err, fail
 from pgenrm_plugins.hookspecs import hookimpl
+from pgenrm_plugins.training.settings import CRESettings, PSISettings, ScoreSettings, StageSettings, SynthesisSettings
+from pgenrm_plugins.training.stage import command_line
+
+OUT_HELP = "Judge folder to write (LoRA adapter + pgenrm_judge.json); checkpoints in OUT/checkpoints."
+BASE_HELP = "Base causal LM: 'embedded' (SmolLM2-135M-Instruct), an HF folder or id."
+FRESH_HELP = "Delete OUT/checkpoints first instead of resuming."
+
+
+def options_of(settings_model: type[StageSettings]):
+    """Make `command(..., settings)` a typer command with one option per field of `settings_model`
+    (its description the help, its bounds the checks); the command gets the validated model."""
+    import inspect
+
+    import typer
+    from annotated_types import Ge, Le
+    from pydantic import ValidationError
+
+    def wrap(command):
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
+        fields = []
+        for name, field in settings_model.model_fields.items():
+            bounds = {("min" if isinstance(m, Ge) else "max"): (m.ge if isinstance(m, Ge) else m.le)
+                      for m in field.metadata if isinstance(m, (Ge, Le))}
+            fields.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=field.annotation,
+                                            default=typer.Option(field.default, help=field.description, **bounds)))
+
+        def run(**options):
+            values = {name: options.pop(name) for name in settings_model.model_fields}
+            try:
+                settings = settings_model(**values)
+            except ValidationError as exc:  # bounds typer cannot say (e.g. > 0): name the option
+                fail("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
+            return command(**options, settings=settings)
+
+        params = own + fields
+        run.__name__, run.__doc__ = command.__name__, command.__doc__
+        run.__signature__ = inspect.Signature(params)
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return wrap
 
 
 @hookimpl
@@ -35,41 +77,23 @@ def register_commands(cli):
             fail(exc)
 
     @train_app.command("score")
+    @options_of(ScoreSettings)
     def score(
         data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows; "
                                                       "the train split of each user is used."),
-        out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); "
-                                                          "checkpoints in OUT/checkpoints."),
-        base: str = typer.Option("embedded", help="Base causal LM: 'embedded' (SmolLM2-135M-Instruct), "
-                                                  "an HF folder or id."),
-        steps: int = typer.Option(600, min=1, help="Optimizer steps."),
-        grad_accum: int = typer.Option(4, min=1, help="Items (one history view + its candidates) per optimizer step."),
-        learning_rate: float = typer.Option(3e-4, help="LoRA learning rate (cosine schedule)."),
-        lora_rank: int = typer.Option(16, min=1),
-        lora_layers: int = typer.Option(12, min=1, help="LoRA on the top N decoder layers."),
-        history_pairs: int = typer.Option(3, min=1, help="History pairs in a view (set reward.max_history to this)."),
-        targets: int = typer.Option(2, min=1, help="Pairs scored after one view."),
-        max_chars: int = typer.Option(600, min=64, help="Each text cut to this (set reward.max_chars to this)."),
-        history_render: str = typer.Option("full", help="History pairs 'full' or 'contrast' (only where chosen and "
-                                                         "rejected differ); becomes the judge's "
-                                                         "reward.history_render."),
-        compare: bool = typer.Option(False, help="Train comparisons (reply A against reply B, both orders) instead of "
-                                                 "single replies; becomes the judge's reward.compare."),
-        seed: int = typer.Option(0),
-        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
+        out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+        base: str = typer.Option("embedded", help=BASE_HELP),
         eval_data: Optional[Path] = typer.Option(None, help="Rows of held-out users: accuracy goes into the manifest."),
         eval_rows: int = typer.Option(64, min=1),
-        fresh: bool = typer.Option(False, help="Delete OUT/checkpoints first instead of resuming."),
+        fresh: bool = typer.Option(False, help=FRESH_HELP),
+        settings: ScoreSettings = None,
     ):
-        """Train the score slot that `reward.criteria: none` reads (the CPU default's stage)."""
-        from pgenrm_plugins.training.run import command_line, train_score
+        """Train the score slot that `reward.criteria: none` reads (judge J's stage)."""
+        from pgenrm_plugins.training.score_stage import train_score
 
         with exit_on_bad_input():
-            manifest = train_score(data, out, base=base, steps=steps, grad_accum=grad_accum,
-                                   learning_rate=learning_rate, lora_rank=lora_rank, lora_layers=lora_layers,
-                                   history_pairs=history_pairs, targets=targets, max_chars=max_chars,
-                                   history_render=history_render, compare=compare, seed=seed, threads=threads,
-                                   eval_data=eval_data, eval_rows=eval_rows, fresh=fresh, command=command_line())
+            manifest = train_score(data, out, settings, base=base, eval_data=eval_data, eval_rows=eval_rows,
+                                   fresh=fresh, command=command_line())
         m = manifest["metrics"]
         err.print(f"wrote {out}: {m['steps']} steps, loss {m['first_loss']} -> {m['final_loss']}"
                   + (f", held-out accuracy {m['eval']['accuracy']:.3f} on {m['eval']['pairs']} pairs"
@@ -77,44 +101,19 @@ def register_commands(cli):
                   highlight=False)
 
     @train_app.command("psi")
+    @options_of(PSISettings)
     def psi(
         data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows; "
                                                       "each user's train rows are their history."),
-        out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); "
-                                                          "teacher outputs in OUT/teacher.jsonl, "
-                                                          "checkpoints in OUT/checkpoints."),
+        out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP + " Teacher outputs in OUT/teacher.jsonl."),
         teacher_config: Optional[Path] = typer.Option(None, "--teacher-config",
                                                       help="pgenrm config (YAML/TOML) whose `backend` is the teacher, "
                                                            "e.g. an OpenAI-compatible server with a larger model. "
                                                            "Default: the untrained embedded SmolLM2-135M "
                                                            "(rejection sampling from the judge itself)."),
-        base: str = typer.Option("embedded", help="Student base causal LM: 'embedded' (SmolLM2-135M-Instruct), "
-                                                  "an HF folder or id."),
-        pairs: int = typer.Option(32, min=1, help="(history view, A/B pair) prompts the teacher is asked about."),
-        samples: int = typer.Option(8, min=1, help="Chains sampled per pair (temperature --teacher-temperature)."),
-        teacher_max_new_tokens: int = typer.Option(384, min=16, help="Token budget of one chain; a chain cut off "
-                                                                      "before its closing brace does not parse."),
-        teacher_temperature: float = typer.Option(0.9, min=0.0, help="Teacher sampling temperature "
-                                                                     "(the paper: 0.9-1.0)."),
-        teacher_batch: int = typer.Option(4, min=1, help="Pairs per teacher call; "
-                                                         "each call is saved to OUT/teacher.jsonl."),
-        chain_text: str = typer.Option("parsed", help="What the student learns: 'parsed' (the kept chain "
-                                                      "as the parser read it, in the prompt's exact JSON) "
-                                                      "or 'raw' (the teacher's text)."),
-        steps: int = typer.Option(60, min=1, help="SFT optimizer steps."),
-        grad_accum: int = typer.Option(4, min=1, help="Kept chains per optimizer step."),
-        learning_rate: float = typer.Option(2e-4, help="LoRA learning rate (cosine schedule)."),
-        lora_rank: int = typer.Option(16, min=1),
-        lora_layers: int = typer.Option(12, min=1, help="LoRA on the top N decoder layers."),
-        history_pairs: int = typer.Option(3, min=1, help="History pairs in a view "
-                                                         "(becomes the judge's reward.max_history)."),
-        max_chars: int = typer.Option(600, min=64, help="Each text cut to this "
-                                                        "(becomes the judge's reward.max_chars)."),
-        save_steps: int = typer.Option(10, min=1, help="Checkpoint every N steps."),
-        seed: int = typer.Option(0),
-        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads "
-                                                                "(on a busy machine, 1 is often fastest)."),
+        base: str = typer.Option("embedded", help="Student " + BASE_HELP),
         fresh: bool = typer.Option(False, help="Delete OUT/checkpoints first (teacher outputs are always reused)."),
+        settings: PSISettings = None,
     ):
         """PSI: a teacher writes evaluation chains, those that parse and favour the user's choice are kept, SFT on them.
 
@@ -132,61 +131,32 @@ def register_commands(cli):
 
         then `pgenrm train cre --init judges/psi ...`.
         """
-        from pgenrm_plugins.training.chain_stages import train_psi
-        from pgenrm_plugins.training.run import command_line
+        from pgenrm_plugins.training.psi_stage import train_psi
 
         with exit_on_bad_input():
-            manifest = train_psi(data, out, base=base, teacher_config=teacher_config, pairs=pairs, samples=samples,
-                                 teacher_max_new_tokens=teacher_max_new_tokens, teacher_temperature=teacher_temperature,
-                                 teacher_batch=teacher_batch, chain_text=chain_text, steps=steps, grad_accum=grad_accum,
-                                 learning_rate=learning_rate, lora_rank=lora_rank, lora_layers=lora_layers,
-                                 history_pairs=history_pairs, max_chars=max_chars, save_steps=save_steps, seed=seed,
-                                 threads=threads, fresh=fresh, command=command_line())
+            manifest = train_psi(data, out, settings, base=base, teacher_config=teacher_config, fresh=fresh,
+                                 command=command_line())
         m = manifest["metrics"]
         err.print(f"wrote {out}: kept {m['kept']} of {m['chains_sampled']} chains (keep rate {m['keep_rate']}), "
                   f"{m['steps']} SFT steps, loss {m['first_loss']} -> {m['final_loss']}", highlight=False)
 
     @train_app.command("cre")
+    @options_of(CRESettings)
     def cre(
         data: Path = typer.Option(..., "--data", help="PersonalRewardBench rows; "
                                                       "each user's train rows are their history."),
-        out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); "
-                                                          "checkpoints in OUT/checkpoints."),
+        out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
         init: Optional[Path] = typer.Option(None, "--init", help="Continue the adapter of this judge folder (e.g. from "
                                                                  "`pgenrm train psi`), on its base and at its rank "
                                                                  "(--base, --lora-rank, --lora-layers are then "
                                                                  "ignored); default: a fresh LoRA on --base."),
-        base: str = typer.Option("embedded", help="Base causal LM when no --init: 'embedded' "
-                                                  "(SmolLM2-135M-Instruct), an HF folder or id."),
+        base: str = typer.Option("embedded", help="When no --init: " + BASE_HELP),
         process_config: Optional[Path] = typer.Option(None, "--process-config",
                                                       help="pgenrm config whose `backend` rates each chain's "
                                                            "preferences and criteria against the history "
                                                            "(the process reward). Default: no process reward."),
-        pairs: int = typer.Option(64, min=1, help="Distinct (history view, A/B pair) prompts."),
-        steps: int = typer.Option(50, min=1, help="GRPO steps."),
-        num_generations: int = typer.Option(4, min=2, help="Chains sampled per prompt (the GRPO group)."),
-        prompts_per_step: int = typer.Option(1, min=1, help="Prompts per step (batch = this x --num-generations)."),
-        max_completion_length: int = typer.Option(384, min=8, help="Token budget of one chain."),
-        temperature: float = typer.Option(0.9, min=0.0),
-        learning_rate: float = typer.Option(5e-5),
-        beta: float = typer.Option(1.0, help="Outcome reward weight: 1 when the chosen response gets the strictly "
-                                             "higher total."),
-        format_weight: float = typer.Option(0.25, help="Format reward weight: 1 when the chain parses."),
-        alpha: float = typer.Option(0.5, help="Process reward weight (only with --process-config)."),
-        kl_beta: float = typer.Option(0.0, help="GRPO KL coefficient (0: no reference model)."),
-        prefill: bool = typer.Option(True, help="Start every chain with the scoring prefill, as the judge does at "
-                                                "scoring time."),
-        lora_rank: int = typer.Option(16, min=1),
-        lora_layers: int = typer.Option(12, min=1, help="LoRA on the top N decoder layers."),
-        history_pairs: int = typer.Option(3, min=1, help="History pairs in a view "
-                                                         "(becomes the judge's reward.max_history)."),
-        max_chars: int = typer.Option(600, min=64, help="Each text cut to this "
-                                                        "(becomes the judge's reward.max_chars)."),
-        save_steps: int = typer.Option(10, min=1, help="Checkpoint every N steps."),
-        seed: int = typer.Option(0),
-        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads "
-                                                                "(on a busy machine, 1 is often fastest)."),
-        fresh: bool = typer.Option(False, help="Delete OUT/checkpoints first instead of resuming."),
+        fresh: bool = typer.Option(False, help=FRESH_HELP),
+        settings: CRESettings = None,
     ):
         """CRE: GRPO on evaluation chains, rewarded for agreeing with the user's choice and for parsing.
 
@@ -200,62 +170,32 @@ def register_commands(cli):
         manifest sets reward.criteria: generated. On the untrained 135M base (no --init) almost no
         chain parses, every reward is 0 and GRPO has no gradient: start from a judge that writes chains.
         """
-        from pgenrm_plugins.training.chain_stages import train_cre
-        from pgenrm_plugins.training.run import command_line
+        from pgenrm_plugins.training.cre_stage import train_cre
 
         with exit_on_bad_input():
-            manifest = train_cre(data, out, base=base, init=init, process_config=process_config, pairs=pairs,
-                                 steps=steps, num_generations=num_generations, prompts_per_step=prompts_per_step,
-                                 max_completion_length=max_completion_length, temperature=temperature,
-                                 learning_rate=learning_rate, kl_beta=kl_beta, alpha=alpha, beta=beta,
-                                 format_weight=format_weight, prefill=prefill, lora_rank=lora_rank,
-                                 lora_layers=lora_layers, history_pairs=history_pairs, max_chars=max_chars,
-                                 save_steps=save_steps, seed=seed, threads=threads, fresh=fresh, command=command_line())
+            manifest = train_cre(data, out, settings, base=base, init=init, process_config=process_config,
+                                 fresh=fresh, command=command_line())
         m = manifest["metrics"]
         err.print(f"wrote {out}: {m['steps']} GRPO steps, {m['seconds_per_step']} s/step, chains parsed "
                   f"{m['format_rate_this_run']}, right {m['outcome_rate_this_run']}", highlight=False)
 
     @train_app.command("synthesis")
+    @options_of(SynthesisSettings)
     def synthesis(
         data: Path = typer.Option(..., "--data", help="Rows from `pgenrm data synth` (the truth file beside them is "
                                                       "teacher 'stated''s privileged input); train split used."),
-        out: Path = typer.Option(..., "--out", "-o", help="Judge folder to write (LoRA adapter + pgenrm_judge.json); "
-                                                          "checkpoints in OUT/checkpoints."),
-        base: str = typer.Option("embedded", help="Base causal LM: 'embedded' (SmolLM2-135M-Instruct), "
-                                                  "an HF folder or id."),
-        steps: int = typer.Option(600, min=1, help="Optimizer steps."),
-        batch_size: int = typer.Option(8, min=1, help="Examples per device step."),
-        grad_accum: int = typer.Option(1, min=1, help="Device steps per optimizer step."),
-        learning_rate: float = typer.Option(5e-4, help="LoRA learning rate (cosine schedule)."),
-        lora_rank: int = typer.Option(16, min=1),
-        lora_layers: int = typer.Option(30, min=1, help="LoRA on the top N decoder layers."),
-        max_history: int = typer.Option(8, min=1, help="Most past pairs in a view (the judge's reward.max_history)."),
-        max_chars: int = typer.Option(1200, min=64, help="Each text cut to this (the judge's reward.max_chars)."),
-        check_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of examples that check one reply "
-                                                                       "against every criterion (the rest: "
-                                                                       "syntheses)."),
-        persona_rate: float = typer.Option(0.3, min=0.0, max=1.0, help="How often a synthesis example shows the "
-                                                                        "user's stated persona."),
-        criterion_first: bool = typer.Option(False, help="Checks name the criterion before the reply (slower to "
-                                                         "score: a reply is read once per criterion)."),
-        save_steps: int = typer.Option(50, min=1, help="Checkpoint every N steps."),
-        seed: int = typer.Option(0),
-        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
+        out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+        base: str = typer.Option("embedded", help=BASE_HELP),
         init: Optional[Path] = typer.Option(None, "--init", help="A synthesis judge folder whose adapter this "
                                                                  "run continues (stages: checks alone with "
                                                                  "--check-share 1, then both)."),
-        fresh: bool = typer.Option(False, help="Delete OUT/checkpoints first instead of resuming."),
+        fresh: bool = typer.Option(False, help=FRESH_HELP),
+        settings: SynthesisSettings = None,
     ):
         """The synthesis judge (the embedded default's stage): persona and weighted criteria from the history,
         learnt from teacher 'stated', and one digit per (reply, criterion). Runs on CUDA when there is one."""
-        from pgenrm_plugins.training.run import command_line, train_synthesis
-        from pgenrm_plugins.training.synthesis_stage import SynthesisSettings
+        from pgenrm_plugins.training.synthesis_stage import train_synthesis
 
-        settings = SynthesisSettings(steps=steps, batch_size=batch_size, grad_accum=grad_accum,
-                                     learning_rate=learning_rate, lora_rank=lora_rank, lora_layers=lora_layers,
-                                     max_history=max_history, max_chars=max_chars, check_share=check_share,
-                                     persona_rate=persona_rate, criterion_first=criterion_first,
-                                     save_steps=save_steps, seed=seed, threads=threads)
         with exit_on_bad_input():
             manifest = train_synthesis(data, out, settings, base=base, init=init, fresh=fresh,
                                        command=command_line())
@@ -279,7 +219,7 @@ def register_commands(cli):
         import json
 
         from pgenrm_plugins.backends.judge_folder import read_manifest
-        from pgenrm_plugins.training.run import evaluate
+        from pgenrm_plugins.training.evaluate import evaluate
 
         manifest = read_manifest(judge)
         if manifest is not None and manifest.criteria == "synthesis":

@@ -20,27 +20,15 @@ Why this stage, and why its loss is our own:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.training.items import HIGH, Item, ItemSource, item_conversations
+from pgenrm_plugins.training.settings import ScoreSettings
+from pgenrm_plugins.training.stage import Checkpoints, command_text, file_hash, lora_model
 
-
-@dataclass(frozen=True)
-class ScoreStageSettings:
-    steps: int = 600
-    grad_accum: int = 4  # items per optimizer step
-    learning_rate: float = 3e-4
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_layers: int = 12  # LoRA on the top N decoder layers
-    max_chars: int = 600  # each text cut to this (keeping start and end), as reward.max_chars
-    history_render: str = "full"  # as reward.history_render
-    bt_weight: float = 1.0
-    seed: int = 0
-    threads: int | None = None
+FORMAT = "direct-v1"
 
 
 def encode(tokenizer, conversation: list[dict]) -> list[int]:
@@ -133,38 +121,17 @@ def item_loss(model, item: dict[str, Any], digit_ids, bt_weight: float, cache_ar
     return loss
 
 
-def lora_model(base_dir: str, rank: int, alpha: int, layers: int):
-    """The base causal LM with a LoRA adapter (peft) on every projection of its top `layers` layers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from pgenrm_plugins.backends.transformers_backend import attention_options
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options())
-    total = model.config.num_hidden_layers
-    top = min(layers, total)
-    lora = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        layers_to_transform=list(range(total - top, total)),
-    )
-    return get_peft_model(model, lora)
-
-
-def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints: Path, base_dir: str,
+def build_trainer(source: ItemSource, settings: ScoreSettings, checkpoints: Path, base_dir: str,
                   progress: bool = True):
     """A `transformers.Trainer` over LoRA on the base judge, with the shared-prefix loss."""
 
     import torch
-    from transformers import AutoTokenizer, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from pgenrm_plugins.backends.transformers_backend import cache_argument
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = lora_model(base_dir, settings.lora_rank, settings.lora_alpha, settings.lora_layers)
+    settings.apply_threads()
+    model, tokenizer = lora_model(base_dir, settings)
     dataset = ItemDataset(source, tokenizer, settings.steps * settings.grad_accum, settings.max_chars,
                           settings.history_render)
     cache_arg = cache_argument(model.get_base_model().forward)
@@ -180,7 +147,7 @@ def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints:
         output_dir=str(checkpoints), max_steps=settings.steps, per_device_train_batch_size=1,
         gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=max(1, settings.steps // 20), weight_decay=0.0,
-        logging_steps=max(1, min(5, settings.steps // 10)), save_steps=max(1, min(10, settings.steps)),
+        logging_steps=max(1, min(5, settings.steps // 10)), save_steps=min(settings.save_steps, settings.steps),
         save_total_limit=2, use_cpu=not torch.cuda.is_available(), report_to=[], seed=settings.seed,
         data_seed=settings.seed, dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=not progress, bf16=False, fp16=False,
@@ -189,10 +156,52 @@ def build_trainer(source: ItemSource, settings: ScoreStageSettings, checkpoints:
     return trainer, model, tokenizer
 
 
-def latest_checkpoint(checkpoints: Path) -> str | None:
-    found = sorted(checkpoints.glob("checkpoint-*"),
-                   key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    return str(found[-1]) if found else None
+def train_score(data: str | Path, out: str | Path, settings: ScoreSettings | None = None, *, base: str = "embedded",
+                eval_data: str | Path | None = None, eval_rows: int = 64, fresh: bool = False, progress: bool = True,
+                command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train the score slot on the train rows of `data`; write the judge to `out`; return its manifest.
+    Resumes from OUT/checkpoints; `eval_data`: held-out rows whose accuracy goes into the manifest."""
+    from pgenrm_plugins.backends.judge_folder import base_model_dir, write_manifest
+    from pgenrm_plugins.datasets.bench import load_bench
+
+    settings = settings or ScoreSettings()
+    checkpoints = Checkpoints(out, "score", settings, data, fresh=fresh)
+    source = ItemSource(load_bench(data, strict=True), settings.items())
+    run = checkpoints.finished(settings.steps)
+    if run is None:
+        trainer, _, _ = build_trainer(source, settings, checkpoints.dir, base_model_dir(base), progress=progress)
+        run = checkpoints.train(trainer)
+        del trainer
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "criteria": "none",
+        "reader": "logprob",
+        "stage": "score",
+        "base": base,
+        "objective": "cross-entropy over the digits 1-9 (9 chosen, 1 rejected/degenerate) + Bradley-Terry on "
+                     "log p(9) - log p(1) of compared pairs; shared history prefix per item",
+        "data": str(data),
+        "data_hash": file_hash(data),
+        "train_users": len(source),
+        "seed": settings.seed,
+        "settings": settings.model_dump(),
+        "scoring": {"reward": {"criteria": "none", "max_history": settings.history_pairs,
+                               "max_chars": settings.max_chars, "history_render": settings.history_render,
+                               "compare": settings.compare}},
+        "command": command_text(command, "score"),
+        "metrics": {
+            **run.metrics(),
+            "items_per_second": round(run.done * settings.grad_accum / run.seconds, 3) if run.seconds > 0 and run.done
+            else None,
+        },
+    }
+    write_manifest(out, manifest)
+    if eval_data is not None:
+        from pgenrm_plugins.training.evaluate import evaluate
+
+        manifest["metrics"]["eval"] = evaluate(out, eval_data, max_rows=eval_rows, threads=settings.threads)
+        write_manifest(out, manifest)
+    return manifest
 
 
-__all__ = ["ScoreStageSettings", "build_trainer", "latest_checkpoint", "item_loss", "tokenize_item"]
+__all__ = ["FORMAT", "ScoreSettings", "build_trainer", "train_score", "item_loss", "tokenize_item"]

@@ -31,36 +31,19 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 from pgenrm_plugins.chain import synthesis as chain
 from pgenrm_plugins.chain.parser import Criterion
 from pgenrm_plugins.datasets.bench import BenchData
 from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, CRITERIA, row_key, side
 from pgenrm_plugins.training.items import HIGH, LOW, degenerate
+from pgenrm_plugins.training.settings import SynthesisSettings
+from pgenrm_plugins.training.stage import Checkpoints, command_text, file_hash, lora_model
 from pgenrm_plugins.types import HistoryItem
 
 FORMAT = "synthesis-v1"
-
-
-@dataclass(frozen=True)
-class SynthesisSettings:
-    steps: int = 600
-    batch_size: int = 8  # examples per device step
-    grad_accum: int = 1
-    learning_rate: float = 5e-4
-    lora_rank: int = 16
-    lora_layers: int = 30  # LoRA on the top N decoder layers
-    max_history: int = 8  # most pairs in a view (becomes reward.max_history)
-    max_chars: int = 1200  # each text cut to this (becomes reward.max_chars)
-    check_share: float = 0.5  # share of examples that check one reply (the rest: syntheses)
-    persona_rate: float = 0.3  # a synthesis example shows the user's stated persona this often
-    empty_rate: float = 0.05  # ... and shows no history at all this often
-    degenerate_rate: float = 0.15  # a check is of a broken copy this often
-    criterion_first: bool = False  # checks name the criterion before the reply (becomes reward.criterion_first)
-    save_steps: int = 50
-    seed: int = 0
-    threads: int | None = None
 
 
 def teacher_synthesis(weights: dict[str, float], claimed: set[str]) -> str:
@@ -233,33 +216,22 @@ def example_losses(model, inputs):
 
 
 def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, checkpoints, base_dir: str,
-                  progress: bool = True, init: str | None = None):
+                  progress: bool = True, init: str | Path | None = None):
     """A `transformers.Trainer` over LoRA on the base judge, with the per-example loss; `init`: a
     judge folder whose adapter this run continues (one stage after another) instead of a new one."""
     from functools import partial
 
     import torch
-    from transformers import AutoTokenizer, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from pgenrm_plugins.backends.transformers_backend import cache_argument
-    from pgenrm_plugins.training.score_stage import digit_ids, item_loss, lora_model
+    from pgenrm_plugins.training.score_stage import digit_ids, item_loss
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    settings.apply_threads()
     cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    if init is None:
-        model = lora_model(base_dir, settings.lora_rank, 2 * settings.lora_rank, settings.lora_layers)
-    else:
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        from pgenrm_plugins.backends.transformers_backend import attention_options
-
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **attention_options())
-        model = PeftModel.from_pretrained(model, init, is_trainable=True)
+    model, tokenizer = lora_model(base_dir, settings, init)
     dataset = TokenizedExamples(examples, tokenizer, settings.steps * settings.batch_size * settings.grad_accum)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else dataset.end
+    pad = tokenizer.pad_token_id  # load_base gives every tokenizer one
 
     parts: dict[str, list[float]] = {"check_loss": [], "synthesis_loss": []}
 
@@ -302,5 +274,66 @@ def build_trainer(examples: SynthesisExamples, settings: SynthesisSettings, chec
     return trainer, model, tokenizer
 
 
+def train_synthesis(data: str | Path, out: str | Path, settings: SynthesisSettings | None = None, *,
+                    base: str = "embedded", init: str | Path | None = None, fresh: bool = False,
+                    progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train the synthesis judge on the train rows of `data` (teacher `stated`: the truth file beside
+    synthetic rows); write it to `out`; return its manifest. Resumes from OUT/checkpoints. `init`: a
+    synthesis judge folder to continue (e.g. the checks alone first, `check_share=1`, then both)."""
+    from pgenrm_plugins.backends.judge_folder import base_model_dir, is_adapter, read_manifest, write_manifest
+    from pgenrm_plugins.datasets.bench import load_bench
+    from pgenrm_plugins.datasets.synthetic import load_truth
+
+    settings = settings or SynthesisSettings()
+    init_manifest = None
+    if init is not None:
+        init = Path(init)
+        init_manifest = read_manifest(init) if is_adapter(init) else None
+        if init_manifest is None or init_manifest.criteria != "synthesis":
+            raise ValueError(f"--init {init}: not a synthesis judge folder (adapter_config.json and a manifest "
+                             "with criteria 'synthesis'); give a folder `pgenrm train synthesis` wrote")
+        base = init_manifest.base or base
+    checkpoints = Checkpoints(out, "synthesis", settings, data, fresh=fresh, init=init)
+    teacher = StatedTeacher(load_bench(data, strict=True), load_truth(data))
+    run = checkpoints.finished(settings.steps)
+    device = "cpu"
+    if run is None:
+        trainer, _, _ = build_trainer(SynthesisExamples(teacher, settings), settings, checkpoints.dir,
+                                      base_model_dir(base), progress=progress, init=init)
+        device = trainer.args.device.type
+        run = checkpoints.train(trainer)
+        del trainer
+    last = {k: v for h in run.log_history for k, v in h.items() if k.endswith("_loss") and k != "train_loss"}
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "criteria": "synthesis",
+        "reader": "logprob",
+        "stage": "synthesis",
+        "base": base,
+        "teacher": "stated",
+        "objective": "per-example mean token cross-entropy: history view -> the teacher's synthesis, and "
+                     "(conversation, reply, criterion) -> 9 met / 1 not met",
+        "data": str(data),
+        "data_hash": file_hash(data),
+        "train_users": len(teacher.user_ids),
+        "seed": settings.seed,
+        "settings": settings.model_dump(),
+        "init": {"judge": str(init), "data_hash": init_manifest.data_hash,
+                 "check_share": (init_manifest.settings or {}).get("check_share")} if init_manifest else None,
+        "scoring": {"reward": {"criteria": "synthesis", "max_history": settings.max_history,
+                               "max_chars": settings.max_chars, "history_render": "contrast",
+                               "criterion_first": settings.criterion_first},
+                    "sampling": {"chains": 1}},
+        "command": command_text(command, "synthesis"),
+        "metrics": {
+            **run.metrics(),
+            "device": "cuda" if device == "cuda" else "cpu",
+            **{f"final_{k}": v for k, v in last.items()},  # each step's own loss at the last log
+        },
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
 __all__ = ["FORMAT", "SynthesisSettings", "StatedTeacher", "SynthesisExamples", "Checks", "teacher_synthesis",
-           "build_trainer"]
+           "build_trainer", "train_synthesis"]
