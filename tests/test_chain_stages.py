@@ -152,7 +152,7 @@ def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(r
     from pgenrm_plugins.backends.judge_folder import read_manifest
     from pgenrm_plugins.backends.transformers_backend import TransformersBackend, TransformersOptions
     from pgenrm_plugins.scoring import Scorer
-    from pgenrm_plugins.training.cre_stage import ProcessJudge, train_cre
+    from pgenrm_plugins.training.cre_stage import ProcessReward, train_cre
 
     out = tmp_path / "cre"
     tiny = CRESettings(steps=1, pairs=2, num_generations=2, max_completion_length=24, lora_rank=2, lora_layers=2,
@@ -161,7 +161,7 @@ def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(r
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert (out / "checkpoints" / "checkpoint-1").is_dir()
     saved = read_manifest(out)
-    assert saved.format == "chain-v1" and saved.stage == "cre" and saved.criteria == "generated"
+    assert saved.protocol == "chain-v1" and saved.stage == "cre" and saved.criteria == "generated"
     assert saved.data_hash and saved.base == "embedded" and saved.process_reward is None
     assert "no process reward" in saved.objective
     assert saved.scoring.reward == {"criteria": "generated", "max_history": 1, "max_chars": 80}
@@ -178,7 +178,7 @@ def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(r
     scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
                      "sampling": {"chains": 1, "max_new_tokens": 24, "seed": 1},
                      "reward": {"mode": "group", "criteria": "generated"}}, backend=backend)
-    assert scorer.criteria == "generated" and scorer.config.reward.max_chars == 80  # the manifest's defaults
+    assert scorer.criteria_mode == "generated" and scorer.config.reward.max_chars == 80  # the manifest's defaults
     history = [{"prompt": "Name a cat.", "chosen": "Miso.", "rejected": "Naming is personal; many options exist."}]
     [result] = scorer.score([{"user_id": "u", "history": history, "prompt": "How do I boil an egg?",
                               "completions": ["Boil it 9 minutes.", "Eggs are versatile and there are many ways."]}])
@@ -189,6 +189,6 @@ def test_tiny_cre_trains_resumes_and_its_folder_scores_with_generated_criteria(r
     from pgenrm_plugins.types import HistoryItem
 
     _, parsed = verdict(chain(8, 3), "A")
-    judge = ProcessJudge(backend, max_items=1, max_chars=80)
-    values = judge([[HistoryItem.model_validate(history[0])]] * 2, [parsed, None])
+    process = ProcessReward(backend, max_items=1, max_chars=80)
+    values = process([[HistoryItem.model_validate(history[0])]] * 2, [parsed, None])
     assert 0.0 <= values[0] <= 1.0 and values[1] == 0.0

@@ -89,7 +89,7 @@ def tokenizer():
 
 
 @pytest.fixture
-def module_judge(judge):
+def module_coalescer(judge):
     scorer = openrlhf_reward.configure(FAST, backend=judge)
     yield scorer
     openrlhf_reward.configure(FAST, backend=judge)
@@ -140,7 +140,7 @@ def test_path_command_prints_the_file_openrlhf_loads():
     assert "from pgenrm_openrlhf.reward import reward_func" in text  # a thin shim over the package
 
 
-def test_executor_calls_our_reward_func_and_samples_are_coalesced(judge, module_judge, executor, tokenizer,
+def test_executor_calls_our_reward_func_and_samples_are_coalesced(judge, module_coalescer, executor, tokenizer,
                                                                   monkeypatch):
     vllm = install_vllm_stub(monkeypatch)
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
@@ -193,7 +193,7 @@ BAD_LABELS = [
 ]
 
 
-def test_bad_label_under_neutral_policy_is_a_counted_neutral_reward(module_judge, executor, tokenizer, monkeypatch):
+def test_bad_label_under_neutral_policy_is_a_counted_neutral_reward(module_coalescer, executor, tokenizer, monkeypatch):
     vllm = install_vllm_stub(monkeypatch)
     prompt = templated(tokenizer, SLEEP)
     engine = FakeEngine(tokenizer, {"fall asleep": ["Keep a fixed bedtime."] * len(BAD_LABELS)})
@@ -201,8 +201,8 @@ def test_bad_label_under_neutral_policy_is_a_counted_neutral_reward(module_judge
     for out in outputs:
         assert out["reward"] is not None and float(out["reward"]) == 0.5  # reward.neutral_value, never None
         assert float(out["extra_logs"]["pgenrm_invalid"]) == 1.0 and float(out["extra_logs"]["pgenrm_neutral"]) == 1.0
-    assert module_judge.invalid_samples == len(BAD_LABELS)
-    assert not module_judge.loaded  # no judge call was needed
+    assert module_coalescer.invalid_samples == len(BAD_LABELS)
+    assert not module_coalescer.loaded  # no judge call was needed
 
 
 def test_bad_label_under_raise_policy_names_the_column_and_the_flag(judge, tokenizer, caplog):
@@ -222,7 +222,7 @@ def test_bad_label_under_raise_policy_names_the_column_and_the_flag(judge, token
         openrlhf_reward.configure(FAST, backend=judge)
 
 
-def test_reward_func_return_shape(module_judge, tokenizer):
+def test_reward_func_return_shape(module_coalescer, tokenizer):
     prompt = templated(tokenizer, SLEEP)
     out = openrlhf_reward.reward_func([prompt + "Keep a fixed bedtime.<|im_end|>"], [prompt], [label()])
     assert set(out) == {"rewards", "scores", "extra_logs"}

@@ -119,7 +119,7 @@ def test_direct_format_is_the_embedded_default_and_shares_the_history_prefix(jud
 
     judge.stats.__init__()
     scorer = Scorer({"sampling": {"chains": 3}}, backend=judge)
-    assert scorer.criteria == ("none" if shipped_judge() else "generated")
+    assert scorer.criteria_mode == ("none" if shipped_judge() else "generated")
     scorer = Scorer({"sampling": {"chains": 3}, "reward": {"criteria": "none"}}, backend=judge)
     [result] = scorer.score([request_row])
     check_rewards(result, 3)

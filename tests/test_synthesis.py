@@ -160,7 +160,7 @@ def test_workers_on_one_store_share_syntheses_and_their_verified_weights(judge, 
         settings = Scorer({"backend": {"name": "transformers", "options": {"model": "embedded-base"}},
                            "sampling": {"chains": 2, "max_new_tokens": 24},
                            "reward": {"criteria": "synthesis", "max_chars": max_chars}}, backend=judge)
-        return RewardModes(settings.config, judge, settings.criteria, settings.format, store=store)
+        return RewardModes(settings.config, judge, settings.criteria_mode, settings.format, store=store)
 
     def run(modes):  # the tally, and how many check rows the judge was asked
         asked, real = [], judge.next_token_probs
@@ -200,7 +200,7 @@ def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
     assert read_manifest(out).criteria == "synthesis" and (out / "checkpoints" / "checkpoint-2").is_dir()
     scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
                      "sampling": {"max_new_tokens": 24}})
-    assert scorer.criteria == "synthesis" and scorer.config.reward.max_history == 2  # from the manifest
+    assert scorer.criteria_mode == "synthesis" and scorer.config.reward.max_history == 2  # from the manifest
     [result] = scorer.score([{"user_id": "u", "history": [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go."}],
                               "prompt": "How do I boil an egg?", "completions": ["Boil it 9 minutes.", "Eggs."]}])
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)

@@ -94,10 +94,10 @@ def test_tiny_score_stage_trains_resumes_and_its_folder_scores(rows, tmp_path):
         train_score(rows, out, tiny.model_copy(update={"learning_rate": 1e-3}), progress=False)
 
     backend = TransformersBackend(TransformersOptions(model=str(out)))
-    assert backend.manifest.format == "direct-v1"
+    assert backend.manifest.protocol == "direct-v1"
     scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
                      "sampling": {"chains": 2}, "reward": {"max_history": 2, "max_chars": 160}}, backend=backend)
-    assert scorer.criteria == "none"  # `auto` follows the judge's manifest, and so does the rest
+    assert scorer.criteria_mode == "none"  # `auto` follows the judge's manifest, and so does the rest
     assert scorer.config.reward.compare and scorer.config.reward.history_render == "contrast"
     [result] = scorer.score([{"user_id": "u",
                               "history": [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}],

@@ -156,7 +156,7 @@ def test_plain_batch_groups_order_and_metrics(reward):
     # Every metric once per call, numbers only.
     assert rec.metrics["pgenrm/groups"] == [2.0]
     assert rec.metrics["pgenrm/chains_sampled"] == [2.0]  # one chain per group: criteria shared
-    if reward.scorer.criteria == "generated":  # the untrained base writes criteria chains
+    if reward.scorer.criteria_mode == "generated":  # the untrained base writes criteria chains
         assert rec.metrics["pgenrm/generated_tokens"][0] > 0
     else:  # a trained judge's own format reads one digit: nothing generated
         assert rec.metrics["pgenrm/generated_tokens"] == [0.0]

@@ -257,8 +257,8 @@ def test_reward_router_address_points_the_judge_at_that_server(llama_server, tok
         reward_router_address=address, reward_model_tokenizer=tokenizer, pgenrm_config=FAST,
     ))
     assert 0.0 <= result["score"] <= 1.0 and set(result) == {"score", *SAMPLE_COMPONENT_KEYS}
-    judge = verl_reward.judge_for(address, tokenizer, FAST)
-    backend = judge.scorer.backend
+    coalescer = verl_reward.coalescer_for(address, tokenizer, FAST)
+    backend = coalescer.scorer.backend
     assert backend.name == "openai" and backend.options.base_urls == [llama_server.base_url]
     assert backend.options.model == tokenizer.name_or_path  # the served model's path, as vLLM names it
     assert backend.stats.extra[f"requests@{llama_server.base_url}"] >= 1  # the server did the judging

@@ -3,7 +3,7 @@
 A judge folder holds a LoRA adapter (peft's `adapter_config.json` + `adapter_model.safetensors`)
 over a base causal LM, and `pgenrm_judge.json`, the manifest (`JudgeManifest`):
 
-    {"base": "embedded" | HF id | folder, "format": "direct-v1", "stage": "score",
+    {"base": "embedded" | HF id | folder, "protocol": "direct-v1", "stage": "score",
      "criteria": "none", "reader": "logprob", "objective": "...", "data": "...", "data_hash": "...",
      "seed": 0, "settings": {...}, "metrics": {...}, "command": "pgenrm train ...",
      "scoring": {"reward": {"criteria": "none", "max_history": 4, ...}, "sampling": {...}}}
@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pgenrm_plugins.config import ChainConfig, PrototypeConfig, RewardConfig, SamplingConfig
 
@@ -80,7 +80,10 @@ class JudgeManifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     base: str | None = Field(None, description='"embedded", an HF id or a folder: what the adapter sits on')
-    format: str | None = Field(None, description="the training format, e.g. direct-v1, chain-v1, synthesis-v1")
+    protocol: str | None = Field(
+        None, validation_alias=AliasChoices("protocol", "format"),  # "format" until December 2026
+        description="what the judge was trained to be asked and to answer: direct-v1 (a digit after the history), "
+                    "chain-v1 (a whole evaluation chain), synthesis-v1 (a synthesis, then a digit per criterion)")
     stage: str | None = Field(None, description="the `pgenrm train` stage that wrote it: score, psi, cre, synthesis")
     criteria: Literal["generated", "none", "synthesis"] | None = Field(
         None, description="the reward.criteria it was trained for (`reward.criteria: auto` follows it)")

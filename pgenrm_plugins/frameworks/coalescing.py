@@ -114,7 +114,7 @@ class SampleCoalescer(WithLazyScorer):
 
     def __init__(self, config=None, *, backend: Backend | None = None, scorer: RequestScorer | None = None,
                  max_wait_ms: float | None = None):
-        self._judge = LazyScorer(config, backend=backend, scorer=scorer)
+        self._lazy = LazyScorer(config, backend=backend, scorer=scorer)
         self._owns_scorer = scorer is None and backend is None  # close only a judge we built
         self._batcher: SharedBatcher | None = None
         self._lock = threading.Lock()
@@ -164,4 +164,4 @@ class SampleCoalescer(WithLazyScorer):
             self._batcher.close()
             self._batcher = None
         if self._owns_scorer:
-            self._judge.close()
+            self._lazy.close()

@@ -103,20 +103,20 @@ def warn_if_gpu_hidden(config: PGenRMConfig) -> None:
 
 
 class WithLazyScorer:
-    """`config`, `scorer` and `loaded` of an object that keeps its judge in `self._judge`, a
+    """`config`, `scorer` and `loaded` of an object that keeps its lazily built scorer in `self._lazy`, a
     `LazyScorer` (the adapters' reward objects: nothing loads before the first reward call)."""
 
-    _judge: LazyScorer
+    _lazy: LazyScorer
 
     @property
     def config(self) -> PGenRMConfig:
-        return self._judge.config  # None given -> $PGENRM_CONFIG or defaults
+        return self._lazy.config  # None given -> $PGENRM_CONFIG or defaults
 
     @property
     def scorer(self) -> Scorer:
         """The core `Scorer`, built (and the judge loaded) on first use."""
-        return self._judge.scorer
+        return self._lazy.scorer
 
     @property
     def loaded(self) -> bool:
-        return self._judge.loaded
+        return self._lazy.loaded

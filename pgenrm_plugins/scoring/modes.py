@@ -122,16 +122,16 @@ def comparisons(r: ScoreRequest) -> list[tuple[int, int]]:
 class RewardModes:
     """Runs the configured mode over a list of requests, all in the same backend calls."""
 
-    def __init__(self, config: PGenRMConfig, backend: Backend, criteria: str, chain_format: ChainFormat,
+    def __init__(self, config: PGenRMConfig, backend: Backend, criteria_mode: str, chain_format: ChainFormat,
                  store: PrototypeStore | None = None):
-        self.config, self.backend, self.criteria, self.format = config, backend, criteria, chain_format
+        self.config, self.backend, self.criteria_mode, self.format = config, backend, criteria_mode, chain_format
         # Learned once and never unlearned: a backend that gave no token probabilities will not
         # start to (asking again would cost an OpenAI-compatible server a request per call).
         self._no_probabilities = False
         # Syntheses by what they were written from (history view, persona, sampling): a user's
         # next request, a GRPO step's other prompts and prototype neighbours reuse them; with a
         # prototype store (`store`), so do other workers and later runs.
-        identity = judge_identity(config) if criteria == "synthesis" else ""
+        identity = judge_identity(config) if criteria_mode == "synthesis" else ""
         self._syntheses: SynthesisCache[_Synthesis] = SynthesisCache(
             identity, lambda text: _Synthesis(text, self.format), store, SYNTHESIS_CACHE)
 
@@ -144,9 +144,9 @@ class RewardModes:
             self._full_chains(reqs, tallies)
         elif mode in ("pairwise", "tournament"):
             self._comparisons(reqs, tallies)
-        elif self.criteria == "none":
+        elif self.criteria_mode == "none":
             self._direct(reqs, tallies)
-        elif self.criteria == "synthesis":
+        elif self.criteria_mode == "synthesis":
             self._synthesized(reqs, tallies)
         else:
             self._groups(reqs, tallies)

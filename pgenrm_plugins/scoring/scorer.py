@@ -45,13 +45,14 @@ class Scorer:
 
         self.config = with_judge_defaults(load_config(config))
         self.backend = backend if backend is not None else self.config.backend.build("backend")
-        self.criteria = resolve_criteria(self.config)
-        if self.criteria in ("none", "synthesis") and self.config.reward.reader == "parse":
-            raise ValueError(f"reward.criteria: {self.criteria} reads digit probabilities, so it needs reward.reader: "
-                             "logprob or auto (or set reward.criteria: generated to parse generated scores)")
+        self.criteria_mode = resolve_criteria(self.config)
+        if self.criteria_mode in ("none", "synthesis") and self.config.reward.reader == "parse":
+            raise ValueError(f"reward.criteria: {self.criteria_mode} reads digit probabilities, so it needs "
+                             "reward.reader: logprob or auto (or set reward.criteria: generated to parse generated "
+                             "scores)")
         self.format = chain_format(self.config.chain.format)
         # a format without the configured mode's chains is refused here, naming the keys to change
-        self.format.require(self.config.reward.mode, self.criteria, self.config.reward.reader)
+        self.format.require(self.config.reward.mode, self.criteria_mode, self.config.reward.reader)
         # Prototype-level scaling: `store` and `embedder` may be handed in (already open, shared).
         self.store = self.embedder = self.scaling = None
         if self.config.prototypes.enabled:
@@ -59,7 +60,7 @@ class Scorer:
             self.embedder = embedder if embedder is not None else self.config.embedder.build("embedder")
             self.scaling = PrototypeScaling(self.config.prototypes, self.store, self.embedder, self.backend)
         # the store also keeps the syntheses (`reward.criteria: synthesis`) every worker on it shares
-        self.modes = RewardModes(self.config, self.backend, self.criteria, self.format, store=self.store)
+        self.modes = RewardModes(self.config, self.backend, self.criteria_mode, self.format, store=self.store)
 
     def score(self, requests: Sequence[ScoreRequest | dict]) -> list[ScoreResult]:
         reqs = [r if isinstance(r, ScoreRequest) else ScoreRequest.model_validate(r) for r in requests]
@@ -124,7 +125,7 @@ class Scorer:
             # what read the scores in this call (`auto` resolved), else the configured reader
             reader=next((t.reader for t in tallies if t.reader), rc.reader) if group else "parse",
             chain_format=self.format.name,
-            criteria_mode=self.criteria if group else "generated",
+            criteria_mode=self.criteria_mode if group else "generated",
             own=list(rewards),
             chains_sampled=chains_sampled,
             chains_scored=[sum(len(t.per_completion[ci]) for t in tallies) for ci in range(len(values))],

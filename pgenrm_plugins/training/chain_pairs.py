@@ -11,7 +11,7 @@ scoring time, so both stages train on replies that start with it too: the teache
 that prefill, and CRE's prompts are the conversation rendered by the judge's chat template with the
 prefill appended (`prefill=False` gives TRL the plain conversation instead).
 
-Both stages write a judge folder (a peft LoRA adapter and `pgenrm_judge.json`, format `chain-v1`,
+Both stages write a judge folder (a peft LoRA adapter and `pgenrm_judge.json`, protocol `chain-v1`,
 `criteria: generated`) that the transformers backend loads by path.
 """
 
@@ -31,7 +31,7 @@ from pgenrm_plugins.scoring.modes import content_seed
 from pgenrm_plugins.training.items import ItemSettings, ItemSource
 from pgenrm_plugins.types import HistoryItem, Prompt
 
-FORMAT = "chain-v1"
+PROTOCOL = "chain-v1"
 LABELS = ("A", "B")
 # The teacher when none is configured: the untrained embedded base, i.e. rejection sampling from
 # the judge itself. On CPU it keeps (almost) nothing: see docs/training.md.
@@ -138,5 +138,5 @@ def chain_scoring(history_pairs: int, max_chars: int, max_new_tokens: int) -> di
             "sampling": {"max_new_tokens": max(8, max_new_tokens)}}
 
 
-__all__ = ["FORMAT", "LABELS", "DEFAULT_TEACHER", "ChainPair", "draw_pairs", "verdict", "canonical_chain", "raw_chain",
-           "rounded", "backend_config", "teacher_backend", "chain_scoring"]
+__all__ = ["PROTOCOL", "LABELS", "DEFAULT_TEACHER", "ChainPair", "draw_pairs", "verdict", "canonical_chain",
+           "raw_chain", "rounded", "backend_config", "teacher_backend", "chain_scoring"]

@@ -25,7 +25,7 @@ from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.chain.parser import ParsedChain, ParseFailure
 from pgenrm_plugins.scoring.modes import expected_digit
 from pgenrm_plugins.training.chain_pairs import (
-    FORMAT,
+    PROTOCOL,
     ChainPair,
     backend_config,
     chain_scoring,
@@ -66,7 +66,7 @@ def process_question(history: Sequence[HistoryItem], parsed: ParsedChain, *, max
     return [{"role": "system", "content": PROCESS_SYSTEM}, {"role": "user", "content": user}]
 
 
-class ProcessJudge:
+class ProcessReward:
     """The process reward: a judge backend's 1-9 rating of a chain's preferences and criteria, read
     as the expected digit where the backend gives probabilities, else as the first digit it writes;
     mapped to [0, 1]. A chain that does not parse has nothing to rate: 0."""
@@ -100,7 +100,7 @@ def _completion_text(completion) -> str:
     return str(completion)
 
 
-def chain_rewards(*, prefill: bool, process: ProcessJudge | None = None, max_history: int = 3,
+def chain_rewards(*, prefill: bool, process: ProcessReward | None = None, max_history: int = 3,
                   tally: Counter | None = None) -> list[Callable]:
     """TRL reward functions (plain callables taking **kwargs): outcome, format[, process]. Every
     completion is read as `CHAIN_PREFILL + completion` when the prompts end with the prefill."""
@@ -184,7 +184,7 @@ def train_cre(data: str | Path, out: str | Path, settings: CRESettings | None = 
         if own_process:
             say(progress, "loading the process judge...")
             process_backend, _ = teacher_backend(process_config)
-        process = ProcessJudge(process_backend, max_items=s.history_pairs, max_chars=s.max_chars) if uses_process \
+        process = ProcessReward(process_backend, max_items=s.history_pairs, max_chars=s.max_chars) if uses_process \
             else None
         try:
             run = checkpoints.train(_grpo_trainer(drawn, checkpoints.dir, s, base, init, process, tally, progress))
@@ -199,7 +199,7 @@ def train_cre(data: str | Path, out: str | Path, settings: CRESettings | None = 
 
     completions = tally["completions"]
     manifest = {
-        "format": FORMAT,
+        "protocol": PROTOCOL,
         "stage": "cre",
         "base": base,
         "init": {"judge": str(init), "stage": init_manifest.stage, "data_hash": init_manifest.data_hash}
@@ -236,7 +236,7 @@ def train_cre(data: str | Path, out: str | Path, settings: CRESettings | None = 
 
 
 def _grpo_trainer(drawn: list[ChainPair], checkpoints: Path, s: CRESettings, base: str, init: Path | None,
-                  process: ProcessJudge | None, tally: Counter, progress: bool):
+                  process: ProcessReward | None, tally: Counter, progress: bool):
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
@@ -263,4 +263,4 @@ def _grpo_trainer(drawn: list[ChainPair], checkpoints: Path, s: CRESettings, bas
                        processing_class=tokenizer, peft_config=peft_config)
 
 
-__all__ = ["CRESettings", "train_cre", "chain_rewards", "ProcessJudge", "process_question", "cre_dataset"]
+__all__ = ["CRESettings", "train_cre", "chain_rewards", "ProcessReward", "process_question", "cre_dataset"]

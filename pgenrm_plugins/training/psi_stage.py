@@ -21,7 +21,7 @@ from pgenrm_plugins.backends.judge_folder import base_model_dir, write_manifest
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.scoring.modes import content_seed
 from pgenrm_plugins.training.chain_pairs import (
-    FORMAT,
+    PROTOCOL,
     ChainPair,
     backend_config,
     canonical_chain,
@@ -216,7 +216,7 @@ def train_psi(data: str | Path, out: str | Path, settings: PSISettings | None = 
     if run is None:
         run = checkpoints.train(_sft_trainer(examples, checkpoints.dir, s, base, progress))
     manifest = {
-        "format": FORMAT,
+        "protocol": PROTOCOL,
         "stage": "psi",
         "base": base,
         "criteria": "generated",

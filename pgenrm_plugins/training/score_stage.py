@@ -28,7 +28,7 @@ from pgenrm_plugins.training.items import HIGH, Item, ItemSource, item_conversat
 from pgenrm_plugins.training.settings import ScoreSettings
 from pgenrm_plugins.training.stage import Checkpoints, command_text, file_hash, lora_model
 
-FORMAT = "direct-v1"
+PROTOCOL = "direct-v1"
 
 
 def encode(tokenizer, conversation: list[dict]) -> list[int]:
@@ -173,7 +173,7 @@ def train_score(data: str | Path, out: str | Path, settings: ScoreSettings | Non
         run = checkpoints.train(trainer)
         del trainer
     manifest: dict[str, Any] = {
-        "format": FORMAT,
+        "protocol": PROTOCOL,
         "criteria": "none",
         "reader": "logprob",
         "stage": "score",
@@ -204,4 +204,4 @@ def train_score(data: str | Path, out: str | Path, settings: ScoreSettings | Non
     return manifest
 
 
-__all__ = ["FORMAT", "ScoreSettings", "build_trainer", "train_score", "item_loss", "tokenize_item"]
+__all__ = ["PROTOCOL", "ScoreSettings", "build_trainer", "train_score", "item_loss", "tokenize_item"]

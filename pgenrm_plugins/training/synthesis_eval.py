@@ -62,8 +62,8 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
     wide = {"max_batch_rows": 128} if torch.cuda.is_available() else {}  # a GPU reads many rows at once
     scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(judge), **wide, **(options or {})}},
                      "sampling": {"chains": 1}, "reward": {"mode": "group"}})
-    if scorer.criteria != "synthesis":
-        raise ValueError(f"{judge}: not a synthesis judge (its manifest reads criteria {scorer.criteria!r})")
+    if scorer.criteria_mode != "synthesis":
+        raise ValueError(f"{judge}: not a synthesis judge (its manifest reads criteria {scorer.criteria_mode!r})")
     view = scorer.config.reward.max_history
     try:
         requests = [{"user_id": r.user_id, "history": [h.model_dump() for h in histories.get(r.user_id, [])],

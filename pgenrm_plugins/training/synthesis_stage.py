@@ -43,7 +43,7 @@ from pgenrm_plugins.training.settings import SynthesisSettings
 from pgenrm_plugins.training.stage import Checkpoints, command_text, file_hash, lora_model
 from pgenrm_plugins.types import HistoryItem
 
-FORMAT = "synthesis-v1"
+PROTOCOL = "synthesis-v1"
 
 
 def teacher_synthesis(weights: dict[str, float], claimed: set[str]) -> str:
@@ -305,7 +305,7 @@ def train_synthesis(data: str | Path, out: str | Path, settings: SynthesisSettin
         del trainer
     last = {k: v for h in run.log_history for k, v in h.items() if k.endswith("_loss") and k != "train_loss"}
     manifest: dict[str, Any] = {
-        "format": FORMAT,
+        "protocol": PROTOCOL,
         "criteria": "synthesis",
         "reader": "logprob",
         "stage": "synthesis",
@@ -335,5 +335,5 @@ def train_synthesis(data: str | Path, out: str | Path, settings: SynthesisSettin
     return manifest
 
 
-__all__ = ["FORMAT", "SynthesisSettings", "StatedTeacher", "SynthesisExamples", "Checks", "teacher_synthesis",
+__all__ = ["PROTOCOL", "SynthesisSettings", "StatedTeacher", "SynthesisExamples", "Checks", "teacher_synthesis",
            "build_trainer", "train_synthesis"]

@@ -33,7 +33,7 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
     from pgenrm_plugins.frameworks.coalescing import SampleCoalescer
     from pgenrm_plugins.types import as_messages
 
-    judge = SampleCoalescer(scorer=scorer)
+    coalescer = SampleCoalescer(scorer=scorer)
     calls = []
     for r in requests:
         row = r.model_dump(mode="json")
@@ -43,9 +43,9 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
         calls += [(chatml + c + "<|im_end|>", chatml, label) for c in r.completions]
     try:
         with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
-            flat = [s.reward for s in pool.map(lambda call: score_sample(*call, scorer=judge), calls)]
+            flat = [s.reward for s in pool.map(lambda call: score_sample(*call, scorer=coalescer), calls)]
     finally:
-        judge.close()
+        coalescer.close()
     return per_request(flat, requests)
 
 

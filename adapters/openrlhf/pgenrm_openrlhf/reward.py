@@ -34,32 +34,32 @@ LABEL_SOURCE = FieldSource(
 )
 
 _lock = threading.Lock()
-_judge: SampleCoalescer | None = None
+_coalescer: SampleCoalescer | None = None
 
 
 def configure(config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None) -> SampleCoalescer:
     """Set the judge `reward_func` uses in this process (default: `$PGENRM_CONFIG`, else the
     embedded judge, built on the first call). Returns it."""
-    global _judge
+    global _coalescer
     with _lock:
-        old, _judge = _judge, SampleCoalescer(config, backend=backend, scorer=scorer, max_wait_ms=max_wait_ms)
+        old, _coalescer = _coalescer, SampleCoalescer(config, backend=backend, scorer=scorer, max_wait_ms=max_wait_ms)
     if old is not None:
         old.close()
-    return _judge
+    return _coalescer
 
 
-def judge() -> SampleCoalescer:
-    global _judge
+def coalescer() -> SampleCoalescer:
+    global _coalescer
     with _lock:
-        if _judge is None:
-            _judge = SampleCoalescer()
-        return _judge
+        if _coalescer is None:
+            _coalescer = SampleCoalescer()
+        return _coalescer
 
 
 def score_sample(query: str, prompt: str, label: Any, scorer: SampleCoalescer | None = None) -> SampleReward:
     """One OpenRLHF sample's reward: read the label, cut the response out of the query, score
     (coalesced with concurrent calls), apply the failure policy to unreadable samples."""
-    scorer = scorer or judge()
+    scorer = scorer or coalescer()
     try:
         try:
             fields = read_user_fields(read_container(label, LABEL_SOURCE), LABEL_SOURCE)

@@ -94,17 +94,17 @@ class PGenRMReward(WithLazyScorer):
 
     def __init__(self, config=None, *, backend=None, scorer=None, name: str = "pgenrm"):
         self.__name__ = name
-        self._judge = LazyScorer(config, backend=backend, scorer=scorer, validate_now=True)
+        self._lazy = LazyScorer(config, backend=backend, scorer=scorer, validate_now=True)
         self._score_lock = threading.Lock()
 
     # TRL's AsyncGRPOTrainer pickles its reward functions into a spawned rollout process: the name and
     # the judge's config travel, the judge and the lock are made again where the reward is first called.
     def __getstate__(self) -> dict:
-        return {"name": self.__name__, "judge": self._judge}
+        return {"name": self.__name__, "lazy": self._lazy}
 
     def __setstate__(self, state: dict) -> None:
         self.__name__ = state["name"]
-        self._judge = state["judge"]
+        self._lazy = state["lazy"]
         self._score_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -112,7 +112,7 @@ class PGenRMReward(WithLazyScorer):
         return f"<{type(self).__name__} {self.__name__!r} ({state})>"
 
     def close(self) -> None:
-        self._judge.close()
+        self._lazy.close()
 
     # -- TRL's entry point ------------------------------------------------------------------------
     async def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:

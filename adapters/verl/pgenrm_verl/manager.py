@@ -18,7 +18,7 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from pgenrm_verl.reward import judge_for, score_sample
+from pgenrm_verl.reward import coalescer_for, score_sample
 
 NAME = "pgenrm"
 
@@ -31,7 +31,7 @@ class PGenRMRewardManager(RewardManagerBase):
     def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None):
         super().__init__(config, tokenizer, compute_score)
         self.reward_router_address = reward_router_address
-        self.judge = judge_for(reward_router_address, reward_model_tokenizer)
+        self.coalescer = coalescer_for(reward_router_address, reward_model_tokenizer)
 
     async def run_single(self, data: DataProto) -> dict:
         item = data[-1:][0]  # multi-sequence outputs: the last sequence carries the reward (as naive does)
@@ -42,7 +42,7 @@ class PGenRMRewardManager(RewardManagerBase):
         extra_info = item.non_tensor_batch.get("extra_info")
         reward_model = item.non_tensor_batch.get("reward_model") or {}
         result = await score_sample(
-            self.judge, extra_info, response, raw_prompt=item.non_tensor_batch.get("raw_prompt"),
+            self.coalescer, extra_info, response, raw_prompt=item.non_tensor_batch.get("raw_prompt"),
             ground_truth=reward_model.get("ground_truth") if isinstance(reward_model, dict) else None,
         )
         return {"reward_score": result.reward, "reward_extra_info": {"score": result.reward, **result.components}}

@@ -39,7 +39,7 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
     from pgenrm_plugins.frameworks.coalescing import SampleCoalescer
     from pgenrm_verl.reward import score_sample
 
-    judge = SampleCoalescer(scorer=scorer)
+    coalescer = SampleCoalescer(scorer=scorer)
 
     async def run():
         calls = []
@@ -47,14 +47,14 @@ def parity_rewards(requests, scorer) -> list[list[float]]:
             row = r.model_dump(mode="json")
             extra_info = {k: row[k] for k in ("user_id", "history", "persona", "reference", "prompt")}
             extra_info["index"] = len(calls)  # verl's preprocessing adds such keys; they are ignored
-            calls += [score_sample(judge, dict(extra_info), c, ground_truth=row["reference"] or "")
+            calls += [score_sample(coalescer, dict(extra_info), c, ground_truth=row["reference"] or "")
                       for c in r.completions]
         return await asyncio.gather(*calls)
 
     try:
         flat = [s.reward for s in asyncio.run(run())]
     finally:
-        judge.close()
+        coalescer.close()
     return per_request(flat, requests)
 
 

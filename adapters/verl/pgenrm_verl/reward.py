@@ -32,7 +32,7 @@ from typing import Any
 from pgenrm_plugins.frameworks.coalescing import SampleCoalescer, SampleReward
 from pgenrm_plugins.frameworks.user_fields import FieldSource, UserFieldError, read_container, read_user_fields
 
-__all__ = ["VERL_SOURCE", "compute_score", "configure", "judge_for", "score_sample"]
+__all__ = ["VERL_SOURCE", "compute_score", "configure", "coalescer_for", "score_sample"]
 
 VERL_SOURCE = FieldSource(
     framework="verl", container="extra_info",
@@ -43,7 +43,7 @@ VERL_SOURCE = FieldSource(
 
 _lock = threading.Lock()
 _default: SampleCoalescer | None = None
-_judges: dict[str, SampleCoalescer] = {}  # by (config, router address)
+_coalescers: dict[str, SampleCoalescer] = {}  # by (config, router address)
 
 
 def configure(config=None, *, backend=None, scorer=None, max_wait_ms: float | None = None) -> SampleCoalescer:
@@ -52,11 +52,11 @@ def configure(config=None, *, backend=None, scorer=None, max_wait_ms: float | No
     global _default
     with _lock:
         old, _default = _default, SampleCoalescer(config, backend=backend, scorer=scorer, max_wait_ms=max_wait_ms)
-        stale = list(_judges.values())
-        _judges.clear()
-    for judge in [old, *stale]:
-        if judge is not None:
-            judge.close()
+        stale = list(_coalescers.values())
+        _coalescers.clear()
+    for coalescer in [old, *stale]:
+        if coalescer is not None:
+            coalescer.close()
     return _default
 
 
@@ -74,7 +74,7 @@ def _router_config(config_source, address: str, reward_model_tokenizer=None) -> 
     return cfg
 
 
-def judge_for(reward_router_address: str | None = None, reward_model_tokenizer=None,
+def coalescer_for(reward_router_address: str | None = None, reward_model_tokenizer=None,
               pgenrm_config=None) -> SampleCoalescer:
     """The judge for a call: the default one, or one per (config, reward router address)."""
     global _default
@@ -85,14 +85,14 @@ def judge_for(reward_router_address: str | None = None, reward_model_tokenizer=N
             return _default
     key = json.dumps([pgenrm_config, reward_router_address], sort_keys=True, default=str)
     with _lock:
-        if key not in _judges:
+        if key not in _coalescers:
             source = pgenrm_config
             if source is None and _default is not None:
                 source = _default.config  # what configure() set
             if reward_router_address is not None:
                 source = _router_config(source, reward_router_address, reward_model_tokenizer)
-            _judges[key] = SampleCoalescer(source)
-        return _judges[key]
+            _coalescers[key] = SampleCoalescer(source)
+        return _coalescers[key]
 
 
 def _prompt_of(extra_info: dict, raw_prompt: Any = None) -> Any:
@@ -102,7 +102,7 @@ def _prompt_of(extra_info: dict, raw_prompt: Any = None) -> Any:
     return None
 
 
-async def score_sample(judge: SampleCoalescer, extra_info: Any, response: str, *, raw_prompt: Any = None,
+async def score_sample(coalescer: SampleCoalescer, extra_info: Any, response: str, *, raw_prompt: Any = None,
                        ground_truth: Any = None) -> SampleReward:
     """One verl sample's reward: read the user, score (coalesced), apply the failure policy."""
     try:
@@ -114,17 +114,17 @@ async def score_sample(judge: SampleCoalescer, extra_info: Any, response: str, *
                                               "data.return_raw_chat=True (the default) so the agent loop copies it "
                                               "to extra_info.raw_prompt")
         if fields.reference is None and isinstance(ground_truth, str) and ground_truth.strip() \
-                and judge.config.reward.mode == "pairwise":
+                and coalescer.config.reward.mode == "pairwise":
             fields = dataclasses.replace(fields, reference=ground_truth)  # reward_model.ground_truth
-        return await judge.ascore(fields, prompt, response)
+        return await coalescer.ascore(fields, prompt, response)
     except UserFieldError as exc:
-        return judge.on_invalid(exc)
+        return coalescer.on_invalid(exc)
 
 
 async def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, *,
                         reward_router_address: str | None = None, reward_model_tokenizer=None,
                         pgenrm_config=None, **kwargs) -> dict[str, float]:
     """verl's custom reward function (async). Returns {"score": reward in [0, 1], <the `sample_logs` keys>}."""
-    judge = judge_for(reward_router_address, reward_model_tokenizer, pgenrm_config)
-    result = await score_sample(judge, extra_info, solution_str or "", ground_truth=ground_truth)
+    coalescer = coalescer_for(reward_router_address, reward_model_tokenizer, pgenrm_config)
+    result = await score_sample(coalescer, extra_info, solution_str or "", ground_truth=ground_truth)
     return {"score": result.reward, **result.components}
