@@ -138,6 +138,24 @@ def test_a_served_export_keeps_its_scoring_block(tmp_path):
         assert ("reward", "max_chars") not in judge_settings(config) and resolve_criteria(config) == "none"
 
 
+def test_a_merged_judge_is_told_apart_by_what_it_was_merged_from(tmp_path):
+    """Caches key results by `judge_fingerprint`: two exported folders must not share one."""
+    from pgenrm_plugins.backends.judge_folder import JudgeManifest, judge_fingerprint, shipped_judge, write_manifest
+    from pgenrm_plugins.config import load_config
+
+    def fingerprint(folder):
+        return judge_fingerprint(load_config({"backend": {"name": "vllm", "options": {"model": str(folder)}}}).backend)
+
+    shipped = fingerprint(shipped_judge())
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, weights in ((first, b"1" * 8), (second, b"2" * 9)):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(weights)
+    assert fingerprint(first) != fingerprint(second)  # no record: the weight files tell them apart
+    write_manifest(first, JudgeManifest(merged_from="x", merged_fingerprint=shipped))
+    assert fingerprint(first) == shipped  # `pgenrm train export` records the adapter's
+
+
 @pytest.mark.parametrize("manifest, field", [
     ({"criteria": "sometimes"}, "criteria"),
     ({"seed": "zero"}, "seed"),
@@ -152,6 +170,15 @@ def test_a_malformed_manifest_names_the_file_and_the_field(tmp_path, manifest, f
     with pytest.raises(ManifestError, match="pgenrm_judge.json") as info:
         read_manifest(tmp_path)
     assert field in str(info.value)
+    # `pgenrm config` with a config naming that folder: one error line naming both, exit 2
+    from typer.testing import CliRunner
+
+    from pgenrm_plugins import cli
+
+    config = tmp_path / "judge.yaml"
+    config.write_text(json.dumps({"backend": {"name": "transformers", "options": {"model": str(tmp_path)}}}))
+    shown = CliRunner().invoke(cli.app, ["config", "--config", str(config)])
+    assert shown.exit_code == 2 and "error:" in shown.output and field in shown.output, shown.output
     with pytest.raises(ManifestError, match=field):  # a dict is validated before it is written
         write_manifest(tmp_path, {"base": "embedded", **manifest})
     (tmp_path / "pgenrm_judge.json").write_text("{not json")

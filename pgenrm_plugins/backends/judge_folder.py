@@ -27,7 +27,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pgenrm_plugins.config import ChainConfig, PrototypeConfig, RewardConfig, SamplingConfig
+from pgenrm_plugins.config import ChainConfig, ConfigError, PrototypeConfig, RewardConfig, SamplingConfig
 
 MANIFEST = "pgenrm_judge.json"
 SHIPPED_DIR = Path(__file__).parents[1] / "judges" / "smollm2-135m-direct-v1"
@@ -41,8 +41,9 @@ SCORING_SECTIONS: dict[str, type[BaseModel]] = {
 }
 
 
-class ManifestError(ValueError):
-    """A `pgenrm_judge.json` that cannot be read; the message names the file and each bad field."""
+class ManifestError(ConfigError):
+    """A `pgenrm_judge.json` that cannot be read; the message names the file and each bad field. A
+    ConfigError: the config names a judge it cannot use, so every command reports it as one."""
 
 
 class ScoringBlock(BaseModel):
@@ -101,6 +102,7 @@ class JudgeManifest(BaseModel):
     command: str | None = Field(None, description="the command that reproduces it")
     metrics: dict[str, Any] = Field(default_factory=dict)
     merged_from: str | None = Field(None, description="the adapter folder an exported, merged model came from")
+    merged_fingerprint: str | None = Field(None, description="that adapter's fingerprint (`judge_fingerprint`)")
 
     @classmethod
     def parse(cls, data: Any, where: str | Path) -> "JudgeManifest":
@@ -186,13 +188,23 @@ def judge_fingerprint(backend_config) -> str | None:
 
 
 def _fingerprint(folder: Path) -> str:
+    """What a judge's results depend on: its adapter's bytes; for a merged (exported) folder, the
+    adapter fingerprint its export recorded, else its weight files' names, sizes and times (the
+    weights of a large model are too big to hash on every start)."""
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        path = folder / name
-        if path.is_file():
-            h.update(path.read_bytes())
+    adapter = [folder / name for name in ("adapter_config.json", "adapter_model.safetensors")]
+    if any(path.is_file() for path in adapter):
+        for path in adapter:
+            if path.is_file():
+                h.update(path.read_bytes())
+        return h.hexdigest()[:12]
+    manifest = read_manifest(folder)
+    if manifest is not None and manifest.merged_fingerprint:
+        return manifest.merged_fingerprint
+    for path in sorted(folder.glob("*.safetensors")):
+        h.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
     return h.hexdigest()[:12]
 
 
@@ -234,7 +246,8 @@ def export_merged(adapter: str | Path, target: str | Path, replace: bool = True)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return publish_model_folder(Path(target), model, AutoTokenizer.from_pretrained(base), replace=replace,
                                 write_extra=lambda folder: write_manifest(
-                                    folder, manifest.model_copy(update={"merged_from": str(adapter)})))
+                                    folder, manifest.model_copy(update={"merged_from": str(adapter),
+                                                                        "merged_fingerprint": _fingerprint(adapter)})))
 
 
 def resolve_model_dir(model: str | None) -> tuple[str, str]:

@@ -255,10 +255,10 @@ def show_config(config: Optional[Path] = config_option()):
 
     try:
         cfg = load_config(str(config) if config else None)
-    except ConfigError as exc:
+        filled, in_force = judge_settings(cfg), with_judge_defaults(cfg)  # both read the judge's manifest
+    except ConfigError as exc:  # a ManifestError too
         fail(str(exc))
-    filled = judge_settings(cfg)
-    typer.echo(yaml.safe_dump(with_judge_defaults(cfg).model_dump(mode="json"), sort_keys=False).rstrip())
+    typer.echo(yaml.safe_dump(in_force.model_dump(mode="json"), sort_keys=False).rstrip())
     if filled:
         typer.echo("# from the judge's manifest (set any of them to override): "
                    + ", ".join(f"{section}.{key}" for section, key in filled))
