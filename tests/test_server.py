@@ -434,7 +434,7 @@ def test_judge_raising_mid_batch_is_503_and_openrlhf_retry_gets_the_right_reward
                                                                            [label(u)])
                                           for u, t in samples))
         replies = asyncio.run(rollout())
-        assert srv.app.state.batcher.running
+        assert srv.app.state.service.batcher.running
         text = httpx.get(f"{srv.url}/metrics").text
     assert 'pgenrm_failures_total{kind="scorer_batch"} 1.0' in text
     assert 'pgenrm_failures_total{kind="scorer"} 3.0' in text
@@ -468,7 +468,7 @@ def test_client_that_disconnects_does_not_break_the_service():
         assert r.status_code == 200
         want = content_reward(ScoreRequest.model_validate(dict(ROW, user_id="later")), "Hello.")
         assert r.json()["rewards"] == [want]
-        assert srv.app.state.batcher.running
+        assert srv.app.state.service.batcher.running
 
 
 def test_graceful_shutdown_finishes_in_flight_requests():
@@ -481,7 +481,7 @@ def test_graceful_shutdown_finishes_in_flight_requests():
     srv.stop()
     t.join(10)
     assert out["r"].status_code == 200 and len(out["r"].json()["rewards"]) == 1
-    assert not srv.app.state.batcher.running
+    assert not srv.app.state.service.batcher.running
 
 
 def test_client_retries_then_fails_clearly_and_async_works():

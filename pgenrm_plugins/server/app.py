@@ -24,7 +24,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -147,41 +147,146 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def create_app(scorer: RequestScorer, settings: ServerSettings | dict | None = None) -> FastAPI:
-    """The service over `scorer` (a `Scorer`, or any `RequestScorer`)."""
-    s = settings if isinstance(settings, ServerSettings) else ServerSettings.model_validate(settings or {})
-    api_key = s.api_key if s.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
-    metrics = Metrics()
-    cache = ResultCache(s.cache_entries, s.cache_bytes, s.cache_ttl_s) if s.dedupe else None
-    replica = f"{socket.gethostname()}:{os.getpid()}"
+class ScoringService:
+    """What the endpoints share: the scorer, its batcher and answer cache, the metrics and the
+    settings. One per app (`app.state.service`)."""
 
-    def score_and_sign(reqs: list[ScoreRequest]):
+    def __init__(self, scorer: RequestScorer, settings: ServerSettings):
+        self.scorer, self.settings = scorer, settings
+        self.api_key = settings.api_key if settings.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+        self.metrics = Metrics()
+        self.cache = (ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl_s)
+                      if settings.dedupe else None)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.batcher = Batcher(self._score_and_sign, max_wait_ms=settings.max_wait_ms,
+                               max_batch_requests=settings.max_batch_requests, metrics=self.metrics,
+                               identity=scorer.identity if settings.dedupe else None, cache=self.cache,
+                               deadline_s=settings.deadline_s)
+
+    def _score_and_sign(self, reqs: list[ScoreRequest]):
         """The scorer's results, each saying which replica and which store version scored it."""
-        served_by = {"replica": replica, "store_version": scorer.store.version() if scorer.store is not None else None}
-        results = scorer.score(reqs)
+        store = self.scorer.store
+        served_by = {"replica": self.replica, "store_version": store.version() if store is not None else None}
+        results = self.scorer.score(reqs)
         for result in results:
             result.components.served_by = served_by
         return results
 
-    batcher = Batcher(score_and_sign, max_wait_ms=s.max_wait_ms, max_batch_requests=s.max_batch_requests,
-                      metrics=metrics, identity=scorer.identity if s.dedupe else None,
-                      cache=cache, deadline_s=s.deadline_s)
+    def authorize(self, request: Request) -> None:
+        _check_auth(request, self.api_key)
+
+    def check_mode(self, reqs: list[ScoreRequest]) -> None:
+        _check_mode(self.scorer, reqs)
+
+    async def _score(self, reqs: list[ScoreRequest]):
+        try:
+            return await self.batcher.submit(reqs)
+        except ScorerFailed as exc:
+            raise HTTPProblem(503, str(exc), "scorer") from None
+        except BatcherClosed as exc:
+            raise HTTPProblem(503, str(exc), "unavailable") from None
+
+    async def answer(self, request: Request, reqs: list[ScoreRequest], reply) -> JSONResponse:
+        """Score, unless the caller goes away first: then its answer is counted as 499 (client
+        closed request), not as a 200 it never read. Its computation still finishes into the
+        cache, for the retry that a timed-out caller sends (the batcher keeps it running)."""
+        deadline = self.settings.deadline_s
+        scoring = asyncio.ensure_future(self._score(reqs))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({scoring, gone}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if scoring in done:
+            return JSONResponse(reply(scoring.result()))
+        scoring.cancel()
+        if gone in done:
+            return JSONResponse({"detail": "the caller went away before the answer"}, status_code=499)
+        self.metrics.failures.labels("deadline").inc()
+        return JSONResponse({"detail": f"not answered within deadline_s={deadline:g}; the computation goes on, "
+                                       "and the same request sent again gets its answer"}, status_code=504)
+
+
+routes = APIRouter()
+
+
+def _service(request: Request) -> ScoringService:
+    return request.app.state.service
+
+
+@routes.post("/v1/score")
+async def score(request: Request):
+    service = _service(request)
+    service.authorize(request)
+    reqs, single = _parse_score_body(await _read_json(request, service.settings.max_body_bytes), service.settings)
+    service.check_mode(reqs)
+
+    def reply(results):
+        data = [r.model_dump(mode="json") for r in results]
+        return data[0] if single else data
+
+    return await service.answer(request, reqs, reply)
+
+
+@routes.post("/get_reward")
+async def get_reward(request: Request):
+    service = _service(request)
+    service.authorize(request)
+    s = service.settings
+    body = await _read_json(request, s.max_body_bytes)
+    try:
+        reqs = openrlhf.to_requests(body, s.end_of_turn_tokens)
+    except openrlhf.ProtocolError as exc:
+        raise HTTPProblem(422, str(exc), "invalid") from None
+    if len(reqs) > s.max_requests_per_call:
+        raise HTTPProblem(422, f"field 'query': at most {s.max_requests_per_call} samples per call, "
+                               f"got {len(reqs)}", "invalid")
+    service.check_mode(reqs)
+    return await service.answer(request, reqs, openrlhf.to_reply)
+
+
+@routes.get("/healthz")
+async def healthz(request: Request):
+    batcher = _service(request).batcher
+    ok = batcher.running
+    # pid: which process answered (one of several uvicorn workers or Ray Serve replicas)
+    return JSONResponse({"status": "ok" if ok else "stopping", "queue_depth": batcher.depth,
+                         "batches": batcher.batches, "pid": os.getpid()}, status_code=200 if ok else 503)
+
+
+@routes.get("/metrics")
+async def prometheus(request: Request):
+    service = _service(request)
+    service.authorize(request)
+    service.metrics.queue_depth.set(service.batcher.depth)
+    service.metrics.cache_entries.set(len(service.cache) if service.cache is not None else 0)
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+_PATHS = {route.path for route in routes.routes}
+
+
+def create_app(scorer: RequestScorer, settings: ServerSettings | dict | None = None) -> FastAPI:
+    """The service over `scorer` (a `Scorer`, or any `RequestScorer`)."""
+    s = settings if isinstance(settings, ServerSettings) else ServerSettings.model_validate(settings or {})
+    service = ScoringService(scorer, s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await batcher.start()
-        log.info("pgenrm scoring service ready (auth %s)", "on" if api_key else "off")
+        await service.batcher.start()
+        log.info("pgenrm scoring service ready (auth %s)", "on" if service.api_key else "off")
         try:
             yield
         finally:
-            await batcher.stop()  # uvicorn has let in-flight requests finish; drain what is queued
+            await service.batcher.stop()  # uvicorn has let in-flight requests finish; drain what is queued
 
     app = FastAPI(title="P-GenRM scoring service", lifespan=lifespan)
-    app.state.batcher, app.state.metrics, app.state.settings, app.state.scorer = batcher, metrics, s, scorer
+    app.state.service = service
+    app.include_router(routes)
 
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem):
-        metrics.failures.labels(exc.kind).inc()
+        service.metrics.failures.labels(exc.kind).inc()
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
@@ -195,77 +300,9 @@ def create_app(scorer: RequestScorer, settings: ServerSettings | dict | None = N
             return response
         finally:
             endpoint = request.url.path if request.url.path in _PATHS else "other"
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-            metrics.requests.labels(endpoint, str(status)).inc()
+            service.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            service.metrics.requests.labels(endpoint, str(status)).inc()
 
-    async def _score(reqs: list[ScoreRequest]):
-        try:
-            return await batcher.submit(reqs)
-        except ScorerFailed as exc:
-            raise HTTPProblem(503, str(exc), "scorer") from None
-        except BatcherClosed as exc:
-            raise HTTPProblem(503, str(exc), "unavailable") from None
-
-    async def _answer(request: Request, reqs: list[ScoreRequest], reply) -> JSONResponse:
-        """Score, unless the caller goes away first: then its answer is counted as 499 (client
-        closed request), not as a 200 it never read. Its computation still finishes into the
-        cache, for the retry that a timed-out caller sends (the batcher keeps it running)."""
-        scoring = asyncio.ensure_future(_score(reqs))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            done, _ = await asyncio.wait({scoring, gone}, timeout=s.deadline_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if scoring in done:
-            return JSONResponse(reply(scoring.result()))
-        scoring.cancel()
-        if gone in done:
-            return JSONResponse({"detail": "the caller went away before the answer"}, status_code=499)
-        metrics.failures.labels("deadline").inc()
-        return JSONResponse({"detail": f"not answered within deadline_s={s.deadline_s:g}; the computation goes on, "
-                                       "and the same request sent again gets its answer"}, status_code=504)
-
-    @app.post("/v1/score")
-    async def score(request: Request):
-        _check_auth(request, api_key)
-        reqs, single = _parse_score_body(await _read_json(request, s.max_body_bytes), s)
-        _check_mode(scorer, reqs)
-
-        def reply(results):
-            data = [r.model_dump(mode="json") for r in results]
-            return data[0] if single else data
-
-        return await _answer(request, reqs, reply)
-
-    @app.post("/get_reward")
-    async def get_reward(request: Request):
-        _check_auth(request, api_key)
-        body = await _read_json(request, s.max_body_bytes)
-        try:
-            reqs = openrlhf.to_requests(body, s.end_of_turn_tokens)
-        except openrlhf.ProtocolError as exc:
-            raise HTTPProblem(422, str(exc), "invalid") from None
-        if len(reqs) > s.max_requests_per_call:
-            raise HTTPProblem(422, f"field 'query': at most {s.max_requests_per_call} samples per call, "
-                                   f"got {len(reqs)}", "invalid")
-        _check_mode(scorer, reqs)
-        return await _answer(request, reqs, openrlhf.to_reply)
-
-    @app.get("/healthz")
-    async def healthz():
-        ok = batcher.running
-        # pid: which process answered (one of several uvicorn workers or Ray Serve replicas)
-        return JSONResponse({"status": "ok" if ok else "stopping", "queue_depth": batcher.depth,
-                             "batches": batcher.batches, "pid": os.getpid()}, status_code=200 if ok else 503)
-
-    @app.get("/metrics")
-    async def prometheus(request: Request):
-        _check_auth(request, api_key)
-        metrics.queue_depth.set(batcher.depth)
-        metrics.cache_entries.set(len(cache) if cache is not None else 0)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    _PATHS = {"/v1/score", "/get_reward", "/healthz", "/metrics"}
     return app
 
 
