@@ -71,32 +71,64 @@ def pick_demo_users(truth, histories):
 
 def main(argv=None):
     args = parse_args(argv)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    from pgenrm_plugins.backends.embedded import embedded_model_dir
-    from pgenrm_plugins.backends.judge_folder import shipped_judge
     from pgenrm_plugins.backends.transformers_backend import TransformersBackend
-    from pgenrm_plugins.config import load_config
+    from pgenrm_plugins.scoring import Scorer
+
+    console.rule("[bold]1/4 synthetic users")
+    rows_path, bench, truth = make_users(args)
+    console.rule("[bold]2/4 prototype store")
+    config, store, trained = build_store(args, rows_path)
+    user_prototype = {u.user_id: u.prototype_id for u in store.users()}
+    console.rule("[bold]3/4 personalized GRPO (TRL, SmolLM2-135M policy)")
+    judge = TransformersBackend()
+    scorer = Scorer(config, backend=judge)
+    run = train_policy(args, bench, user_prototype, scorer)
+    console.rule("[bold]4/4 report")
+    # The judging checks read the judge alone (the user's own history, one reading): what is checked
+    # is whether it tells answers apart, and it keeps the demo's time down.
+    alone = config.model_dump(mode="json")
+    alone.update(prototypes={"enabled": False}, store=None)
+    alone["sampling"]["chains"] = 1
+    users = pick_demo_users(truth, bench.histories())
+    checks = judging_checks(Scorer(alone, backend=judge), bench, truth, bench.histories(), users, args.seed)
+    report = write_report(args, bench, truth, user_prototype, scorer, run, users, checks, started)
+    console.print(checks["table"])
+    store.close()
+    if checks["violations"]:
+        said = (f"a degenerate answer got a higher reward than the real one it replaced: "
+                f"{'; '.join(checks['violations'])} (see {report})")
+        if trained:  # the trained judge must tell broken from real; the untrained base is only reported
+            console.print(f"[red]FAIL[/red]: {said}")
+            return 1
+        console.print(f"[yellow]untrained embedded judge[/yellow]: {said}")
+    console.print(f"[green]done[/green] in {(time.perf_counter() - started) / 60:.1f} min: {report}, "
+                  f"{args.out / 'rewards.png'}")
+    return 0
+
+
+def make_users(args):
+    """(rows file, its rows, the latent truth) of the synthetic users."""
     from pgenrm_plugins.datasets.bench import load_bench
     from pgenrm_plugins.datasets.synthetic import generate, write_bench
-    from pgenrm_plugins.frameworks.prepare import training_prompts
+
+    rows_path, _ = write_bench(args.out / "users.jsonl", generate(n_users=args.users, rows_per_user=6, seed=args.seed))
+    bench = load_bench(rows_path, strict=True)
+    truth = json.loads((args.out / "users.truth.json").read_text())
+    console.print(f"{len(bench.users())} users, {len(bench.rows)} rows -> {rows_path}")
+    return rows_path, bench, truth
+
+
+def build_store(args, rows_path):
+    """(scoring config, the prototype store built from the users, whether the judge is trained)."""
+    from pgenrm_plugins.backends.judge_folder import shipped_judge
+    from pgenrm_plugins.config import load_config
     from pgenrm_plugins.prototypes.builder import build_prototypes
     from pgenrm_plugins.prototypes.sources import SourceSettings
-    from pgenrm_plugins.scoring import Scorer
-    from pgenrm_trl.personalize.probe import greedy_answer
 
-    # 1. users ---------------------------------------------------------------------------------
-    console.rule("[bold]1/4 synthetic users")
-    rows_path, _ = write_bench(out / "users.jsonl", generate(n_users=args.users, rows_per_user=6, seed=args.seed))
-    bench = load_bench(rows_path, strict=True)
-    truth = json.loads((out / "users.truth.json").read_text())
-    console.print(f"{len(bench.users())} users, {len(bench.rows)} rows -> {rows_path}")
-
-    # 2. prototypes ----------------------------------------------------------------------------
-    console.rule("[bold]2/4 prototype store")
-    store_path = out / "prototypes.sqlite"
+    store_path = args.out / "prototypes.sqlite"
     store_path.unlink(missing_ok=True)  # a fresh demo each time
     # A trained embedded judge brings its own reading (its manifest: no chain, one digit after the
     # history); the untrained base writes short criteria chains.
@@ -107,25 +139,27 @@ def main(argv=None):
         "prototypes": {"enabled": True, "top_k": 2},
         "store": {"name": "sqlite", "options": {"path": str(store_path)}},
     })
-    judge = TransformersBackend()
     store, embedder = config.store.build("store"), config.embedder.build("embedder")
     # Members are placed by their choices' contrast (what only the preferred reply says, minus what
     # only the rejected one says): quick, no judge needed, and the trained judge writes no syntheses.
     build_prototypes(rows_path, store, embedder, source="contrast", k=3, console=console,
                      source_settings=SourceSettings(max_items=4, max_chars=300, seed=args.seed))
-    user_prototype = {u.user_id: u.prototype_id for u in store.users()}
+    return config, store, trained
 
-    # 3. GRPO ----------------------------------------------------------------------------------
-    console.rule("[bold]3/4 personalized GRPO (TRL, SmolLM2-135M policy)")
+
+def train_policy(args, bench, user_prototype, scorer) -> dict:
+    """A few GRPO steps of the embedded policy in TRL, rewarded by `scorer`: the rewards it saw,
+    and its greedy answer to one probe prompt before and after."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from pgenrm_plugins.backends.embedded import embedded_model_dir
+    from pgenrm_plugins.frameworks.prepare import training_prompts
     from pgenrm_trl import PGenRMReward
+    from pgenrm_trl.personalize.probe import greedy_answer
     from pgenrm_trl.plugin import dataset_record as trl_record
 
-    histories = bench.histories()
-    a, b = pick_demo_users(truth, histories)
     records = [trl_record(r) for r in training_prompts(bench, max_history=4)]
     # Alternate users across prototypes so every step mixes preferences.
     by_user = defaultdict(list)
@@ -146,10 +180,9 @@ def main(argv=None):
     policy = AutoModelForCausalLM.from_pretrained(policy_dir)
     before = greedy_answer(policy, tokenizer, probe_prompt, args.max_completion)
 
-    scorer = Scorer(config, backend=judge)
     reward = RecordingReward(PGenRMReward(scorer=scorer))
     grpo = GRPOConfig(
-        output_dir=str(out / "grpo"), use_cpu=True, bf16=False, max_steps=args.steps,
+        output_dir=str(args.out / "grpo"), use_cpu=True, bf16=False, max_steps=args.steps,
         num_generations=args.generations, per_device_train_batch_size=args.prompts_per_step * args.generations,
         max_completion_length=args.max_completion, learning_rate=args.learning_rate, beta=0.0,
         report_to=[], logging_steps=1, seed=args.seed, save_strategy="no", disable_tqdm=False,
@@ -161,13 +194,20 @@ def main(argv=None):
     # generates its completions (and in eval mode): the trainer leaves the model in train mode with
     # checkpointing on, and generating in that state gave `To------` from an untrained policy.
     after = greedy_answer(trainer.model, tokenizer, probe_prompt, args.max_completion)
+    return {"records": reward.records, "probe_prompt": probe_prompt, "before": before, "after": after}
 
-    # 4. report --------------------------------------------------------------------------------
-    console.rule("[bold]4/4 report")
-    steps = sorted({s for s, _, _ in reward.records})
-    per_step = {s: [r for t, _, r in reward.records if t == s] for s in steps}
+
+def write_report(args, bench, truth, user_prototype, scorer, run, users, checks, started) -> Path:
+    """report.md, rewards.png and rewards.json: the reward per step (overall and per prototype),
+    the probe's answers before and after judged for two users, and the judging checks."""
+    from pgenrm_plugins.types import ScoreRequest
+
+    out, records, probe_prompt = args.out, run["records"], run["probe_prompt"]
+    before, after = run["before"], run["after"]
+    steps = sorted({s for s, _, _ in records})
+    per_step = {s: [r for t, _, r in records if t == s] for s in steps}
     prototypes = sorted({p for p in user_prototype.values() if p is not None})
-    per_proto = {p: {s: [r for t, u, r in reward.records if t == s and user_prototype.get(u) == p] for s in steps}
+    per_proto = {p: {s: [r for t, u, r in records if t == s and user_prototype.get(u) == p] for s in steps}
                  for p in prototypes}
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
 
@@ -178,20 +218,10 @@ def main(argv=None):
     console.print(table)
 
     # Before/after: the same probe prompt, judged for two users of different latent types.
-    judged = {}
-    for user in (a, b):
-        from pgenrm_plugins.types import ScoreRequest
-
-        result = scorer.score([ScoreRequest(user_id=user, history=histories[user][-4:], prompt=probe_prompt,
-                                            completions=[before or "(empty)", after or "(empty)"])])[0]
-        judged[user] = result.rewards
-
-    # The judging checks read the judge alone (the user's own history, one reading): what is checked
-    # is whether it tells answers apart, and it keeps the demo's time down.
-    alone = config.model_dump(mode="json")
-    alone.update(prototypes={"enabled": False}, store=None)
-    alone["sampling"]["chains"] = 1
-    checks = judging_checks(Scorer(alone, backend=judge), bench, truth, histories, (a, b), args.seed)
+    histories = bench.histories()
+    judged = {user: scorer.score([ScoreRequest(user_id=user, history=histories[user][-4:], prompt=probe_prompt,
+                                               completions=[before or "(empty)", after or "(empty)"])])[0].rewards
+              for user in users}
 
     plot = out / "rewards.png"
     import matplotlib
@@ -223,7 +253,7 @@ def main(argv=None):
         lines.append(f"| {s} | {mean(per_step[s]):.3f} | " + " | ".join(cells) + " |")
     lines += ["", f"![reward per step]({plot.name})", "", "## Before and after, judged for two users", "",
               f"Prompt: {probe_prompt[-1]['content']}", ""]
-    for user in (a, b):
+    for user in users:
         t = truth["users"][user]
         top = sorted(t["weights"], key=lambda k: -abs(t["weights"][k]))[:2]
         lines.append(f"- **{user}** (latent type `{t['type']}`, cares most about {', '.join(top)}; "
@@ -240,18 +270,8 @@ def main(argv=None):
     lines += checks["markdown"]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    (out / "rewards.json").write_text(json.dumps({"records": reward.records, "user_prototype": user_prototype}))
-    console.print(checks["table"])
-    store.close()
-    if checks["violations"]:
-        said = (f"a degenerate answer got a higher reward than the real one it replaced: "
-                f"{'; '.join(checks['violations'])} (see {report})")
-        if trained:  # the trained judge must tell broken from real; the untrained base is only reported
-            console.print(f"[red]FAIL[/red]: {said}")
-            return 1
-        console.print(f"[yellow]untrained embedded judge[/yellow]: {said}")
-    console.print(f"[green]done[/green] in {elapsed / 60:.1f} min: {report}, {plot}")
-    return 0
+    (out / "rewards.json").write_text(json.dumps({"records": records, "user_prototype": user_prototype}))
+    return report
 
 
 DEGENERATE = {
