@@ -197,3 +197,16 @@ def test_unknown_manifest_keys_survive_a_round_trip(tmp_path):
     manifest.seed = 5
     write_manifest(tmp_path / ".", manifest)
     assert json.loads((tmp_path / "pgenrm_judge.json").read_text()) == {**written, "seed": 5}  # nothing added
+
+
+def test_a_shipped_judge_is_named_embedded_name_and_a_wrong_name_lists_the_shipped_ones():
+    from pgenrm_plugins.backends.judge_folder import judge_folder, shipped_judge, shipped_judges
+    from pgenrm_plugins.config import ConfigError, load_config
+
+    assert shipped_judges()[shipped_judge().name] == shipped_judge()
+    for name, folder in shipped_judges().items():
+        config = load_config({"backend": {"name": "transformers", "options": {"model": f"embedded:{name}"}}})
+        assert judge_folder(config.backend) == folder
+    config = load_config({"backend": {"name": "transformers", "options": {"model": "embedded:nope"}}})
+    with pytest.raises(ConfigError, match=f"embedded:{shipped_judge().name}"):
+        judge_folder(config.backend)

@@ -30,9 +30,12 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pgenrm_plugins.config import ChainConfig, ConfigError, PrototypeConfig, RewardConfig, SamplingConfig
 
 MANIFEST = "pgenrm_judge.json"
-SHIPPED_DIR = Path(__file__).parents[1] / "judges" / "smollm2-135m-direct-v1"
+JUDGES_DIR = Path(__file__).parents[1] / "judges"
+SHIPPED_DIR = JUDGES_DIR / "smollm2-135m-direct-v1"  # the embedded default
 # `backend.options.model` value that asks for the untrained embedded base model
 BASE_MODEL = "embedded-base"
+# `backend.options.model: embedded:NAME` names a judge that ships in JUDGES_DIR
+NAMED = "embedded:"
 
 
 # The config sections a manifest's `scoring` block may fill in, each validated by its own model.
@@ -157,6 +160,22 @@ def shipped_judge() -> Path | None:
     return SHIPPED_DIR if (SHIPPED_DIR / MANIFEST).is_file() else None
 
 
+def shipped_judges() -> dict[str, Path]:
+    """Every trained judge that ships with the package, by name (`backend.options.model: embedded:NAME`)."""
+    return {p.name: p for p in sorted(JUDGES_DIR.iterdir()) if (p / MANIFEST).is_file()} if JUDGES_DIR.is_dir() \
+        else {}
+
+
+def named_judge(model: str) -> Path:
+    """The shipped judge folder `embedded:NAME` names; ConfigError listing the shipped ones if none."""
+    found = shipped_judges().get(model[len(NAMED):])
+    if found is None:
+        shipped = ", ".join(NAMED + name for name in shipped_judges()) or "none in this checkout"
+        raise ConfigError(f"backend.options.model {model!r}: no judge of that name ships with pgenrm "
+                          f"(shipped: {shipped}); or give a judge folder's path")
+    return found
+
+
 def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / "adapter_config.json").is_file()
 
@@ -169,6 +188,8 @@ def judge_folder(backend_config) -> Path | None:
         return None
     if model is None and backend_config.name == "transformers":
         folder = shipped_judge()
+    elif isinstance(model, str) and model.startswith(NAMED):
+        folder = named_judge(model)
     else:
         folder = Path(model) if isinstance(model, str) and model else None
     return folder if folder is not None and folder.is_dir() else None
@@ -255,8 +276,10 @@ def resolve_model_dir(model: str | None) -> tuple[str, str]:
     shipped = shipped_judge() if model is None else None
     if model == BASE_MODEL or (model is None and shipped is None):  # no trained judge here: the base, said so
         return base_model_dir("embedded"), "embedded:smollm2-135m-instruct (untrained base)"
+    if model is not None and model.startswith(NAMED):
+        shipped = named_judge(model)
     if shipped is not None:
-        return str(merged_model_dir(shipped)), f"embedded:{shipped.name}"
+        return str(merged_model_dir(shipped)), f"{NAMED}{shipped.name}"
     if Path(model).is_dir() and is_adapter(model):
         return str(merged_model_dir(model)), str(model)
     return model, model
