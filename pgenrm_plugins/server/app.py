@@ -172,12 +172,6 @@ class ScoringService:
             result.components.served_by = served_by
         return results
 
-    def authorize(self, request: Request) -> None:
-        _check_auth(request, self.api_key)
-
-    def check_mode(self, reqs: list[ScoreRequest]) -> None:
-        _check_mode(self.scorer, reqs)
-
     async def _score(self, reqs: list[ScoreRequest]):
         try:
             return await self.batcher.submit(reqs)
@@ -217,9 +211,9 @@ def _service(request: Request) -> ScoringService:
 @routes.post("/v1/score")
 async def score(request: Request):
     service = _service(request)
-    service.authorize(request)
+    _check_auth(request, service.api_key)
     reqs, single = _parse_score_body(await _read_json(request, service.settings.max_body_bytes), service.settings)
-    service.check_mode(reqs)
+    _check_mode(service.scorer, reqs)
 
     def reply(results):
         data = [r.model_dump(mode="json") for r in results]
@@ -231,7 +225,7 @@ async def score(request: Request):
 @routes.post("/get_reward")
 async def get_reward(request: Request):
     service = _service(request)
-    service.authorize(request)
+    _check_auth(request, service.api_key)
     s = service.settings
     body = await _read_json(request, s.max_body_bytes)
     try:
@@ -241,7 +235,7 @@ async def get_reward(request: Request):
     if len(reqs) > s.max_requests_per_call:
         raise HTTPProblem(422, f"field 'query': at most {s.max_requests_per_call} samples per call, "
                                f"got {len(reqs)}", "invalid")
-    service.check_mode(reqs)
+    _check_mode(service.scorer, reqs)
     return await service.answer(request, reqs, openrlhf.to_reply)
 
 
@@ -257,7 +251,7 @@ async def healthz(request: Request):
 @routes.get("/metrics")
 async def prometheus(request: Request):
     service = _service(request)
-    service.authorize(request)
+    _check_auth(request, service.api_key)
     service.metrics.queue_depth.set(service.batcher.depth)
     service.metrics.cache_entries.set(len(service.cache) if service.cache is not None else 0)
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

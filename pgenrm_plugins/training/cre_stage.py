@@ -38,7 +38,6 @@ from pgenrm_plugins.training.settings import CRESettings
 from pgenrm_plugins.training.stage import (
     Checkpoints,
     command_text,
-    file_hash,
     load_base,
     lora_config,
     say,
@@ -212,7 +211,7 @@ def train_cre(data: str | Path, out: str | Path, settings: CRESettings | None = 
                                    if uses_process else "; no process reward (no --process-config)")),
         "process_reward": {"judge": process_id, "weight": s.alpha} if uses_process else None,
         "data": str(data),
-        "data_hash": file_hash(data),
+        "data_hash": checkpoints.data_hash,
         "seed": s.seed,
         "settings": s.model_dump(),
         "scoring": chain_scoring(s.history_pairs, s.max_chars, s.max_completion_length),

@@ -35,7 +35,6 @@ from pgenrm_plugins.training.settings import PSISettings
 from pgenrm_plugins.training.stage import (
     Checkpoints,
     command_text,
-    file_hash,
     load_base,
     lora_config,
     say,
@@ -226,7 +225,7 @@ def train_psi(data: str | Path, out: str | Path, settings: PSISettings | None = 
                      f"higher total; chain text: {s.chain_text}",
         "teacher": teacher_id,
         "data": str(data),
-        "data_hash": file_hash(data),
+        "data_hash": checkpoints.data_hash,
         "seed": s.seed,
         "settings": s.model_dump(),
         "scoring": chain_scoring(s.history_pairs, s.max_chars, s.teacher_max_new_tokens),

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from pgenrm_plugins.chain import prompts
 from pgenrm_plugins.training.items import HIGH, Item, ItemSource, item_conversations
 from pgenrm_plugins.training.settings import ScoreSettings
-from pgenrm_plugins.training.stage import Checkpoints, command_text, file_hash, lora_model
+from pgenrm_plugins.training.stage import Checkpoints, command_text, lora_model
 
 PROTOCOL = "direct-v1"
 
@@ -181,7 +181,7 @@ def train_score(data: str | Path, out: str | Path, settings: ScoreSettings | Non
         "objective": "cross-entropy over the digits 1-9 (9 chosen, 1 rejected/degenerate) + Bradley-Terry on "
                      "log p(9) - log p(1) of compared pairs; shared history prefix per item",
         "data": str(data),
-        "data_hash": file_hash(data),
+        "data_hash": checkpoints.data_hash,
         "train_users": len(source),
         "seed": settings.seed,
         "settings": settings.model_dump(),

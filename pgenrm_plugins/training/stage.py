@@ -73,7 +73,8 @@ class Checkpoints:
         if fresh and self.dir.exists():
             shutil.rmtree(self.dir)
         self.resume = latest_checkpoint(self.dir)
-        record = {"stage": stage, "data_hash": file_hash(data), "init": None if init is None else str(init),
+        self.data_hash = file_hash(data)  # the manifest records it too
+        record = {"stage": stage, "data_hash": self.data_hash, "init": None if init is None else str(init),
                   "settings": settings.model_dump(mode="json", exclude=set(settings.RUN_ONLY))}
         path = self.dir / "settings.json"
         if self.resume and path.is_file():

@@ -40,7 +40,7 @@ from pgenrm_plugins.datasets.bench import BenchData
 from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, CRITERIA, row_key, side
 from pgenrm_plugins.training.items import HIGH, LOW, degenerate
 from pgenrm_plugins.training.settings import SynthesisSettings
-from pgenrm_plugins.training.stage import Checkpoints, command_text, file_hash, lora_model
+from pgenrm_plugins.training.stage import Checkpoints, command_text, lora_model
 from pgenrm_plugins.types import HistoryItem
 
 PROTOCOL = "synthesis-v1"
@@ -300,7 +300,7 @@ def train_synthesis(data: str | Path, out: str | Path, settings: SynthesisSettin
     if run is None:
         trainer, _, _ = build_trainer(SynthesisExamples(teacher, settings), settings, checkpoints.dir,
                                       base_model_dir(base), progress=progress, init=init)
-        device = trainer.args.device.type
+        device = "cuda" if trainer.args.device.type == "cuda" else "cpu"
         run = checkpoints.train(trainer)
         del trainer
     last = {k: v for h in run.log_history for k, v in h.items() if k.endswith("_loss") and k != "train_loss"}
@@ -314,7 +314,7 @@ def train_synthesis(data: str | Path, out: str | Path, settings: SynthesisSettin
         "objective": "per-example mean token cross-entropy: history view -> the teacher's synthesis, and "
                      "(conversation, reply, criterion) -> 9 met / 1 not met",
         "data": str(data),
-        "data_hash": file_hash(data),
+        "data_hash": checkpoints.data_hash,
         "train_users": len(teacher.user_ids),
         "seed": settings.seed,
         "settings": settings.model_dump(),
@@ -327,7 +327,7 @@ def train_synthesis(data: str | Path, out: str | Path, settings: SynthesisSettin
         "command": command_text(command, "synthesis"),
         "metrics": {
             **run.metrics(),
-            "device": "cuda" if device == "cuda" else "cpu",
+            "device": device,
             **{f"final_{k}": v for k, v in last.items()},  # each step's own loss at the last log
         },
     }

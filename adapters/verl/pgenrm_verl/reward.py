@@ -75,8 +75,8 @@ def _router_config(config_source, address: str, reward_model_tokenizer=None) -> 
 
 
 def coalescer_for(reward_router_address: str | None = None, reward_model_tokenizer=None,
-              pgenrm_config=None) -> SampleCoalescer:
-    """The judge for a call: the default one, or one per (config, reward router address)."""
+                  pgenrm_config=None) -> SampleCoalescer:
+    """The coalescer for a call: the default one, or one per (config, reward router address)."""
     global _default
     if reward_router_address is None and pgenrm_config is None:
         with _lock:
