@@ -92,9 +92,10 @@ def main(argv=None):
     alone = config.model_dump(mode="json")
     alone.update(prototypes={"enabled": False}, store=None)
     alone["sampling"]["chains"] = 1
-    users = pick_demo_users(truth, bench.histories())
-    checks = judging_checks(Scorer(alone, backend=judge), bench, truth, bench.histories(), users, args.seed)
-    report = write_report(args, bench, truth, user_prototype, scorer, run, users, checks, started)
+    histories = bench.histories()
+    users = pick_demo_users(truth, histories)
+    checks = judging_checks(Scorer(alone, backend=judge), bench, truth, histories, users, args.seed)
+    report = write_report(args, bench, truth, histories, user_prototype, scorer, run, users, checks, started)
     console.print(checks["table"])
     store.close()
     if checks["violations"]:
@@ -197,7 +198,7 @@ def train_policy(args, bench, user_prototype, scorer) -> dict:
     return {"records": reward.records, "probe_prompt": probe_prompt, "before": before, "after": after}
 
 
-def write_report(args, bench, truth, user_prototype, scorer, run, users, checks, started) -> Path:
+def write_report(args, bench, truth, histories, user_prototype, scorer, run, users, checks, started) -> Path:
     """report.md, rewards.png and rewards.json: the reward per step (overall and per prototype),
     the probe's answers before and after judged for two users, and the judging checks."""
     from pgenrm_plugins.types import ScoreRequest
@@ -218,7 +219,6 @@ def write_report(args, bench, truth, user_prototype, scorer, run, users, checks,
     console.print(table)
 
     # Before/after: the same probe prompt, judged for two users of different latent types.
-    histories = bench.histories()
     judged = {user: scorer.score([ScoreRequest(user_id=user, history=histories[user][-4:], prompt=probe_prompt,
                                                completions=[before or "(empty)", after or "(empty)"])])[0].rewards
               for user in users}
