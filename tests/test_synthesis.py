@@ -70,6 +70,35 @@ def test_synthesis_examples_are_a_function_of_the_index_and_claim_what_the_view_
         assert set(claims(target)) <= set(ATTRIBUTES)
 
 
+def test_sound_checks_and_earlier_turns_widen_what_the_checks_see(rows):
+    """`sound_share`: `Sound` alone, of a sentence or two (met), another question's answer or a broken
+    copy (not met); `multi_turn_rate`: an earlier exchange before the question, in every kind of check."""
+    from pgenrm_plugins.datasets.answer_bank import BANK
+    from pgenrm_plugins.datasets.synthetic import load_truth
+
+    teacher = StatedTeacher(load_bench(rows), load_truth(rows))
+    settings = SynthesisSettings(check_share=1.0, sound_share=1.0, multi_turn_rate=1.0, seed=2)
+    sound = [SynthesisExamples(teacher, settings).example(i) for i in range(40)]
+    assert all(len(c.conversations) == 1 and c.conversations[0][-1]["content"].endswith(chain.SOUND.name)
+               for c in sound)
+    assert {c.targets[0] for c in sound} == {"1", "9"}
+    cores = {t.core for t in BANK}
+    for c in sound:
+        text = c.conversations[0][-1]["content"]
+        question = text.split("## The conversation\n")[1].split("\n\n## The reply")[0]
+        assert question.startswith("user: ") and question.count("\nuser: ") == 1  # two user turns
+        reply = text.split("## The reply\n")[1].split("\n\nDoes the reply")[0]
+        by_question = {f"user: {t.question}": t for t in BANK}
+        first, last = question.split("\n")[0], "user: " + question.rsplit("user: ", 1)[1]
+        asked = by_question.get(last) or by_question[first]  # a question asked before it, or a clarifying turn
+        if c.targets[0] == "9":  # met: a sentence or two of the asked question's own answer
+            assert reply.startswith(asked.core)
+        elif reply in cores:  # another question's answer
+            assert reply != asked.core
+    full = [SynthesisExamples(teacher, settings.model_copy(update={"sound_share": 0.0})).example(i) for i in range(5)]
+    assert all(len(c.conversations) == 11 and "\nassistant: " in c.conversations[0][-1]["content"] for c in full)
+
+
 def test_teacher_needs_the_truth_file(rows, tmp_path):
     with pytest.raises(ValueError, match="truth"):
         StatedTeacher(load_bench(rows), None)

@@ -78,14 +78,16 @@ def test_choices_follow_the_latent_weights():
     assert 0.75 < np.mean(agree) < 0.99  # mostly the user's taste, with some noise
 
 
-def test_texts_are_real_answers_whose_attributes_show_in_the_text():
-    bench = generate(n_users=10, rows_per_user=10, seed=5)
+@pytest.mark.parametrize("rendering", ["default", "alt", "plain,lively"])
+def test_texts_are_real_answers_whose_attributes_show_in_the_text(rendering):
+    bench = generate(n_users=10, rows_per_user=10, seed=5, rendering=rendering)
     questions = {t.question for t in BANK}
     for row, t in zip(bench.rows, bench.truth["rows"]):
         assert row["context"][0]["content"] in questions
         for side in ("chosen", "rejected"):
             text = row[side]["content"]
-            sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+            unmarked = re.sub(r"(?m)^(\d+[.)]|\([a-h]\)|[a-h]\.|[-*\u2022]) ", "", text)  # list marks off
+            sentences = [s for s in re.split(r"(?<=[.!?])\s+", unmarked) if s]
             assert len(sentences) >= 4
             assert all(s[0].isupper() or s[0].isdigit() for s in sentences)
             assert all(re.fullmatch(r"[\w'’,;:()%&@\-\s.!?/\"]+", s) for s in sentences), text
@@ -161,10 +163,23 @@ def test_vary_holds_attributes_fixed_and_alt_rendering_writes_them_differently()
     texts = [r[k]["content"] for r in alt.rows for k in ("chosen", "rejected")]
     assert not any("For example" in t or "One caveat: " in t or "Hope that helps!" in t for t in texts)
     assert any(line.startswith(("- ", "* ", "\u2022 ")) for t in texts for line in t.splitlines())
+    # a mix draws each row's rendering (both answers alike) and says which in the truth
+    mixed = generate(n_users=6, rows_per_user=6, seed=4, rendering="plain,lively")
+    assert {t["rendering"] for t in mixed.truth["rows"]} == {"plain", "lively"}
+    assert mixed.truth["params"]["rendering"] == "plain,lively" and "rendering" not in alt.truth["rows"][0]
+    marks = {"plain": ("Good question.", "Here is what matters.", "The answer is straightforward.", "Yeah, easy one!",
+                       "Ooh, fun!", "Alright, let's see."),
+             "lively": ("Thank you for asking.", "Allow me to explain.", "Let me set this out clearly.",
+                        "Yay, love this!", "Ha, great one!", "So, here's my take!")}
+    for row, t in zip(mixed.rows, mixed.truth["rows"]):
+        assert row["chosen"]["content"].startswith(marks[t["rendering"]])
+        assert row["rejected"]["content"].startswith(marks[t["rendering"]])
     with pytest.raises(ValueError, match="vary: colour"):
         generate(n_users=3, rows_per_user=4, vary=("colour",))
     with pytest.raises(ValueError, match="rendering 'fancy'"):
         generate(n_users=3, rows_per_user=4, rendering="fancy")
+    with pytest.raises(ValueError, match="rendering 'fancy'"):
+        generate(n_users=3, rows_per_user=4, rendering="default,fancy")
 
 
 def test_diffs_sets_how_many_attributes_a_choice_turns_on(tmp_path):

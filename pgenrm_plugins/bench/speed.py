@@ -1,5 +1,6 @@
 """Speed of one GRPO-shaped batch: the paper's way against group mode, same judge, same run
-(`pgenrm bench speed`), and a pairwise-only judge's rewards against group mode (`pgenrm bench pairs`).
+(`pgenrm bench speed`), a pairwise-only judge's rewards against group mode (`pgenrm bench pairs`),
+and judges against each other over several GRPO steps of the same users (`pgenrm bench judges`).
 
 The paper's way is a full evaluation chain per (completion, reference) pair: `pairwise` mode with
 parsed scores. Group mode writes persona and criteria once per (user, prompt) and scores every
@@ -57,12 +58,13 @@ _OPENERS = ["", "Good question! ", "", "Sure. "]
 _CLOSERS = ["", " Hope this helps!", " Results vary from person to person.", ""]
 
 
-def grpo_batch(prompts: int = 8, completions: int = 8) -> list[ScoreRequest]:
+def grpo_batch(prompts: int = 8, completions: int = 8, step: int = 0) -> list[ScoreRequest]:
     """`prompts` users, one prompt each, `completions` completions per prompt, brief and detailed,
-    and a reference; half the users prefer brief answers, half detailed ones."""
+    and a reference; half the users prefer brief answers, half detailed ones. A later `step` asks
+    the same users (same histories) other prompts, as the next GRPO step does."""
     requests = []
     for u in range(prompts):
-        prompt, brief, detailed = _TOPICS[u % len(_TOPICS)]
+        prompt, brief, detailed = _TOPICS[(u + (step + 3 if step else 0)) % len(_TOPICS)]
         likes_brief = u % 2 == 0
         history = []
         for p, b, d in (_TOPICS[(u + 1) % len(_TOPICS)], _TOPICS[(u + 2) % len(_TOPICS)]):
@@ -161,6 +163,54 @@ def run_speed(config_path, prompts: int, completions: int, chains: int, max_new_
     console.print(table)
     report = {"prompts": prompts, "completions": completions, "chains": chains, "max_new_tokens": max_new_tokens,
               "backend": backend.name, "setups": rows}
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def run_judges(judges: list[str], prompts: int, completions: int, steps: int, output: Path | None,
+               console: Console) -> dict:
+    """Each judge (a `backend.options.model`: `embedded:NAME` or a folder; its manifest sets the
+    rest) scores the same `steps` GRPO batches of the same users, one judge after the other. Step 1
+    reads each user's history for the first time; later steps ask other prompts of the same users,
+    where a judge that writes one synthesis per user reuses it. `agrees`: requests whose completions
+    in the user's preferred style (brief or detailed) get the higher mean reward."""
+    from pgenrm_plugins.scoring import Scorer
+
+    n_rewards = prompts * completions
+    rows = {}
+    for judge in judges:
+        scorer = Scorer({"backend": {"name": "transformers", "options": {"model": judge}}})
+        scorer.score([ScoreRequest(user_id="warm-up", prompt="Hi.", completions=["Hello!", "Hi there."])])
+        seconds, agrees = [], 0
+        for step in range(steps):
+            batch = grpo_batch(prompts, completions, step)
+            with console.status(f"{judge}: step {step + 1} of {steps}, {n_rewards} rewards..."):
+                start = time.perf_counter()
+                results = scorer.score(batch)
+                seconds.append(time.perf_counter() - start)
+            for request, result in zip(batch, results):
+                liked = 0 if request.user_id.endswith("brief") else 1  # brief answers at even positions
+                mine = [r for k, r in enumerate(result.rewards) if k % 2 == liked]
+                other = [r for k, r in enumerate(result.rewards) if k % 2 != liked]
+                agrees += sum(mine) / len(mine) > sum(other) / len(other)
+        rows[judge] = {"seconds": seconds, "first_step_rewards_per_s": n_rewards / seconds[0],
+                       "later_rewards_per_s": n_rewards * (steps - 1) / sum(seconds[1:]) if steps > 1 else None,
+                       "rewards_per_s": n_rewards * steps / sum(seconds), "agrees": agrees,
+                       "requests": prompts * steps}
+    first = next(iter(rows.values()))
+    table = Table(title=f"{steps} GRPO steps of {prompts} users x {completions} completions, each judge at its "
+                        "manifest's settings", title_justify="left")
+    for col in ("judge", "step 1 rewards/s", "later steps rewards/s", "all rewards/s", "speed-up", "agrees"):
+        table.add_column(col, justify="left" if col == "judge" else "right")
+    for judge, r in rows.items():
+        r["speedup_vs_first"] = r["rewards_per_s"] / first["rewards_per_s"]
+        later = r["later_rewards_per_s"]
+        table.add_row(judge, f"{r['first_step_rewards_per_s']:.2f}", "-" if later is None else f"{later:.2f}",
+                      f"{r['rewards_per_s']:.2f}", f"{r['speedup_vs_first']:.2f}x", f"{r['agrees']}/{r['requests']}")
+    console.print(table)
+    report = {"prompts": prompts, "completions": completions, "steps": steps, "judges": rows}
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2))

@@ -46,6 +46,23 @@ def bench_pairs(
               setups=PAIR_SETUPS)
 
 
+@bench_app.command("judges")
+def bench_judges(
+    judge: list[str] = typer.Option(
+        ["embedded:smollm2-135m-direct-v1", "embedded:smollm2-135m-synthesis-v1"],
+        help="A judge to time: embedded:NAME (see `pgenrm config`) or a judge folder; repeat the option."),
+    prompts: int = typer.Option(8, min=1, help="Users in a GRPO-shaped batch (one prompt each)."),
+    completions: int = typer.Option(8, min=2, help="Completions per prompt (GRPO's num_generations)."),
+    steps: int = typer.Option(3, min=1, help="GRPO steps: the same users, other prompts."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """Rewards/s of judges side by side over several GRPO steps of the same users: step 1 reads each
+    history for the first time; later steps reuse what a judge keeps per user."""
+    from pgenrm_plugins.bench.speed import run_judges
+
+    run_judges(judge, prompts, completions, steps, output, console=wide_console(120))
+
+
 @bench_app.command("service")
 def bench_service(
     config: Optional[Path] = config_option(),

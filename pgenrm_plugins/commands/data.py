@@ -50,8 +50,9 @@ def register_commands(cli):
         diffs: str = typer.Option(",".join(map(str, DEFAULT_DIFFS)), help="How many attributes a row's two answers "
                                   "differ on, drawn per row from this comma-separated list (1: every choice turns on "
                                   "one attribute)."),
-        rendering: str = typer.Option("default", help=f"How attributes are written: {', '.join(RENDERINGS)} (alt: "
-                                                       "bullets, other openers, sign-offs and caveat leads)."),
+        rendering: str = typer.Option("default", help=f"How attributes are written: {', '.join(RENDERINGS)}, or "
+                                      "several joined by commas, each row drawn among them (alt shares no wording "
+                                      "with the others: train on default,plain,lively, test on alt)."),
     ):
         """Write synthetic PersonalRewardBench rows and their latent truth."""
         try:

@@ -4,7 +4,7 @@ Every answer is built from the real content of `answer_bank.BANK` and has five v
 attributes, each +1 or -1:
 
     length     +1 detailed (all four supporting points)   -1 brief (two points)
-    structure  +1 numbered list                           -1 prose paragraphs
+    structure  +1 a list (numbered, lettered or bulleted)  -1 prose paragraphs
     tone       +1 formal (no contractions)                -1 casual (contractions, chatty opener)
     examples   +1 a concrete example                      -1 none
     caveats    +1 a caveat (when the advice does not hold) -1 none
@@ -24,8 +24,9 @@ at scoring time, and training may read it.
 Two options make sets that test whether a judge reads preferences or memorises them:
 - `vary`: the attributes on which the two answers of a row may differ (default all). Training on
   `vary` without one attribute and testing on `vary=(that one,)` holds that attribute out.
-- `rendering="alt"`: the same attributes written differently (bullets instead of numbers, other
-  openers, sign-offs and caveat leads, "For instance" for "For example").
+- `rendering`: how the attributes are written (`RENDERINGS`: list marks, openers, sign-offs,
+  caveat and example leads). `alt` shares no mark with the others; `"default,plain,lively"` draws
+  each row's among three. Train on a mix without `alt` and test on `alt` to hold the wording out.
 
 The latent truth (types, each user's weights, each row's attributes) goes to a sidecar JSON next
 to the rows (`rows.jsonl` -> `rows.truth.json`); the rows themselves are plain PersonalRewardBench
@@ -42,7 +43,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pgenrm_plugins.datasets.answer_bank import BANK, Topic
 from pgenrm_plugins.datasets.bench import users_file_for
@@ -64,29 +65,57 @@ TYPES: dict[str, dict[str, Any]] = {
                  "weights": {"length": 0.5, "structure": 0.0, "tone": 0.3, "examples": 0.2, "caveats": 1.0}},
 }
 
-_OPENERS = {
-    "formal": ("Certainly.", "Here is an overview.", "A reliable approach is as follows.",
-               "This is a common question."),
-    "casual": ("Oh, good question!", "Sure thing!", "Ah, I get this one a lot.", "Okay, so here's the deal."),
-}
-_CLOSERS = {
-    "formal": ("I hope this information is useful.", "Please let me know if further detail would be helpful.",
-               "I trust this answers your question."),
-    "casual": ("Hope that helps!", "Good luck, you've got this!", "Have fun with it!"),
-}
-_CAVEAT_LEAD = {"formal": ("One caveat: ", "Please note: "), "casual": ("Heads up, though: ", "Just so you know: ")}
+@dataclass(frozen=True)
+class Marks:
+    """How one rendering writes the attributes on the surface: openers and sign-offs per register,
+    caveat leads, list marks (`{i}`: 1, 2, ...; `{a}`: a, b, ...) and the example's lead."""
+    openers: dict[str, tuple[str, ...]]
+    closers: dict[str, tuple[str, ...]]
+    caveat_lead: dict[str, tuple[str, ...]]
+    list_marks: tuple[str, ...]
+    example_lead: str
 
-# The `alt` rendering: the same five attributes in words and marks the default never uses.
-_ALT = {
-    "openers": {"formal": ("Good day.", "The following should help.", "In brief, the answer is this."),
-                "casual": ("Hey, no worries!", "Right, so!", "Oh, love this one!")},
-    "closers": {"formal": ("With kind regards.", "I remain available for any follow-up questions."),
-                "casual": ("Cheers!", "Catch you later!", "You'll smash it!")},
-    "caveat_lead": {"formal": ("It should be noted that ", "A limitation: "),
-                    "casual": ("Quick warning: ", "Oh and fair warning: ")},
-    "bullets": ("- ", "* ", "• "),
+
+# The same five attributes in four sets of words and marks. `alt` shares none of its marks with the
+# others: train on the rest and test on it to see whether a judge reads the attribute or the phrasing.
+RENDERINGS: dict[str, Marks] = {
+    "default": Marks(
+        openers={"formal": ("Certainly.", "Here is an overview.", "A reliable approach is as follows.",
+                            "This is a common question."),
+                 "casual": ("Oh, good question!", "Sure thing!", "Ah, I get this one a lot.",
+                            "Okay, so here's the deal.")},
+        closers={"formal": ("I hope this information is useful.",
+                            "Please let me know if further detail would be helpful.",
+                            "I trust this answers your question."),
+                 "casual": ("Hope that helps!", "Good luck, you've got this!", "Have fun with it!")},
+        caveat_lead={"formal": ("One caveat: ", "Please note: "),
+                     "casual": ("Heads up, though: ", "Just so you know: ")},
+        list_marks=("{i}. ",), example_lead="For example"),
+    "alt": Marks(
+        openers={"formal": ("Good day.", "The following should help.", "In brief, the answer is this."),
+                 "casual": ("Hey, no worries!", "Right, so!", "Oh, love this one!")},
+        closers={"formal": ("With kind regards.", "I remain available for any follow-up questions."),
+                 "casual": ("Cheers!", "Catch you later!", "You'll smash it!")},
+        caveat_lead={"formal": ("It should be noted that ", "A limitation: "),
+                     "casual": ("Quick warning: ", "Oh and fair warning: ")},
+        list_marks=("- ", "* ", "\u2022 "), example_lead="For instance"),
+    "plain": Marks(
+        openers={"formal": ("Good question.", "Here is what matters.", "The answer is straightforward."),
+                 "casual": ("Yeah, easy one!", "Ooh, fun!", "Alright, let's see.")},
+        closers={"formal": ("That covers the essentials.", "I hope this clarifies matters."),
+                 "casual": ("Enjoy!", "Go for it!", "Have a blast!")},
+        caveat_lead={"formal": ("Keep in mind that ", "An exception: "),
+                     "casual": ("Watch out: ", "Careful, though: ")},
+        list_marks=("{i}) ",), example_lead="As an example"),
+    "lively": Marks(
+        openers={"formal": ("Thank you for asking.", "Allow me to explain.", "Let me set this out clearly."),
+                 "casual": ("Yay, love this!", "Ha, great one!", "So, here's my take!")},
+        closers={"formal": ("Best wishes with it.", "Thank you for the question."),
+                 "casual": ("Rock on!", "Easy peasy!", "Nice one, good luck!")},
+        caveat_lead={"formal": ("Bear in mind that ", "A word of warning: "),
+                     "casual": ("Fair warning: ", "Small catch: ")},
+        list_marks=("({a}) ", "{a}. "), example_lead="To illustrate"),
 }
-RENDERINGS = ("default", "alt")
 
 # Each attribute's two sides as a criterion a judge can check one reply against (name,
 # description, and the words of a persona), and as a user would say it (several phrasings: users
@@ -94,7 +123,7 @@ RENDERINGS = ("default", "alt")
 CRITERIA: dict[tuple[str, int], tuple[str, str, str]] = {
     ("length", 1): ("Thorough", "covers every main point in detail", "thorough detail"),
     ("length", -1): ("Brief", "a short answer with only the key points", "short answers"),
-    ("structure", 1): ("Listed", "the points laid out as a numbered list", "numbered lists"),
+    ("structure", 1): ("Listed", "the points laid out as a list", "lists"),
     ("structure", -1): ("Prose", "flowing paragraphs, no list", "flowing prose"),
     ("tone", 1): ("Formal", "a formal register, no contractions or chatty opener", "a formal tone"),
     ("tone", -1): ("Casual", "a relaxed, chatty tone with contractions", "a casual tone"),
@@ -146,28 +175,37 @@ def render_answer(topic: Topic, attrs: dict[str, int], rng: random.Random, rende
     """One answer to `topic.question` with the given attributes (+1/-1 each)."""
     if rendering not in RENDERINGS:
         raise ValueError(f"rendering {rendering!r}: expected one of {', '.join(RENDERINGS)}")
-    alt = rendering == "alt"
-    openers, closers = (_ALT["openers"], _ALT["closers"]) if alt else (_OPENERS, _CLOSERS)
-    caveat_lead = _ALT["caveat_lead"] if alt else _CAVEAT_LEAD
+    marks = RENDERINGS[rendering]
     tone = "formal" if attrs["tone"] > 0 else "casual"
     points = topic.points if attrs["length"] > 0 else topic.points[:2]
     if attrs["structure"] > 0:
-        bullet = rng.choice(_ALT["bullets"]) if alt else None
-        body = [topic.core, "\n".join(f"{bullet or f'{i}. '}{p}" for i, p in enumerate(points, 1))]
+        # one draw only where there is a choice: the rows of a seed stay what they were
+        mark = rng.choice(marks.list_marks) if len(marks.list_marks) > 1 else marks.list_marks[0]
+        body = [topic.core, "\n".join(mark.format(i=i, a="abcdefgh"[i - 1]) + p for i, p in enumerate(points, 1))]
     elif attrs["length"] > 0:  # two paragraphs
         body = [f"{topic.core} {points[0]}", " ".join(points[1:])]
     else:
         body = [" ".join((topic.core, *points))]
-    parts = [f"{rng.choice(openers[tone])} {body[0]}", *body[1:]]
+    parts = [f"{rng.choice(marks.openers[tone])} {body[0]}", *body[1:]]
     if attrs["examples"] > 0:
-        parts.append(topic.example.replace("For example", "For instance") if alt else topic.example)
+        parts.append(topic.example.replace("For example", marks.example_lead))
     if attrs["caveats"] > 0:
-        lead = rng.choice(caveat_lead[tone])
-        caveat = topic.caveat[0].lower() + topic.caveat[1:] if lead.endswith("that ") else topic.caveat
+        lead = rng.choice(marks.caveat_lead[tone])
+        caveat = topic.caveat if lead.endswith(": ") else topic.caveat[0].lower() + topic.caveat[1:]
         parts.append(lead + caveat)
-    parts.append(rng.choice(closers[tone]))
+    parts.append(rng.choice(marks.closers[tone]))
     text = "\n\n".join(parts)
     return _contract(text) if tone == "casual" else text
+
+
+def renderings_of(rendering: str | Sequence[str]) -> tuple[str, ...]:
+    """'default', 'default,plain' or a sequence of names -> the names, checked."""
+    names = tuple(n.strip() for n in (rendering.split(",") if isinstance(rendering, str) else rendering) if n.strip())
+    unknown = [n for n in names if n not in RENDERINGS]
+    if not names or unknown:
+        raise ValueError(f"rendering {', '.join(map(repr, unknown)) or 'empty'}: expected one of "
+                         f"{', '.join(RENDERINGS)}, or several joined by commas (each row drawn among them)")
+    return names
 
 
 def side(weight: float) -> int:
@@ -186,18 +224,23 @@ def stated_preferences(weights: dict[str, float], rng: random.Random) -> tuple[s
     return " ".join(rng.choice(_STATED[(a, side(weights[a]))]) for a in said), said
 
 
+_LIST_LINE = re.compile(r"(\d+[.)]|\([a-h]\)|[a-h]\.|[-*\u2022]) ")
+
+
 def detect_attributes(text: str) -> dict[str, int]:
-    """The attributes as they show in the text itself (no metadata): numbered lines, contractions
-    and chatty openers, 'For example', a caveat lead. Length is not detectable from one answer
-    alone without knowing the question, so it is left out (compare two answers' lengths instead)."""
+    """The attributes as they show in the text itself (no metadata), in any rendering: list lines,
+    contractions and chatty openers, an example's lead, a caveat's lead. Length is not detectable
+    from one answer alone without knowing the question, so it is left out (compare two answers'
+    lengths instead)."""
     lines = text.splitlines()
-    casual = any(text.startswith(o.split()[0]) for o in _OPENERS["casual"]) or any(
+    casual = any(text.startswith(o) for m in RENDERINGS.values() for o in m.openers["casual"]) or any(
         short in text for _, short in _CONTRACTIONS)
     return {
-        "structure": 1 if any(re.match(r"\d+\. ", line) for line in lines) else -1,
+        "structure": 1 if any(_LIST_LINE.match(line) for line in lines) else -1,
         "tone": -1 if casual else 1,
-        "examples": 1 if "For example" in text or "for example" in text else -1,
-        "caveats": 1 if any(lead in text for leads in _CAVEAT_LEAD.values() for lead in leads) else -1,
+        "examples": 1 if any(m.example_lead in text for m in RENDERINGS.values()) else -1,
+        "caveats": 1 if any(lead in text for m in RENDERINGS.values() for leads in m.caveat_lead.values()
+                            for lead in leads) else -1,
     }
 
 
@@ -230,7 +273,7 @@ def generate(
     user_noise: float = 0.25,
     sharpness: float = 3.0,
     vary: tuple[str, ...] | list[str] = ATTRIBUTES,
-    rendering: str = "default",
+    rendering: str | Sequence[str] = "default",
     diffs: tuple[int, ...] | list[int] = DEFAULT_DIFFS,
     cold_start_pairs: int = 1,
 ) -> SyntheticBench:
@@ -249,8 +292,7 @@ def generate(
     unknown = [a for a in vary if a not in ATTRIBUTES]
     if not vary or unknown:
         raise ValueError(f"vary: {', '.join(unknown) or 'empty'}; expected attributes among {', '.join(ATTRIBUTES)}")
-    if rendering not in RENDERINGS:
-        raise ValueError(f"rendering {rendering!r}: expected one of {', '.join(RENDERINGS)}")
+    renderings = renderings_of(rendering)
     diffs = tuple(diffs)
     if not diffs or any(not 1 <= d <= len(ATTRIBUTES) for d in diffs):
         raise ValueError(f"diffs {list(diffs)}: each must be between 1 and {len(ATTRIBUTES)} (attributes a row's "
@@ -264,6 +306,7 @@ def generate(
     rng = random.Random(seed)
     # Stated preferences draw from their own generator: the rows of a seed stay what they were.
     said_rng = random.Random(f"stated-{seed}")
+    rendering_rng = random.Random(f"rendering-{seed}")  # likewise the renderings of a mixed set
     type_names = list(TYPES)[:n_types]
     order = list(range(n_users))
     rng.shuffle(order)
@@ -298,25 +341,27 @@ def generate(
             p_a = 1.0 / (1.0 + math.exp(-sharpness * (utility(weights, a) - utility(weights, b))))
             picked_a = rng.random() < p_a
             chosen_attrs, rejected_attrs = (a, b) if picked_a else (b, a)
+            written = rendering_rng.choice(renderings) if len(renderings) > 1 else renderings[0]
             row = {
                 "user_id": user_id,
                 "split": split,
                 "context": [{"role": "user", "content": topic.question}],
-                "chosen": {"role": "assistant", "content": render_answer(topic, chosen_attrs, rng, rendering)},
-                "rejected": {"role": "assistant", "content": render_answer(topic, rejected_attrs, rng, rendering)},
+                "chosen": {"role": "assistant", "content": render_answer(topic, chosen_attrs, rng, written)},
+                "rejected": {"role": "assistant", "content": render_answer(topic, rejected_attrs, rng, written)},
             }
             rows.append(row)
             truth_rows.append({
                 "key": row_key(row), "user_id": user_id, "split": split, "area": topic.area,
                 "chosen": chosen_attrs, "rejected": rejected_attrs,
                 "p_chosen": round(p_a if picked_a else 1.0 - p_a, 4),
+                **({"rendering": written} if len(renderings) > 1 else {}),
             })
     truth = {
         "generator": "pgenrm_plugins.datasets.synthetic",
         "params": {"n_users": n_users, "rows_per_user": rows_per_user, "seed": seed, "test_per_user": test_n,
                    "val_per_user": val_per_user, "cold_start_fraction": cold_start_fraction, "n_types": n_types,
-                   "user_noise": user_noise, "sharpness": sharpness, "vary": list(vary), "rendering": rendering,
-                   "diffs": list(diffs), "cold_start_pairs": cold_start_pairs},
+                   "user_noise": user_noise, "sharpness": sharpness, "vary": list(vary),
+                   "rendering": ",".join(renderings), "diffs": list(diffs), "cold_start_pairs": cold_start_pairs},
         "attributes": list(ATTRIBUTES),
         "types": {name: TYPES[name] for name in type_names},
         "users": users,

@@ -72,6 +72,11 @@ class SynthesisSettings(StageSettings):
                                                               "stated persona.")
     empty_rate: float = Field(0.05, ge=0, le=1, description="How often a synthesis example shows no history at all.")
     degenerate_rate: float = Field(0.15, ge=0, le=1, description="How often a check is of a broken copy of a reply.")
+    sound_share: float = Field(0.0, ge=0, le=1, description="Share of check examples that ask `Sound` alone, of a "
+                                                            "reply in another shape (a sentence or two, another "
+                                                            "question's answer, a broken copy).")
+    multi_turn_rate: float = Field(0.0, ge=0, le=1, description="How often a check's conversation has an earlier "
+                                                                "exchange before the question.")
     criterion_first: bool = Field(False, description="Checks name the criterion before the reply (slower to score: "
                                                      "a reply is read once per criterion); becomes the judge's "
                                                      "reward.criterion_first.")

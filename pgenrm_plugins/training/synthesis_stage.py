@@ -36,12 +36,13 @@ from typing import Any, Sequence
 
 from pgenrm_plugins.chain import synthesis as chain
 from pgenrm_plugins.chain.parser import Criterion
+from pgenrm_plugins.datasets.answer_bank import BANK
 from pgenrm_plugins.datasets.bench import BenchData
 from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, CRITERIA, row_key, side
 from pgenrm_plugins.training.items import HIGH, LOW, degenerate
 from pgenrm_plugins.training.settings import SynthesisSettings
 from pgenrm_plugins.training.stage import Checkpoints, command_text, lora_model
-from pgenrm_plugins.types import HistoryItem
+from pgenrm_plugins.types import HistoryItem, Message, as_messages
 
 PROTOCOL = "synthesis-v1"
 
@@ -121,6 +122,8 @@ class SynthesisExamples:
         user = self.teacher.user_ids[rng.randrange(len(self.teacher.user_ids))]
         pairs = self.teacher.pairs[user]
         if rng.random() < s.check_share:
+            if rng.random() < s.sound_share:
+                return self._sound(rng)
             return self._check(rng, rng.choice(pairs))
         persona = self.teacher.personas.get(user) if rng.random() < s.persona_rate else None
         view: list[Pair] = []
@@ -138,11 +141,47 @@ class SynthesisExamples:
             reply = degenerate(reply, rng) or "."
         asked = [(f"{CRITERIA[key][0]}: {CRITERIA[key][1]}", attrs[key[0]] == key[1]) for key in self.criteria]
         asked.append((chain.SOUND.name, True))
-        return Checks([chain.criterion_messages(pair.item.prompt, reply, criterion,
+        prompt = self._conversation(rng, pair.item.prompt)
+        return Checks([chain.criterion_messages(prompt, reply, criterion,
                                                 max_chars=self.settings.max_chars,
                                                 criterion_first=self.settings.criterion_first)
                        for criterion, _ in asked],
                       [HIGH if met and not broken else LOW for _, met in asked])
+
+
+    def _sound(self, rng: random.Random) -> Checks:
+        """`Sound` alone, of replies the generator's rows never hold: a sentence or two (met), another
+        question's answer (not met: it answers something else), a broken copy (not met)."""
+        topic, other = rng.sample(BANK, 2)
+        short = topic.core if rng.random() < 0.5 else f"{topic.core} {rng.choice(topic.points)}"
+        kind = rng.choice(("short", "short", "off-topic", "broken"))
+        reply = {"short": short, "off-topic": other.core,
+                 "broken": degenerate(short, rng) or "."}[kind]
+        messages = chain.criterion_messages(self._conversation(rng, topic.question), reply, chain.SOUND.name,
+                                            max_chars=self.settings.max_chars,
+                                            criterion_first=self.settings.criterion_first)
+        return Checks([messages], [HIGH if kind == "short" else LOW])
+
+    def _conversation(self, rng: random.Random, prompt):
+        """The prompt, or (at `multi_turn_rate`) an earlier exchange and then its question: a
+        clarifying turn, or another question answered before it."""
+        turns = as_messages(prompt)
+        if rng.random() >= self.settings.multi_turn_rate or len(turns) != 1:
+            return prompt
+        if rng.random() < 0.5:
+            ask, answer = rng.choice(_CLARIFY)
+            return [*turns, Message(role="assistant", content=ask), Message(role="user", content=answer)]
+        before = rng.choice(BANK)
+        return [Message(role="user", content=before.question), Message(role="assistant", content=before.core), *turns]
+
+
+# Clarifying turns an assistant asks before it answers, and the user's reply.
+_CLARIFY = (
+    ("Happy to help. Do you want the short version or the details?", "Just the main points, please."),
+    ("Sure. Is this your first time?", "Yes, I'm a complete beginner."),
+    ("Could you tell me a little more about your situation?", "Nothing special, I just want general advice."),
+    ("Of course. Any constraints I should know about?", "Not really, keep it practical."),
+)
 
 
 @dataclass(frozen=True)

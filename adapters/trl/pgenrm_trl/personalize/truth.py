@@ -1,7 +1,7 @@
 """A synthetic user's latent utility of a free-form answer, and the statistics the recipe reports.
 
 The synthetic users (`pgenrm_plugins.datasets.synthetic`) weigh five attributes. Four show in the
-text itself (`detect_attributes`: numbered lines, contractions or a chatty opener, "For example", a
+text itself (`detect_attributes`: list lines, contractions or a chatty opener, "For example", a
 caveat lead). The fifth, length, is measured here in words against the policy's token budget:
 -1 at or below `short` words, +1 at or above `long` words, linear between (the generator's brief and
 detailed answers differ by two supporting points; a 135M policy with ~128 tokens has a narrower
