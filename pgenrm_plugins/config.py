@@ -120,6 +120,10 @@ class RewardConfig(StrictModel):
     verify: bool = Field(True, description="criteria synthesis: weigh each written criterion by how it separates "
                                            "the user's own past choices (signed: a criterion their choices go "
                                            "against counts against a reply that meets it)")
+    verify_history: int = Field(0, ge=0, le=256, description="criteria synthesis: how many of the user's most "
+                                                             "recent past pairs verify the criteria (0: the pairs "
+                                                             "the synthesis was written from); checked once per "
+                                                             "user and history, cached with the synthesis")
     criterion_first: bool = Field(False, description="criteria synthesis: name the criterion before the reply "
                                                      "in a check (as the judge was trained; its manifest says)")
     compare: bool = Field(False, description="criteria none: judge each completion against each other one of its "

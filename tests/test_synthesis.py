@@ -174,6 +174,41 @@ def test_syntheses_are_cached_per_history_version(judge, request_row):
 
 
 
+def test_verify_history_checks_more_pairs_than_the_synthesis_read(judge, request_row):
+    """`reward.verify_history`: the criteria are verified on the N most recent pairs while the
+    synthesis reads `max_history`; a change to any pair is a new version."""
+    from pgenrm_plugins.scoring import Scorer
+
+    older = {"prompt": "Tea or coffee?", "chosen": "Tea.", "rejected": "Coffee, as it keeps you awake."}
+    row = {**request_row, "history": [older, *request_row["history"]]}
+
+    def scorer(verify_history):
+        return Scorer({"backend": {"name": "transformers", "options": {"model": "embedded-base"}},
+                       "sampling": {"chains": 1, "max_new_tokens": 24},
+                       "reward": {"criteria": "synthesis", "max_chars": 300, "max_history": 1,
+                                  "verify_history": verify_history}}, backend=judge)
+
+    def checks_asked(s, r):  # the result, and how many check rows the judge was asked
+        asked, real = [], judge.next_token_probs
+        judge.next_token_probs = lambda rows, candidates: asked.append(len(rows)) or real(rows, candidates)
+        try:
+            return s.score_one(r), sum(asked)
+        finally:
+            del judge.next_token_probs
+
+    edited = {**row, "history": [{**older, "chosen": "Green tea."}, *request_row["history"]]}
+    per_criterion = []
+    for verify_history, pairs in ((0, 1), (2, 2)):
+        s = scorer(verify_history)
+        _, asked = checks_asked(s, row)
+        rows = 2 * pairs + len(row["completions"])  # both replies of each verified pair, then the completions
+        assert asked % rows == 0
+        per_criterion.append(asked // rows)
+        again = s.score_one(edited)  # a pair the synthesis did not read has changed: a new version
+        assert again.components.syntheses_reused == 0
+    assert per_criterion[0] == per_criterion[1] >= 1  # the same synthesis, verified on one pair, then two
+
+
 def test_workers_on_one_store_share_syntheses_and_their_verified_weights(judge, request_row, tmp_path):
     """Two reward workers (two scorers' modes, two connections) on one SQLite store: the second
     writes no synthesis and verifies nothing again, and scores exactly as the first did; a judge

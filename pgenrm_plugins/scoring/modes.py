@@ -439,9 +439,9 @@ class RewardModes:
                     t.per_completion[ci].append(value)
 
     def _synthesis_request(self, r: ScoreRequest, k: int) -> tuple[str, GenerationRequest, list[HistoryItem]]:
-        """(cache key, generation request, the history view) of view k of the request's history.
-        The key holds what the synthesis is written from, never the user id: a changed history is a
-        new key."""
+        """(cache key, generation request, the pairs that verify it) of view k of the request's
+        history: the view itself, or the `reward.verify_history` most recent pairs. The key holds what
+        the synthesis and its weights come from, never the user id: a changed history is a new key."""
         rc, s = self.config.reward, self.config.sampling
         seed = content_seed(s.seed, r.persona, r.model_dump(mode="json", include={"history"}))
         history = history_view(r.history, rc.max_history, seed, k)
@@ -450,8 +450,9 @@ class RewardModes:
                                                   max_chars=rc.max_chars, render=rc.history_render)
         request = GenerationRequest(messages, n=1, max_new_tokens=min(s.max_new_tokens, SYNTHESIS_TOKENS),
                                     temperature=temperature, top_p=s.top_p, seed=content_seed(seed, k))
+        # the seed holds the whole history, so any change to it (a pair verified on included) is a new key
         key = json.dumps([messages, request.max_new_tokens, temperature, s.top_p, request.seed], sort_keys=True)
-        return key, request, history
+        return key, request, list(r.history[-rc.verify_history:]) if rc.verify_history else history
 
     # -- shared pieces ------------------------------------------------------------------------
     def _chain_request(self, messages, request: ScoreRequest, shown: Sequence[str] = ()) -> GenerationRequest:

@@ -79,7 +79,7 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
         asked = [(r.context, reply, f"{name}: {description}", truth_attrs[a] == side)
                  for r in rows[:100] for reply, truth_attrs in _replies(r, attrs[row_key(r.model_dump(mode="json"))])
                  for (a, side), (name, description, _) in CRITERIA.items()]
-        vocabulary_asked, vocabulary_right = _vocabulary(rows, histories, view)
+        vocabulary_asked, vocabulary_right = _vocabulary(rows, histories, rc.verify_history or view)
         # one call: the test replies' checks are among the vocabulary's, and are asked once
         digits = criterion_digits(scorer.backend, [q[:3] for q in asked] + vocabulary_asked, rc.max_chars,
                                   rc.criterion_first)
