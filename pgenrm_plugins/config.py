@@ -85,7 +85,7 @@ class RewardConfig(StrictModel):
                   completion is scored against each criterion (the paper's chain).
       none      - no chain: each completion gets one digit right after the history and the
                   conversation (`prompts.direct_question`); Ind-N reads N seeded orderings of the
-                  history instead of N sampled chains. The trained embedded judge's format.
+                  history instead of N sampled chains. Judge J's format (embedded:smollm2-135m-direct-v1).
       synthesis - the judge writes the user's persona and weighted criteria once per user and
                   history version (cached, no conversation in it); each completion is then checked
                   against each criterion in a short context with no history, one digit read by

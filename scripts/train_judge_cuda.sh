@@ -23,6 +23,10 @@ VARIANTS=${VARIANTS:-last}    # "last first" also trains the criterion-first ord
 ABLATION=${ABLATION:-0}
 LR=${LR:-5e-4}
 USERS=${USERS:-2000}
+RENDERINGS=${RENDERINGS:-default,plain,lively}  # train rows' renderings; `alt` is kept for measuring
+SOUND_SHARE=${SOUND_SHARE:-0.2}   # stage 2: share of checks that ask Sound alone of short, off-topic, broken replies
+MULTI_TURN=${MULTI_TURN:-0.25}    # stage 2: share of checks with an earlier exchange before the question
+VIEW=(--max-history 3 --max-chars 600)  # the shipped judge's view (the paper's best: 3 pairs)
 ROWS=${ROWS:-60}             # held-out test pairs each judge is measured on
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK"
@@ -45,8 +49,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
 # train users (20% cold-start with one pair), held-out users from seeds never trained on, and (with
 # ABLATION=1) the same train users without caveat contrasts, for the held-out attribute
-pgenrm data synth --users "$USERS" --rows-per-user 12 --seed 0 --out "$WORK/train.jsonl"
+pgenrm data synth --users "$USERS" --rows-per-user 12 --seed 0 --rendering "$RENDERINGS" --out "$WORK/train.jsonl"
 pgenrm data synth --users 200 --seed 101 --out "$WORK/heldout.jsonl"
+pgenrm data synth --users 100 --seed 103 --rendering alt --out "$WORK/alt.jsonl"  # wording never trained on
 
 ship() {  # judge folder -> OUT/name: the adapter in fp16 (half the bytes; merged into the fp32 base
           # on load) and the manifest, without checkpoints
@@ -77,9 +82,11 @@ for variant in $VARIANTS; do
         evaluate "checks-$variant" heldout.jsonl "checks-$variant"
         init=(--init "$WORK/checks-$variant")
     fi
-    train "judge-$variant" train.jsonl "${order[@]}" "${init[@]}"
+    train "judge-$variant" train.jsonl "${order[@]}" "${init[@]}" "${VIEW[@]}" --sound-share "$SOUND_SHARE" \
+        --multi-turn-rate "$MULTI_TURN"
     ship "judge-$variant" "synthesis-$variant"
     evaluate "judge-$variant" heldout.jsonl "$variant"
+    evaluate "judge-$variant" alt.jsonl "$variant-alt"
 done
 if [ "$ABLATION" = 1 ]; then
     pgenrm data synth --users "$USERS" --rows-per-user 12 --seed 0 --vary length,structure,tone,examples \

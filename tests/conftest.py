@@ -43,3 +43,15 @@ def make_config(**sections):
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)
     return cfg
+
+
+# What a result says about the work its call did rather than about the rewards: a synthesis judge
+# writes a user's synthesis in the first call that needs it and reuses it after, so a repeated (or
+# resumed) request differs from the first in these counters, and in nothing else.
+WORK_COUNTERS = ("chains_sampled", "generated_tokens", "syntheses_reused")
+
+
+def without_work_counters(line: dict) -> dict:
+    """A scored line (`pgenrm score`'s output) with the `WORK_COUNTERS` left out of its components."""
+    components = {k: v for k, v in line.get("components", {}).items() if k not in WORK_COUNTERS}
+    return {**line, "components": components} if "components" in line else line

@@ -2,6 +2,7 @@
 
 import json
 
+from conftest import without_work_counters
 from typer.testing import CliRunner
 
 from pgenrm_plugins import cli
@@ -28,7 +29,10 @@ def test_score_keeps_order_and_reports_bad_lines(tmp_path, request_row):
     assert result.exit_code == 1, result.output
     out = [json.loads(line) for line in (tmp_path / "new" / "out.jsonl").read_text().splitlines()]
     assert len(out) == 5
-    assert len(out[0]["rewards"]) == 3 and out[0] == out[4]  # same request, same seed, same reward
+    # same request, same seed, same reward; a synthesis judge reuses the synthesis the first one wrote
+    assert len(out[0]["rewards"]) == 3 and without_work_counters(out[0]) == without_work_counters(out[4])
+    if out[0]["components"]["criteria_mode"] == "synthesis":
+        assert out[0]["components"]["chains_sampled"] == 1 and out[4]["components"]["syntheses_reused"] == 1
     assert out[1]["line"] == 2 and "not valid JSON" in out[1]["error"]
     assert out[2]["line"] == 3 and "field 'completions'" in out[2]["error"]
     assert out[3]["line"] == 4 and "expected a JSON object" in out[3]["error"]

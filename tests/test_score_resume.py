@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import make_config
+from conftest import make_config, without_work_counters
 from typer.testing import CliRunner
 
 from pgenrm_plugins import cli
@@ -26,13 +26,24 @@ CONFIG = "sampling: {chains: 1, max_new_tokens: 32}\nreward: {max_chars: 200}\n"
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """One thread, as the killed subprocess has (OMP_NUM_THREADS=1): the same arithmetic in both, so
-    their lines can be compared byte for byte. The setting is restored for the next module."""
+    their rewards can be compared exactly. The setting is restored for the next module."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _close(a, b, tol: float = 1e-6) -> bool:
+    """Equal JSON values, floats within `tol`."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= tol
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    return a == b
 
 
 def _requests(n: int) -> list[str]:
@@ -104,11 +115,15 @@ def test_killed_score_resumes_to_the_file_of_one_uninterrupted_run(tmp_path):
     assert whole.exit_code == 1 and "scored 8 requests" in whole.output
     got, want = out.read_text().splitlines(), (tmp_path / "whole.jsonl").read_text().splitlines()
     assert len(got) == len(want) == 9
-    assert got == want  # same rewards, same components, byte for byte
+    # Same rewards, same components. Only the work counters may differ, where the resumed run wrote a
+    # synthesis again that the uninterrupted one had reused (the cache lives in the process), and the
+    # rewards in their last digits (1e-8): a synthesis's checks are then batched with other rows.
+    parse = lambda lines: [without_work_counters(json.loads(line)) for line in lines]  # noqa: E731
+    assert _close(parse(got), parse(want))
     assert json.loads(got[3]) == {"line": 4, "error": json.loads(got[3])["error"]}
 
     again = _score(*args, "-o", str(out))  # finished: nothing to score, the file unchanged
-    assert "scored 0 requests" in again.output and out.read_text().splitlines() == want
+    assert "scored 0 requests" in again.output and out.read_text().splitlines() == got
 
 
 def test_resume_refuses_other_settings_or_input_and_restart_starts_over(tmp_path):

@@ -113,14 +113,18 @@ def test_bad_request_names_the_field(judge):
         Scorer(make_config(), backend=judge).score([{"prompt": "hi", "completions": []}])
 
 
-# -- the embedded judge's own format: no chain, one digit per completion (criteria: none) -------
-def test_direct_format_is_the_embedded_default_and_shares_the_history_prefix(judge, request_row):
+# -- judge J's format: no chain, one digit per completion (criteria: none) ------------------------
+def test_direct_format_is_judge_js_and_shares_the_history_prefix(request_row):
     from pgenrm_plugins.backends.judge_folder import shipped_judge
+    from pgenrm_plugins.backends.transformers_backend import TransformersBackend, TransformersOptions
+    from pgenrm_plugins.config import load_config
+    from pgenrm_plugins.scoring.scorer import resolve_criteria
 
-    judge.stats.__init__()
-    scorer = Scorer({"sampling": {"chains": 3}}, backend=judge)
-    assert scorer.criteria_mode == ("none" if shipped_judge() else "generated")
-    scorer = Scorer({"sampling": {"chains": 3}, "reward": {"criteria": "none"}}, backend=judge)
+    assert resolve_criteria(load_config({})) == ("synthesis" if shipped_judge() else "generated")  # the default
+    j = {"name": "transformers", "options": {"model": "embedded:smollm2-135m-direct-v1"}}
+    judge = TransformersBackend(TransformersOptions(model=j["options"]["model"]))
+    assert Scorer({"backend": j}, backend=judge).criteria_mode == "none"  # `auto` reads J's manifest
+    scorer = Scorer({"backend": j, "sampling": {"chains": 3}, "reward": {"criteria": "none"}}, backend=judge)
     [result] = scorer.score([request_row])
     check_rewards(result, 3)
     c = result.components

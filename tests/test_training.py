@@ -134,8 +134,10 @@ def test_a_served_export_keeps_its_scoring_block(tmp_path):
         assert isinstance(manifest, JudgeManifest) and manifest.merged_from == "judges/x"
         assert manifest.scoring.reward == shipped.scoring.reward
         filled = with_judge_defaults(config).reward
-        assert (filled.max_history, filled.history_render, filled.max_chars) == (4, "contrast", 300)  # set wins
-        assert ("reward", "max_chars") not in judge_settings(config) and resolve_criteria(config) == "none"
+        recorded = shipped.scoring.reward
+        assert (filled.max_history, filled.history_render, filled.max_chars) == \
+            (recorded["max_history"], recorded["history_render"], 300)  # what the config sets wins
+        assert ("reward", "max_chars") not in judge_settings(config) and resolve_criteria(config) == shipped.criteria
 
 
 def test_a_merged_judge_is_told_apart_by_what_it_was_merged_from(tmp_path):
@@ -193,7 +195,7 @@ def test_unknown_manifest_keys_survive_a_round_trip(tmp_path):
                "hardware": {"gpu": "H200", "hours": 0.1}, "schema": 2}
     (tmp_path / "pgenrm_judge.json").write_text(json.dumps(written))
     manifest = read_manifest(tmp_path)
-    assert manifest.hardware == {"gpu": "H200", "hours": 0.1} and manifest.criteria == "none"
+    assert manifest.hardware == {"gpu": "H200", "hours": 0.1} and manifest.criteria == written["criteria"]
     manifest.seed = 5
     write_manifest(tmp_path / ".", manifest)
     assert json.loads((tmp_path / "pgenrm_judge.json").read_text()) == {**written, "seed": 5}  # nothing added

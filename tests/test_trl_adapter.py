@@ -155,11 +155,11 @@ def test_plain_batch_groups_order_and_metrics(reward):
 
     # Every metric once per call, numbers only.
     assert rec.metrics["pgenrm/groups"] == [2.0]
-    assert rec.metrics["pgenrm/chains_sampled"] == [2.0]  # one chain per group: criteria shared
-    if reward.scorer.criteria_mode == "generated":  # the untrained base writes criteria chains
-        assert rec.metrics["pgenrm/generated_tokens"][0] > 0
-    else:  # a trained judge's own format reads one digit: nothing generated
+    assert rec.metrics["pgenrm/chains_sampled"] == [2.0]  # one chain (or synthesis) per group
+    if reward.scorer.criteria_mode == "none":  # judge J's format reads one digit: nothing generated
         assert rec.metrics["pgenrm/generated_tokens"] == [0.0]
+    else:  # criteria chains (the untrained base), or one synthesis per user (the shipped judge)
+        assert rec.metrics["pgenrm/generated_tokens"][0] > 0
     for name in ("parse_failures", "criteria_fallbacks", "neutral", "invalid", "seconds"):
         (value,) = rec.metrics[f"pgenrm/{name}"]
         assert isinstance(value, float) and math.isfinite(value)

@@ -31,7 +31,8 @@ from pgenrm_plugins.config import ChainConfig, ConfigError, PrototypeConfig, Rew
 
 MANIFEST = "pgenrm_judge.json"
 JUDGES_DIR = Path(__file__).parents[1] / "judges"
-SHIPPED_DIR = JUDGES_DIR / "smollm2-135m-direct-v1"  # the embedded default
+# the embedded default; judge J stays loadable as embedded:smollm2-135m-direct-v1
+SHIPPED_DIR = JUDGES_DIR / "smollm2-135m-synthesis-v1"
 # `backend.options.model` value that asks for the untrained embedded base model
 BASE_MODEL = "embedded-base"
 # `backend.options.model: embedded:NAME` names a judge that ships in JUDGES_DIR

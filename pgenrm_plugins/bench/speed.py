@@ -83,8 +83,11 @@ SETUPS = {
     "paper (pairwise chains)": {"reward": {"mode": "pairwise", "reader": "parse", "criteria": "generated"}},
     "group + parse": {"reward": {"mode": "group", "reader": "parse", "criteria": "generated"}},
     "group + logprob": {"reward": {"mode": "group", "reader": "logprob", "criteria": "generated"}},
-    # The embedded judge's own format (direct-v1): no chain, one digit per completion per history view.
+    # Judge J's format (direct-v1): no chain, one digit per completion per history view.
     "group, no chain (criteria: none)": {"reward": {"mode": "group", "reader": "logprob", "criteria": "none"}},
+    # The embedded default's format: one synthesis per user, then one digit per (completion, criterion).
+    "group, synthesis (criteria: synthesis)": {"reward": {"mode": "group", "reader": "logprob",
+                                                          "criteria": "synthesis"}},
 }
 # `pgenrm bench pairs`: a pairwise-only judge's two rewards against group mode (docs/p-genrm-8b.md)
 PAIR_SETUPS = {

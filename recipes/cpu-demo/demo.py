@@ -1,8 +1,9 @@
 """The CPU demo (`make demo`): personalized GRPO in TRL with the P-GenRM reward, end to end on a laptop.
 
-    synthetic users (known latent preferences)  ->  prototype store (judge syntheses, MiniLM, k-means)
+    synthetic users (known latent preferences)  ->  prototype store (choice contrasts, MiniLM, k-means)
     ->  a few GRPO steps of SmolLM2-135M in TRL, rewarded by the embedded judge with prototype scaling
-    ->  report: reward per step overall and per prototype, a plot, before/after answers for two users
+    ->  report: reward per step overall and per prototype, a plot, before/after answers for two users,
+        and the judge's synthesis of those two users beside the one their true weights give
 
 Everything runs on the embedded models (no downloads). The 135M judge and policy prove the
 machinery, not the paper's accuracy: read the numbers as what they are.
@@ -97,6 +98,10 @@ def main(argv=None):
     checks = judging_checks(Scorer(alone, backend=judge), bench, truth, histories, users, args.seed)
     report = write_report(args, bench, truth, histories, user_prototype, scorer, run, users, checks, started)
     console.print(checks["table"])
+    for user, (written, true) in checks["syntheses"].items():
+        side = Table(f"{user}: the judge's synthesis", "from the user's true weights")
+        side.add_row(written or "(none: this judge writes no synthesis)", true)
+        console.print(side)
     store.close()
     if checks["violations"]:
         said = (f"a degenerate answer got a higher reward than the real one it replaced: "
@@ -131,18 +136,18 @@ def build_store(args, rows_path):
 
     store_path = args.out / "prototypes.sqlite"
     store_path.unlink(missing_ok=True)  # a fresh demo each time
-    # A trained embedded judge brings its own reading (its manifest: no chain, one digit after the
-    # history); the untrained base writes short criteria chains.
+    # A trained embedded judge brings its own reading (its manifest: a synthesis written once per
+    # user, then one digit per criterion); the untrained base writes short criteria chains.
     trained = shipped_judge() is not None
     config = load_config({
-        "sampling": {"chains": 2, "seed": args.seed, **({} if trained else {"max_new_tokens": 48})},
+        "sampling": {"seed": args.seed, **({} if trained else {"chains": 2, "max_new_tokens": 48})},
         "reward": {"mode": "group", **({} if trained else {"reader": "logprob", "max_history": 3, "max_chars": 400})},
         "prototypes": {"enabled": True, "top_k": 2},
         "store": {"name": "sqlite", "options": {"path": str(store_path)}},
     })
     store, embedder = config.store.build("store"), config.embedder.build("embedder")
     # Members are placed by their choices' contrast (what only the preferred reply says, minus what
-    # only the rejected one says): quick, no judge needed, and the trained judge writes no syntheses.
+    # only the rejected one says): quick, and no judge needed before the run.
     build_prototypes(rows_path, store, embedder, source="contrast", k=3, console=console,
                      source_settings=SourceSettings(max_items=4, max_chars=300, seed=args.seed))
     return config, store, trained
@@ -290,6 +295,7 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
 
     from pgenrm_plugins.datasets.answer_bank import BANK
     from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, render_answer, utility
+    from pgenrm_plugins.training.synthesis_stage import teacher_synthesis
     from pgenrm_plugins.types import ScoreRequest
 
     seen = {r.context[-1].content for r in bench.rows}
@@ -300,11 +306,15 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
     answers = [render_answer(topic, attrs, rng) for attrs in combos]
     table = Table("answer", *[f"{u} reward" for u in users], *[f"{u} truth" for u in users],
                   title=f"the same answers judged for two users: {topic.question}")
-    results, degenerate_rows, violations = {}, [], []
+    results, syntheses, degenerate_rows, violations = {}, {}, [], []
     for user in users:
         weights = truth["users"][user]["weights"]
         request = ScoreRequest(user_id=user, history=histories[user][-4:], prompt=topic.question, completions=answers)
-        results[user] = (scorer.score([request])[0].rewards, [utility(weights, c) for c in combos])
+        [result] = scorer.score([request])
+        results[user] = (result.rewards, [utility(weights, c) for c in combos])
+        # what the judge wrote of the user (a synthesis judge's persona and criteria), beside the
+        # synthesis the teacher writes from the user's true weights
+        syntheses[user] = (result.components.evaluation or "", teacher_synthesis(weights, set(weights)))
         best = max(range(len(answers)), key=lambda i: results[user][0][i])
         broken = [fn(answers[best]) for fn in DEGENERATE.values()]
         rewards = scorer.score([ScoreRequest(user_id=user, history=histories[user][-4:], prompt=topic.question,
@@ -333,6 +343,12 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
         pairs = [(i, j) for i in range(len(answers)) for j in range(i + 1, len(answers))
                  if utilities[i] != utilities[j]]
         agreement[u] = sum((rewards[i] - rewards[j]) * (utilities[i] - utilities[j]) > 0 for i, j in pairs) / len(pairs)
+    md += ["", "What the judge wrote of each user, beside what the teacher writes from the user's true weights:", ""]
+    for u in users:
+        written, true = syntheses[u]
+        md += [f"**{u}**", "", "| judge's synthesis | from the truth |", "|---|---|",
+               f"| {'<br>'.join(written.splitlines()) or '(none: this judge writes no synthesis)'} "
+               f"| {'<br>'.join(true.splitlines())} |", ""]
     md += ["", "Pairs of answers ordered as the user's truth orders them: "
            + ", ".join(f"{u} {agreement[u]:.0%}" for u in users) + " (50% = chance).", "",
            "Degenerate copies of the answer the judge ranked first, against it "
@@ -340,7 +356,7 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
            "| user | degenerate | real answer | degenerate answer | lower? |", "|---|---|---:|---:|---|"]
     md += [f"| {u} | {name} | {real:.3f} | {bad:.3f} | {'yes' if bad <= real else '**NO**'} |"
            for u, name, real, bad in degenerate_rows]
-    return {"markdown": md, "table": table, "violations": violations, "agreement": agreement}
+    return {"markdown": md, "table": table, "violations": violations, "agreement": agreement, "syntheses": syntheses}
 
 
 if __name__ == "__main__":
