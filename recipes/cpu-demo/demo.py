@@ -26,6 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+# Past pairs sent with each request: as many as the shipped judge's verification reads
+# (`reward.verify_history` in its manifest); the config decides how many each step uses.
+HISTORY = 8
 
 
 def parse_args(argv=None):
@@ -166,7 +169,7 @@ def train_policy(args, bench, user_prototype, scorer) -> dict:
     from pgenrm_trl.personalize.probe import greedy_answer
     from pgenrm_trl.plugin import dataset_record as trl_record
 
-    records = [trl_record(r) for r in training_prompts(bench, max_history=4)]
+    records = [trl_record(r) for r in training_prompts(bench, max_history=HISTORY)]
     # Alternate users across prototypes so every step mixes preferences.
     by_user = defaultdict(list)
     for r in records:
@@ -224,7 +227,7 @@ def write_report(args, bench, truth, histories, user_prototype, scorer, run, use
     console.print(table)
 
     # Before/after: the same probe prompt, judged for two users of different latent types.
-    judged = {user: scorer.score([ScoreRequest(user_id=user, history=histories[user][-4:], prompt=probe_prompt,
+    judged = {user: scorer.score([ScoreRequest(user_id=user, history=histories[user][-HISTORY:], prompt=probe_prompt,
                                                completions=[before or "(empty)", after or "(empty)"])])[0].rewards
               for user in users}
 
@@ -308,8 +311,8 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
                   title=f"the same answers judged for two users: {topic.question}")
     results, syntheses, degenerate_rows, violations = {}, {}, [], []
     for user in users:
-        weights = truth["users"][user]["weights"]
-        request = ScoreRequest(user_id=user, history=histories[user][-4:], prompt=topic.question, completions=answers)
+        weights, history = truth["users"][user]["weights"], histories[user][-HISTORY:]
+        request = ScoreRequest(user_id=user, history=history, prompt=topic.question, completions=answers)
         [result] = scorer.score([request])
         results[user] = (result.rewards, [utility(weights, c) for c in combos])
         # what the judge wrote of the user (a synthesis judge's persona and criteria), beside the
@@ -317,7 +320,7 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
         syntheses[user] = (result.components.evaluation or "", teacher_synthesis(weights, set(weights)))
         best = max(range(len(answers)), key=lambda i: results[user][0][i])
         broken = [fn(answers[best]) for fn in DEGENERATE.values()]
-        rewards = scorer.score([ScoreRequest(user_id=user, history=histories[user][-4:], prompt=topic.question,
+        rewards = scorer.score([ScoreRequest(user_id=user, history=history, prompt=topic.question,
                                              completions=[answers[best], *broken])])[0].rewards
         for name, r in zip(DEGENERATE, rewards[1:]):
             degenerate_rows.append((user, name, rewards[0], r))
