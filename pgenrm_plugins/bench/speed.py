@@ -1,6 +1,7 @@
 """Speed of one GRPO-shaped batch: the paper's way against group mode, same judge, same run
 (`pgenrm bench speed`), a pairwise-only judge's rewards against group mode (`pgenrm bench pairs`),
-and judges against each other over several GRPO steps of the same users (`pgenrm bench judges`).
+judges against each other over several GRPO steps of the same users (`pgenrm bench judges`), and
+self alone against prototype scaling over such steps (`pgenrm bench prototypes`).
 
 The paper's way is a full evaluation chain per (completion, reference) pair: `pairwise` mode with
 parsed scores. Group mode writes persona and criteria once per (user, prompt) and scores every
@@ -12,6 +13,7 @@ requests with the same backend instance, one after the other, and the ratios are
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -176,44 +178,113 @@ def run_judges(judges: list[str], prompts: int, completions: int, steps: int, ou
                console: Console) -> dict:
     """Each judge (a `backend.options.model`: `embedded:NAME` or a folder; its manifest sets the
     rest) scores the same `steps` GRPO batches of the same users, one judge after the other. Step 1
-    reads each user's history for the first time; later steps ask other prompts of the same users,
-    where a judge that writes one synthesis per user reuses it. `agrees`: requests whose completions
-    in the user's preferred style (brief or detailed) get the higher mean reward."""
+    reads each history for the first time; later steps ask other prompts of the same users, where a
+    judge that writes one synthesis per user reuses it."""
     from pgenrm_plugins.scoring import Scorer
 
-    n_rewards = prompts * completions
     rows = {}
     for judge in judges:
         scorer = Scorer({"backend": {"name": "transformers", "options": {"model": judge}}})
-        scorer.score([ScoreRequest(user_id="warm-up", prompt="Hi.", completions=["Hello!", "Hi there."])])
-        seconds, agrees = [], 0
-        for step in range(steps):
-            batch = grpo_batch(prompts, completions, step)
-            with console.status(f"{judge}: step {step + 1} of {steps}, {n_rewards} rewards..."):
-                start = time.perf_counter()
-                results = scorer.score(batch)
-                seconds.append(time.perf_counter() - start)
-            for request, result in zip(batch, results):
-                liked = 0 if request.user_id.endswith("brief") else 1  # brief answers at even positions
-                mine = [r for k, r in enumerate(result.rewards) if k % 2 == liked]
-                other = [r for k, r in enumerate(result.rewards) if k % 2 != liked]
-                agrees += sum(mine) / len(mine) > sum(other) / len(other)
-        rows[judge] = {"seconds": seconds, "first_step_rewards_per_s": n_rewards / seconds[0],
-                       "later_rewards_per_s": n_rewards * (steps - 1) / sum(seconds[1:]) if steps > 1 else None,
-                       "rewards_per_s": n_rewards * steps / sum(seconds), "agrees": agrees,
-                       "requests": prompts * steps}
-    first = next(iter(rows.values()))
-    table = Table(title=f"{steps} GRPO steps of {prompts} users x {completions} completions, each judge at its "
-                        "manifest's settings", title_justify="left")
-    for col in ("judge", "step 1 rewards/s", "later steps rewards/s", "all rewards/s", "speed-up", "agrees"):
-        table.add_column(col, justify="left" if col == "judge" else "right")
-    for judge, r in rows.items():
-        r["speedup_vs_first"] = r["rewards_per_s"] / first["rewards_per_s"]
-        later = r["later_rewards_per_s"]
-        table.add_row(judge, f"{r['first_step_rewards_per_s']:.2f}", "-" if later is None else f"{later:.2f}",
-                      f"{r['rewards_per_s']:.2f}", f"{r['speedup_vs_first']:.2f}x", f"{r['agrees']}/{r['requests']}")
-    console.print(table)
+        _warm_up(scorer)
+        rows[judge] = _time_steps(scorer, prompts, completions, steps, console, judge)
     report = {"prompts": prompts, "completions": completions, "steps": steps, "judges": rows}
+    return _steps_report(report, rows, "judge", f"{steps} GRPO steps of {prompts} users x {completions} completions, "
+                         "each judge at its manifest's settings", output, console)
+
+
+def run_prototype_cost(config: dict, store: Path, top_k: list[int], prompts: int, completions: int, steps: int,
+                       output: Path | None, console: Console) -> dict:
+    """Self alone against self + Pro-k, same judge instance, same GRPO steps of the same users: each
+    user is placed among the members of `store` (a SQLite file) and scored with its k nearest too.
+    Every setup runs on its own copy of the store with the synthesis cache emptied, so step 1 pays
+    for writing each neighbour's synthesis once, as a fresh store does; later steps reuse them."""
+    from pgenrm_plugins.scoring import Scorer
+
+    if not store.is_file():
+        raise FileNotFoundError(f"--store {store}: no such SQLite file; build one with `pgenrm prototypes build`")
+    rows: dict = {}
+    backend = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in (0, *top_k):
+            cfg = {**config, "prototypes": {**config.get("prototypes", {}), "enabled": bool(k)}}
+            if k:
+                cfg["prototypes"]["top_k"] = k
+                copy = _fresh_copy(store, Path(tmp) / f"{k}.sqlite")
+                cfg["store"] = {"name": "sqlite", "options": {"path": str(copy)}}
+            scorer = Scorer(cfg, backend=backend)
+            if backend is None:
+                backend = scorer.backend
+                _warm_up(scorer)
+            name = f"self + Pro-{k}" if k else "self alone"
+            try:
+                rows[name] = _time_steps(scorer, prompts, completions, steps, console, name)
+            finally:
+                if scorer.store is not None:
+                    scorer.store.close()
+    report = {"prompts": prompts, "completions": completions, "steps": steps, "store": str(store), "setups": rows}
+    return _steps_report(report, rows, "setup", f"{steps} GRPO steps of {prompts} users x {completions} completions, "
+                         f"placed among the members of {store.name}, judge: {backend.name}", output, console)
+
+
+def _fresh_copy(store: Path, to: Path) -> Path:
+    """A copy of a SQLite store with no cached syntheses (the sqlite3 backup API: consistent even
+    while another process writes the store)."""
+    import sqlite3
+
+    src, dst = sqlite3.connect(store), sqlite3.connect(to)
+    try:
+        src.backup(dst)
+        with dst:
+            dst.execute("DELETE FROM syntheses")
+    finally:
+        src.close()
+        dst.close()
+    return to
+
+
+def _warm_up(scorer) -> None:
+    scorer.score([ScoreRequest(user_id="warm-up", prompt="Hi.", completions=["Hello!", "Hi there."])])
+
+
+def _time_steps(scorer, prompts: int, completions: int, steps: int, console: Console, name: str) -> dict:
+    """`steps` GRPO batches of the same users timed one by one. `agrees`: requests whose completions
+    in the user's preferred style (brief or detailed) get the higher mean reward; `neighbours`:
+    prototype neighbours that scored each request, on average."""
+    n_rewards = prompts * completions
+    seconds, agrees, neighbours = [], 0, 0
+    for step in range(steps):
+        batch = grpo_batch(prompts, completions, step)
+        with console.status(f"{name}: step {step + 1} of {steps}, {n_rewards} rewards..."):
+            start = time.perf_counter()
+            results = scorer.score(batch)
+            seconds.append(time.perf_counter() - start)
+        for request, result in zip(batch, results):
+            liked = 0 if request.user_id.endswith("brief") else 1  # brief answers at even positions
+            mine = [r for k, r in enumerate(result.rewards) if k % 2 == liked]
+            other = [r for k, r in enumerate(result.rewards) if k % 2 != liked]
+            agrees += sum(mine) / len(mine) > sum(other) / len(other)
+            neighbours += len(result.components.neighbours_used)
+    return {"seconds": seconds, "first_step_rewards_per_s": n_rewards / seconds[0],
+            "later_rewards_per_s": n_rewards * (steps - 1) / sum(seconds[1:]) if steps > 1 else None,
+            "rewards_per_s": n_rewards * steps / sum(seconds), "agrees": agrees, "requests": prompts * steps,
+            "neighbours_per_request": neighbours / (prompts * steps)}
+
+
+def _steps_report(report: dict, rows: dict, what: str, title: str, output: Path | None, console: Console) -> dict:
+    """Print `rows` of `_time_steps` side by side, ratios against the first; write the JSON."""
+    first = next(iter(rows.values()))
+    table = Table(title=title, title_justify="left")
+    for col in (what, "step 1 rewards/s", "later steps rewards/s", "all rewards/s", "speed-up", "cost vs first",
+                "agrees", "neighbours"):
+        table.add_column(col, justify="left" if col == what else "right")
+    for name, r in rows.items():
+        r["speedup_vs_first"] = r["rewards_per_s"] / first["rewards_per_s"]
+        r["cost_vs_first"] = sum(r["seconds"]) / sum(first["seconds"])
+        later = r["later_rewards_per_s"]
+        table.add_row(name, f"{r['first_step_rewards_per_s']:.2f}", "-" if later is None else f"{later:.2f}",
+                      f"{r['rewards_per_s']:.2f}", f"{r['speedup_vs_first']:.2f}x", f"{r['cost_vs_first']:.2f}x",
+                      f"{r['agrees']}/{r['requests']}", f"{r['neighbours_per_request']:.1f}")
+    console.print(table)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2))

@@ -63,6 +63,31 @@ def bench_judges(
     run_judges(judge, prompts, completions, steps, output, console=wide_console(120))
 
 
+@bench_app.command("prototypes")
+def bench_prototypes(
+    store: Path = typer.Option(..., "--store", help="A SQLite store built by `pgenrm prototypes build`. Each setup "
+                                                    "runs on its own copy, its synthesis cache emptied; the file is "
+                                                    "not written."),
+    config: Optional[Path] = config_option(),
+    top_k: list[int] = typer.Option([4], "--top-k", min=1, help="Neighbours per user (Pro-k); repeat the option."),
+    prompts: int = typer.Option(8, min=1, help="Users in a GRPO-shaped batch (one prompt each)."),
+    completions: int = typer.Option(8, min=2, help="Completions per prompt (GRPO's num_generations)."),
+    steps: int = typer.Option(3, min=1, help="GRPO steps: the same users, other prompts."),
+    output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
+):
+    """What prototype scaling costs: self alone against self + Pro-k, same judge, same GRPO steps of the
+    same users, each placed among the store's members. Step 1 writes each neighbour's synthesis once;
+    later steps reuse them."""
+    from pgenrm_plugins.bench.speed import run_prototype_cost
+    from pgenrm_plugins.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(str(config) if config else None).model_dump(mode="json", exclude_unset=True)
+        run_prototype_cost(cfg, store, top_k, prompts, completions, steps, output, console=wide_console(120))
+    except (ConfigError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
 @bench_app.command("service")
 def bench_service(
     config: Optional[Path] = config_option(),
