@@ -207,3 +207,33 @@ def test_cli_build_strict_refuses_bad_rows(tmp_path, embedder, monkeypatch):
                                      "--skip-judge", "--strict"], terminal_width=200)
     assert result.exit_code == 2
     assert "line 2:" in result.output and "split" in result.output and "--strict refuses" in result.output
+
+
+def test_cli_warm_writes_each_members_synthesis_that_neighbours_then_reuse(store_path, tmp_path, judge, embedder):
+    import re
+    import shutil
+
+    store = str(shutil.copy(store_path, tmp_path / "warm.sqlite"))  # the module's store stays as built
+    short = tmp_path / "short.yaml"
+    short.write_text("sampling: {max_new_tokens: 48}\n")  # the shipped synthesis judge, short syntheses
+
+    def warm():
+        result = runner.invoke(cli.app, ["prototypes", "warm", "--store", store, "-c", str(short)], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        members, written, cached = map(int, re.search(r"(\d+) members: (\d+) syntheses written, (\d+) already cached",
+                                                      result.output).groups())
+        return members, written, cached
+
+    members, written, cached = warm()
+    assert members == 6 and written >= 1 and written + cached == members  # members with the same view share one
+    assert warm() == (members, 0, members)  # run again: everything is read, nothing written
+
+    cfg = load_config(str(short)).model_dump(mode="json", exclude_unset=True)
+    scorer = load_scorer({**cfg, "prototypes": {"enabled": True, "top_k": 2},
+                          "store": {"name": "sqlite", "options": {"path": store}}}, backend=judge, embedder=embedder)
+    (result,) = scorer.score([{"user_id": "visitor", "prompt": PROMPT, "completions": COMPLETIONS,
+                               "history": [{"prompt": "How do I boil an egg?", "chosen": "Boil it 9 minutes.",
+                                            "rejected": "Put the egg in cold water, then simmer nine minutes."}]}])
+    c = result.components
+    assert c.criteria_mode == "synthesis" and c.neighbours_used
+    assert c.chains_sampled == 1 and c.syntheses_reused == len(c.neighbours_used)  # only the visitor's is new

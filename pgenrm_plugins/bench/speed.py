@@ -193,11 +193,12 @@ def run_judges(judges: list[str], prompts: int, completions: int, steps: int, ou
 
 
 def run_prototype_cost(config: dict, store: Path, top_k: list[int], prompts: int, completions: int, steps: int,
-                       output: Path | None, console: Console) -> dict:
+                       output: Path | None, console: Console, keep_cache: bool = False) -> dict:
     """Self alone against self + Pro-k, same judge instance, same GRPO steps of the same users: each
     user is placed among the members of `store` (a SQLite file) and scored with its k nearest too.
     Every setup runs on its own copy of the store with the synthesis cache emptied, so step 1 pays
-    for writing each neighbour's synthesis once, as a fresh store does; later steps reuse them."""
+    for writing each neighbour's synthesis once, as a fresh store does; later steps reuse them.
+    `keep_cache`: the copies keep the store's cache (a store warmed by `pgenrm prototypes warm`)."""
     from pgenrm_plugins.scoring import Scorer
 
     if not store.is_file():
@@ -209,7 +210,7 @@ def run_prototype_cost(config: dict, store: Path, top_k: list[int], prompts: int
             cfg = {**config, "prototypes": {**config.get("prototypes", {}), "enabled": bool(k)}}
             if k:
                 cfg["prototypes"]["top_k"] = k
-                copy = _fresh_copy(store, Path(tmp) / f"{k}.sqlite")
+                copy = _copy(store, Path(tmp) / f"{k}.sqlite", empty_cache=not keep_cache)
                 cfg["store"] = {"name": "sqlite", "options": {"path": str(copy)}}
             scorer = Scorer(cfg, backend=backend)
             if backend is None:
@@ -221,21 +222,23 @@ def run_prototype_cost(config: dict, store: Path, top_k: list[int], prompts: int
             finally:
                 if scorer.store is not None:
                     scorer.store.close()
-    report = {"prompts": prompts, "completions": completions, "steps": steps, "store": str(store), "setups": rows}
+    report = {"prompts": prompts, "completions": completions, "steps": steps, "store": str(store),
+              "kept_cache": keep_cache, "setups": rows}
     return _steps_report(report, rows, "setup", f"{steps} GRPO steps of {prompts} users x {completions} completions, "
                          f"placed among the members of {store.name}, judge: {backend.name}", output, console)
 
 
-def _fresh_copy(store: Path, to: Path) -> Path:
-    """A copy of a SQLite store with no cached syntheses (the sqlite3 backup API: consistent even
-    while another process writes the store)."""
+def _copy(store: Path, to: Path, empty_cache: bool) -> Path:
+    """A copy of a SQLite store, its synthesis cache emptied or kept (the sqlite3 backup API:
+    consistent even while another process writes the store)."""
     import sqlite3
 
     src, dst = sqlite3.connect(store), sqlite3.connect(to)
     try:
         src.backup(dst)
-        with dst:
-            dst.execute("DELETE FROM syntheses")
+        if empty_cache:
+            with dst:
+                dst.execute("DELETE FROM syntheses")
     finally:
         src.close()
         dst.close()

@@ -66,13 +66,16 @@ def bench_judges(
 @bench_app.command("prototypes")
 def bench_prototypes(
     store: Path = typer.Option(..., "--store", help="A SQLite store built by `pgenrm prototypes build`. Each setup "
-                                                    "runs on its own copy, its synthesis cache emptied; the file is "
-                                                    "not written."),
+                                                    "runs on its own copy, its synthesis cache emptied (unless "
+                                                    "--keep-cache); the file is not written."),
     config: Optional[Path] = config_option(),
     top_k: list[int] = typer.Option([4], "--top-k", min=1, help="Neighbours per user (Pro-k); repeat the option."),
     prompts: int = typer.Option(8, min=1, help="Users in a GRPO-shaped batch (one prompt each)."),
     completions: int = typer.Option(8, min=2, help="Completions per prompt (GRPO's num_generations)."),
     steps: int = typer.Option(3, min=1, help="GRPO steps: the same users, other prompts."),
+    keep_cache: bool = typer.Option(False, "--keep-cache", help="Keep the store's cached syntheses in the copies "
+                                                                "(measure a store warmed by `pgenrm prototypes "
+                                                                "warm`)."),
     output: Optional[Path] = typer.Option(None, help="Also write the numbers as JSON here."),
 ):
     """What prototype scaling costs: self alone against self + Pro-k, same judge, same GRPO steps of the
@@ -83,7 +86,8 @@ def bench_prototypes(
 
     try:
         cfg = load_config(str(config) if config else None).model_dump(mode="json", exclude_unset=True)
-        run_prototype_cost(cfg, store, top_k, prompts, completions, steps, output, console=wide_console(120))
+        run_prototype_cost(cfg, store, top_k, prompts, completions, steps, output, console=wide_console(120),
+                           keep_cache=keep_cache)
     except (ConfigError, FileNotFoundError) as exc:
         fail(str(exc))
 

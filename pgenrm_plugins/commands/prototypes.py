@@ -1,4 +1,5 @@
-"""`pgenrm prototypes ...`: build a prototype store, add users to it, show what is in it.
+"""`pgenrm prototypes ...`: build a prototype store, add users to it, warm its synthesis cache,
+show what is in it.
 
 STORE is where the prototypes live: a file path means the SQLite store in that file (created when
 missing); a `postgresql://...` URL means the PostgreSQL store at that database. Without --store,
@@ -301,6 +302,59 @@ def plot_prototypes(store: PrototypeStore, path: Path, max_points: int = 20000, 
     fig.savefig(path)
     plt.close(fig)
     return len(labels)
+
+
+@app.command("warm")
+def warm(
+    store: Optional[str] = StoreOption,
+    config: Optional[Path] = ConfigOption,
+    batch_size: int = typer.Option(16, min=1, help="Members per judge call."),
+):
+    """Write every member's synthesis, verified on their history, into STORE's synthesis cache now.
+
+    With a synthesis judge, Pro-k scores each user against their neighbours' syntheses. Each is
+    written once per store and judge, by the first request that needs it: warm the store before an
+    RL run and its first step costs what the later ones do. Use the config the RL run uses: another
+    judge or another history view is another cache entry. Run it again after a rebuild or an
+    interruption: members already cached are read, not written again.
+    """
+    from pgenrm_plugins.prototypes.base import StoreError
+    from pgenrm_plugins.scoring import Scorer
+    from pgenrm_plugins.types import ScoreRequest
+
+    cfg = _load(config)
+    section = store_choice(store, cfg)
+    settings = cfg.model_dump(mode="json", exclude_unset=True)
+    # c_neighbours 0: each member scores as itself only, which writes the entry its neighbours will read
+    settings.update(store=section.model_dump(mode="json"),
+                    prototypes={**settings.get("prototypes", {}), "enabled": True, "c_neighbours": 0.0})
+    with err.status("loading the judge..."):
+        scorer = Scorer(settings)
+    try:
+        if scorer.criteria_mode != "synthesis":
+            fail(f"the judge reads criteria {scorer.criteria_mode!r}: only a synthesis judge (reward.criteria: "
+                 "synthesis) keeps syntheses in the store; nothing to warm")
+        members = [u for u in scorer.store.users() if u.history]
+        if not members:
+            fail("the store has no published build with members: run `pgenrm prototypes build` first", code=1)
+        written = reused = 0
+        for start in range(0, len(members), batch_size):
+            # one short request per member: the synthesis and its verification are the work, the
+            # member's own last chosen reply is the one completion checked
+            batch = [ScoreRequest(user_id=u.user_id, prompt=u.history[-1].prompt,
+                                  completions=[u.history[-1].chosen]) for u in members[start:start + batch_size]]
+            for result in scorer.score(batch):
+                written += result.components.chains_sampled
+                reused += result.components.syntheses_reused
+            err.print(f"members {start + len(batch)} of {len(members)}: {written} syntheses written, {reused} "
+                      "already cached", highlight=False)
+        cached = scorer.store.stats().get("syntheses")
+    except StoreError as exc:
+        fail(str(exc))
+    finally:
+        scorer.close()
+    err.print(f"{len(members)} members: {written} syntheses written, {reused} already cached "
+              f"(the store holds {cached} cached syntheses)", highlight=False)
 
 
 @app.command("show")
