@@ -213,6 +213,33 @@ def test_types_view_reads_a_type_from_the_pairs_a_view_shows(tmp_path):
     assert four["accuracy"] > none["accuracy"]  # reading four pairs beats reading none
 
 
+def test_prototype_reference_pulls_a_users_fit_toward_the_members_their_choices_fit(tmp_path):
+    """`attr-user+pro-K`: a user's own fit pulled toward the fits of the K members under which the
+    user's own choices are likeliest. A one-pair user who chose the shorter answer is pulled toward
+    the members who choose short answers, and so gains weights on attributes their pair never showed."""
+    import numpy as np
+
+    from pgenrm_plugins.bench.accuracy.predictors import _with_neighbours, reference_predictors
+    from pgenrm_plugins.datasets.bench import load_bench
+    from pgenrm_plugins.scoring.weighing import fit_choices
+
+    brief_lists = [np.array([-1.0, 1, 0, 0, 0]), np.array([-1.0, 0, 0, 0, 0]), np.array([0.0, 1, 0, 0, 0])]
+    thorough_prose = [-d for d in brief_lists]
+    diffs_of = {"a": brief_lists, "b": brief_lists, "c": thorough_prose, "d": thorough_prose,
+                "new": [np.array([-1.0, 0, 0, 0, 0])]}
+    fits = {u: fit_choices(np.array(ds)) for u, ds in diffs_of.items()}
+    assert fits["new"][1] == 0  # their one pair says nothing of lists
+    pulled = _with_neighbours(fits, diffs_of, k=2)
+    assert pulled["new"][1] > 0 and pulled["new"][0] < fits["new"][0]  # like a and b: lists, and shorter
+
+    bench = generate(n_users=30, rows_per_user=8, seed=5)
+    data = load_bench(write_bench(tmp_path / "rows.jsonl", bench)[0])
+    test = [(i, r) for i, r in enumerate(data.rows) if r.split == "test"]
+    refs = reference_predictors(test, data, bench.truth, neighbours=4)
+    assert refs["attr-user+pro-4"]["judgements"] == refs["attr-user"]["judgements"] == 2 * len(test)
+    assert "4 users" in refs["attr-user+pro-4"]["description"]
+
+
 def test_contrast_overlap_reads_the_view_s_contrast_lines(tmp_path):
     """The `contrast-overlap` yardstick reads text, not truth: a reply that has what the user's
     chosen answers had (and their rejected ones lacked) wins; with no history every pair ties."""

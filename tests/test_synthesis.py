@@ -15,7 +15,8 @@ from pgenrm_plugins.chain import synthesis as chain
 from pgenrm_plugins.chain.parser import Criterion, ParseFailure
 from pgenrm_plugins.datasets.bench import load_bench, persona_text
 from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, generate, stated_preferences, write_bench
-from pgenrm_plugins.scoring.modes import combine, verify_criteria
+from pgenrm_plugins.scoring.modes import combine
+from pgenrm_plugins.scoring.weighing import verify_criteria
 from pgenrm_plugins.training.settings import SynthesisSettings
 from pgenrm_plugins.training.synthesis_eval import claims
 from pgenrm_plugins.training.synthesis_stage import Checks, StatedTeacher, SynthesisExamples, teacher_synthesis
@@ -146,10 +147,26 @@ def test_verification_signs_each_criterion_by_the_users_own_choices():
     # two past pairs: the chosen reply met Brief (9 vs 1) and failed Listed (1 vs 9)
     found = [[(9.0, 1.0), (1.0, 9.0), (9.0, 9.0)], [(9.0, 1.0), (1.0, 9.0), (9.0, 9.0)]]
     weights = verify_criteria([brief, listed, chain.SOUND], found)
-    assert weights == [50.0, -40.0, 10.0]  # Listed now counts against a list; Sound keeps its weight
+    # Listed now counts against a list; two pairs are some evidence, not certainty; Sound keeps its weight
+    assert 0 < weights[0] < 50.0 and -40.0 < weights[1] < 0 and weights[2] == 10.0
+    more = verify_criteria([brief, listed, chain.SOUND], found * 4)
+    assert weights[0] < more[0] < 50.0 and -40.0 < more[1] < weights[1]  # more pairs, more support
     assert verify_criteria([brief], []) == [50.0]  # no history: the written weights
+    assert verify_criteria([brief], [[(None, 3.0)]]) == [0.0]  # no digit: no evidence either way
     assert combine(weights, [9.0, 1.0, 9.0]) == 1.0 and combine(weights, [1.0, 9.0, 1.0]) == 0.0
     assert combine([50.0], [None]) is None and combine([0.0], [5.0]) == 0.5
+
+
+def test_the_fit_takes_the_side_the_choices_take_and_keeps_the_prior_where_they_say_nothing():
+    import numpy as np
+
+    from pgenrm_plugins.scoring.weighing import fit_choices
+
+    # the chosen reply always has attribute 0; attribute 1 never differs; attribute 2 once each way
+    pairs = np.array([[1.0, 0.0, 1.0], [1.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    w = fit_choices(pairs, prior=np.array([0.0, 0.7, 0.0]))
+    assert w[0] > 0.5 and abs(w[1] - 0.7) < 1e-6 and abs(w[2]) < 1e-6
+    assert np.array_equal(fit_choices(np.zeros((0, 3)), prior=np.array([1.0, 2.0, 3.0])), [1.0, 2.0, 3.0])
 
 
 def test_syntheses_are_cached_per_history_version(judge, request_row):

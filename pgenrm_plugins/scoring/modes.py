@@ -38,6 +38,7 @@ from pgenrm_plugins.chain.parser import Criterion, ParseFailure
 from pgenrm_plugins.chain.prompts import DIGITS
 from pgenrm_plugins.config import PGenRMConfig
 from pgenrm_plugins.scoring.syntheses import SynthesisCache, judge_identity
+from pgenrm_plugins.scoring.weighing import verify_criteria
 from pgenrm_plugins.types import HistoryItem, ScoreRequest
 
 if TYPE_CHECKING:
@@ -502,26 +503,6 @@ def criterion_digits(backend: Backend, checks: Sequence[tuple[Any, str, str]], m
                          "does not give; use a backend with logprobs") from None
     digits = [expected_digit(p) for p in probs]
     return [digits[i] for i in index]
-
-
-def verify_criteria(criteria: Sequence[Criterion], found: Sequence[Sequence[tuple[float | None, float | None]]],
-                    sound: Criterion = PGENRM.sound_criterion) -> list[float]:
-    """Signed weights: each criterion's weight times its support in the user's own past choices,
-    the mean over the pairs of (digit of the chosen reply - digit of the rejected one) / 8, in
-    [-1, 1]. A criterion the user's choices go against counts against a reply that meets it; one
-    they never turn on counts for little. `sound` (the format's `sound_criterion`) keeps its
-    weight: it is not a taste, and two sound replies tie on it. No history (nothing to verify): the written weights."""
-    if not found:
-        return [c.weight for c in criteria]
-    weights = []
-    for i, c in enumerate(criteria):
-        if c.name == sound.name:
-            weights.append(c.weight)
-            continue
-        gaps = [(chosen - rejected) / 8 for chosen, rejected in (pair[i] for pair in found)
-                if chosen is not None and rejected is not None]
-        weights.append(c.weight * sum(gaps) / len(gaps) if gaps else 0.0)
-    return weights
 
 
 def combine(weights: Sequence[float], digits: Sequence[float | None]) -> float | None:

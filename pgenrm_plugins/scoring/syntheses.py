@@ -36,12 +36,14 @@ S = TypeVar("S", bound=Synthesized)
 def judge_identity(config) -> str:
     """What makes one scorer's syntheses and verified weights those of another: the backend section,
     the judge folder's adapter bytes (a retrained judge at the same path is another judge), the chain
-    format and how a check is asked."""
+    format, how a check is asked and the rule that weighs the criteria."""
     from pgenrm_plugins.backends.judge_folder import judge_fingerprint
+    from pgenrm_plugins.scoring.weighing import RULE
 
     rc = config.reward
     return json.dumps({"backend": config.backend.model_dump(mode="json"), "judge": judge_fingerprint(config.backend),
-                       "format": config.chain.format, "check": [rc.max_chars, rc.criterion_first]}, sort_keys=True)
+                       "format": config.chain.format, "check": [rc.max_chars, rc.criterion_first],
+                       "weighing": RULE}, sort_keys=True)
 
 
 class SynthesisCache(Generic[S]):

@@ -133,7 +133,8 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
 def _vocabulary(rows, histories, view: int):
     """The checks that judge each test pair by the whole vocabulary, verified on the user's own view
     of `view` pairs, and the function that reads their digits into one right-or-wrong per pair."""
-    from pgenrm_plugins.scoring.modes import combine, history_view, verify_criteria
+    from pgenrm_plugins.scoring.modes import combine, history_view
+    from pgenrm_plugins.scoring.weighing import verify_criteria
 
     vocabulary = [Criterion(f"{name}: {description}", 10.0) for name, description, _ in CRITERIA.values()]
     vocabulary.append(chain.SOUND)

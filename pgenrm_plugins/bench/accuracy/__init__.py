@@ -21,11 +21,13 @@ Settings (`--settings`, comma separated), in the paper's terms:
     ind-N+pro-K       and prototype-level scaling with the top-K neighbours (needs --store)
 A suffix picks the mode or reader for one setting: `ind-4:parse`, `ind-1:pairwise`.
 
-With the synthetic users' truth file next to the data, three reference predictors that read the
-latent attributes instead of the text are reported too: `oracle` (each user's true weights: the
-ceiling, below 100% because users choose with noise), `attr-user` (a logistic regression on the
-user's own train pairs: what the history can teach at most with this little of it) and
-`attr-global` (one logistic regression on everyone's train pairs: the best single global taste).
+With the synthetic users' truth file next to the data, reference predictors that read the latent
+attributes instead of the text are reported too: `oracle` (each user's true weights: the ceiling,
+below 100% because users choose with noise), `attr-user` (the user's own train pairs fitted as
+`reward.verify` weighs criteria: the synthesis judge with a perfect check step), `attr-user+pro-8`
+(that fit pulled toward the 8 users whose fits best explain the user's pairs: what prototypes can
+add), `attr-global` (one fit on everyone's train pairs: the best single global taste) and
+`types-view` (predictors.py).
 
 The confidence intervals are 95% percentile bootstraps that resample *users* (a user's rows share
 one history and are not independent), 2000 resamples, seeded.

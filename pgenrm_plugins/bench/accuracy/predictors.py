@@ -1,9 +1,11 @@
 """Reference predictors that read the synthetic users' latent attributes instead of the text:
-`oracle` (each user's true weights: the ceiling), `attr-user` (a logistic regression on the user's
-own train pairs), `attr-global` (one logistic regression on everyone's train pairs) and
-`types-view` (the best a reader of one judge view can do: a posterior over the population's latent
-types from the pairs that view shows). They need the truth file that `pgenrm data synth` writes
-next to the rows.
+`oracle` (each user's true weights: the ceiling), `attr-user` (the user's own train pairs fitted
+the way `reward.verify` weighs a synthesis's criteria: the synthesis judge's weighing step with a
+perfect check step), `attr-user+pro-K` (that fit shrunk toward the fits of the K users whose fits
+best explain this user's pairs: what prototype neighbours can add to it), `attr-global` (one fit on
+everyone's train pairs) and `types-view` (the best a reader of one judge view can do: a posterior
+over the population's latent types from the pairs that view shows). They need the truth file that
+`pgenrm data synth` writes next to the rows.
 
 `contrast-overlap` reads the text instead, and needs no truth: the words of the contrast lines one
 judge view shows (what only the chosen and only the rejected response of each past pair says),
@@ -53,14 +55,34 @@ def _type_posterior_weights(truth: dict, diffs: Sequence[np.ndarray], names: Seq
     return (post / post.sum()) @ types
 
 
+def _with_neighbours(fits: dict[str, np.ndarray], diffs_of: dict[str, list[np.ndarray]], k: int
+                     ) -> dict[str, np.ndarray]:
+    """Each user's fit again, pulled toward the mean fit of the k other warm users under whose fits
+    the user's own choices are likeliest (their nearest prototype neighbours by what they chose)."""
+    from pgenrm_plugins.datasets.bench import WARM_MIN_PAIRS
+    from pgenrm_plugins.scoring.weighing import fit_choices
+
+    members = [u for u in fits if len(diffs_of[u]) >= WARM_MIN_PAIRS]
+    if not members:
+        return fits
+    pool = np.array([fits[m] for m in members])
+    out = {}
+    for u, ds in diffs_of.items():
+        others = np.array([m != u for m in members])
+        likely = -np.logaddexp(0.0, -(np.array(ds) @ pool[others].T)).sum(0)  # log-likelihood of u's choices
+        nearest = np.argsort(-likely, kind="stable")[:k]
+        out[u] = fit_choices(np.array(ds), prior=pool[others][nearest].mean(0))
+    return out
+
+
 def reference_predictors(test_rows: Sequence[tuple[int, BenchRow]], data: BenchData, truth: dict,
-                         seed: int = 0, view_pairs: int = 4) -> dict[str, Any]:
+                         seed: int = 0, view_pairs: int = 4, neighbours: int = 8) -> dict[str, Any]:
     """Accuracy of predictors that see the latent attributes instead of the text (see module doc).
     Rows the truth does not know (edited files) are skipped and counted. `view_pairs`: how many of
-    a user's most recent train pairs one judge view shows (`reward.max_history`)."""
-    from sklearn.linear_model import LogisticRegression
-
+    a user's most recent train pairs one judge view shows (`reward.max_history`); `neighbours`: the
+    K of `attr-user+pro-K`."""
     from pgenrm_plugins.datasets.synthetic import row_key
+    from pgenrm_plugins.scoring.weighing import fit_choices
 
     names = truth["attributes"]
     by_key = {t["key"]: t for t in truth["rows"]}
@@ -77,29 +99,31 @@ def reference_predictors(test_rows: Sequence[tuple[int, BenchRow]], data: BenchD
         return out
 
     def fit(ds):
-        if not ds:
-            return None
-        x = np.vstack([np.array(ds), -np.array(ds)])  # mirrored: both classes, no intercept
-        y = np.array([1] * len(ds) + [0] * len(ds))
-        return LogisticRegression(fit_intercept=False, C=1.0).fit(x, y).coef_[0]
+        return fit_choices(np.array(ds) / 2) if ds else None  # attribute gaps are -2, 0 or 2
 
     train = data.split("train")
     train_of = _by_user(train)
     w_global = fit(diffs(train))
-    w_user = {u: fit(diffs(rows)) for u, rows in train_of.items()}
+    diffs_of = {u: [d / 2 for d in diffs(rows)] for u, rows in train_of.items()}
+    w_user = {u: fit_choices(np.array(ds)) for u, ds in diffs_of.items() if ds}
+    w_pro = _with_neighbours(w_user, {u: diffs_of[u] for u in w_user}, neighbours)
     w_view = {u: _type_posterior_weights(truth, diffs(rows)[-view_pairs:] if view_pairs else [], names)
               for u, rows in train_of.items()}
     w_prior = _type_posterior_weights(truth, [], names)  # no history: the types' mean
     predictors = {
         "oracle": lambda u: np.array([truth["users"][u]["weights"][a] for a in names]) if u in truth["users"] else None,
         "attr-user": lambda u: w_user.get(u) if w_user.get(u) is not None else w_global,
+        f"attr-user+pro-{neighbours}": lambda u: w_pro.get(u) if w_pro.get(u) is not None else w_global,
         "attr-global": lambda u: w_global,
         "types-view": lambda u: w_view.get(u, w_prior),
     }
     descriptions = {
         "oracle": "each user's true latent weights (the ceiling: users choose with noise)",
-        "attr-user": "logistic regression on the user's own train pairs' attributes (cold start: attr-global)",
-        "attr-global": "one logistic regression on all users' train pairs' attributes (one global preference)",
+        "attr-user": ("the user's own train pairs' attributes fitted as reward.verify weighs criteria (a perfect "
+                      "check step; no history: attr-global)"),
+        f"attr-user+pro-{neighbours}": (f"attr-user pulled toward the fits of the {neighbours} users whose fits best "
+                                        "explain the user's pairs (what prototype neighbours can add)"),
+        "attr-global": "one fit on all users' train pairs' attributes (one global preference)",
         "types-view": (f"posterior over the population's latent types from the user's last {view_pairs} train pairs' "
                        "attributes, what one judge view shows (cold start: the types' mean)"),
     }
