@@ -63,15 +63,17 @@ def _with_neighbours(fits: dict[str, np.ndarray], diffs_of: dict[str, list[np.nd
     from pgenrm_plugins.scoring.weighing import fit_choices
 
     members = [u for u in fits if len(diffs_of[u]) >= WARM_MIN_PAIRS]
-    if not members:
-        return fits
     pool = np.array([fits[m] for m in members])
     out = {}
     for u, ds in diffs_of.items():
-        others = np.array([m != u for m in members])
-        likely = -np.logaddexp(0.0, -(np.array(ds) @ pool[others].T)).sum(0)  # log-likelihood of u's choices
+        theirs = pool[np.array([m != u for m in members], dtype=bool)] if members else pool
+        if not len(theirs):  # nobody else to learn from: the user's own fit
+            out[u] = fits[u]
+            continue
+        ds = np.array(ds)
+        likely = -np.logaddexp(0.0, -(ds @ theirs.T)).sum(0)  # log-likelihood of u's choices
         nearest = np.argsort(-likely, kind="stable")[:k]
-        out[u] = fit_choices(np.array(ds), prior=pool[others][nearest].mean(0))
+        out[u] = fit_choices(ds, prior=theirs[nearest].mean(0))
     return out
 
 
@@ -98,15 +100,16 @@ def reference_predictors(test_rows: Sequence[tuple[int, BenchRow]], data: BenchD
                 out.append(_attr_vector(t["chosen"], names) - _attr_vector(t["rejected"], names))
         return out
 
-    def fit(ds):
-        return fit_choices(np.array(ds) / 2) if ds else None  # attribute gaps are -2, 0 or 2
+    def gaps(rows) -> list[np.ndarray]:  # each attribute -1, 0 or 1, as a perfect check step gives it
+        return [d / 2 for d in diffs(rows)]
 
     train = data.split("train")
     train_of = _by_user(train)
-    w_global = fit(diffs(train))
-    diffs_of = {u: [d / 2 for d in diffs(rows)] for u, rows in train_of.items()}
-    w_user = {u: fit_choices(np.array(ds)) for u, ds in diffs_of.items() if ds}
-    w_pro = _with_neighbours(w_user, {u: diffs_of[u] for u in w_user}, neighbours)
+    all_gaps = gaps(train)
+    w_global = fit_choices(np.array(all_gaps)) if all_gaps else None
+    gaps_of = {u: g for u, rows in train_of.items() if (g := gaps(rows))}
+    w_user = {u: fit_choices(np.array(g)) for u, g in gaps_of.items()}
+    w_pro = _with_neighbours(w_user, gaps_of, neighbours)
     w_view = {u: _type_posterior_weights(truth, diffs(rows)[-view_pairs:] if view_pairs else [], names)
               for u, rows in train_of.items()}
     w_prior = _type_posterior_weights(truth, [], names)  # no history: the types' mean
