@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from pgenrm_plugins import plugins
 
@@ -60,6 +60,9 @@ class SamplingConfig(StrictModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(256, ge=8, le=8192)
     seed: int = 0
+
+
+CriterionName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 class RewardConfig(StrictModel):
@@ -124,6 +127,10 @@ class RewardConfig(StrictModel):
                                                              "recent past pairs verify the criteria (0: the pairs "
                                                              "the synthesis was written from); checked once per "
                                                              "user and history, cached with the synthesis")
+    extra_criteria: list[CriterionName] = Field(
+        default_factory=list, description="criteria synthesis with reward.verify: criteria checked for every user "
+        "besides those the synthesis writes, each weighed by the user's own past choices like a written one (none "
+        "without history); a trained judge's manifest lists the ones its checks learnt")
     criterion_first: bool = Field(False, description="criteria synthesis: name the criterion before the reply "
                                                      "in a check (as the judge was trained; its manifest says)")
     compare: bool = Field(False, description="criteria none: judge each completion against each other one of its "

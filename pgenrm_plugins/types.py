@@ -135,7 +135,7 @@ class Components(BaseModel):
     position_swaps: int = 0  # comparisons that showed the scored completion second
     generated_tokens: int = 0
     syntheses_reused: int = 0  # criteria synthesis: syntheses read from the cache instead of written
-    criteria: list[tuple[str, float]] | None = None
+    criteria: list[tuple[str, float]] | None = None  # what scored, weighed (a synthesis: signed, by the user's choices)
     evaluation: str | None = None
     merged_completions: int | None = None  # set when the result was cut out of a merged request's
     served_by: dict[str, Any] | None = None  # the scoring service: which replica and store version scored it

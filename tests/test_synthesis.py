@@ -14,7 +14,7 @@ import pytest
 from pgenrm_plugins.chain import synthesis as chain
 from pgenrm_plugins.chain.parser import Criterion, ParseFailure
 from pgenrm_plugins.datasets.bench import load_bench, persona_text
-from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, generate, stated_preferences, write_bench
+from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, criterion_name, generate, stated_preferences, write_bench
 from pgenrm_plugins.scoring.modes import combine
 from pgenrm_plugins.scoring.weighing import verify_criteria
 from pgenrm_plugins.training.settings import SynthesisSettings
@@ -157,6 +157,49 @@ def test_verification_signs_each_criterion_by_the_users_own_choices():
     assert combine([50.0], [None]) is None and combine([0.0], [5.0]) == 0.5
 
 
+def test_criteria_nobody_wrote_get_weight_only_from_the_users_choices():
+    brief, listed = Criterion("Brief: short", 50.0), Criterion("Listed: a list", 10.0)
+    found = [[(9.0, 1.0), (1.0, 9.0)], [(9.0, 1.0), (1.0, 9.0)]]  # chosen: brief, not a list
+    written, extra = verify_criteria([brief, listed], found, written=1)
+    assert 0 < written < 50.0 and -10.0 < extra < 0  # the choices weigh the extra one like a written one
+    assert verify_criteria([brief, listed], [], written=1) == [50.0, 0.0]  # no history: no claim for it
+
+
+def test_extra_criteria_are_checked_for_users_with_history_and_weighed_by_their_choices(judge, request_row):
+    """`reward.extra_criteria`: checked besides what the synthesis writes (the untrained base writes
+    nothing readable: `Sound` alone), weighed by the user's own pairs; not asked at all for a user
+    with no history, whose choices cannot weigh them; part of the cache's judge identity."""
+    from pgenrm_plugins.scoring import Scorer
+    from pgenrm_plugins.scoring.syntheses import judge_identity
+
+    extra = ["Brief: a short answer with only the key points", "Listed: the points laid out as a list"]
+
+    def scorer(extra_criteria):
+        return Scorer({"backend": {"name": "transformers", "options": {"model": "embedded-base"}},
+                       "sampling": {"chains": 1, "max_new_tokens": 24},
+                       "reward": {"criteria": "synthesis", "max_chars": 300, "extra_criteria": extra_criteria}},
+                      backend=judge)
+
+    def checks_asked(s, r):
+        asked, real = [], judge.next_token_probs
+        judge.next_token_probs = lambda rows, candidates: asked.append(len(rows)) or real(rows, candidates)
+        try:
+            return s.score_one(r), sum(asked)
+        finally:
+            del judge.next_token_probs
+
+    with_extra, plain = scorer(extra), scorer([])
+    result, rows = checks_asked(with_extra, request_row)
+    weighed = dict(result.components.criteria)
+    assert set(extra) <= set(weighed) and all(abs(weighed[name]) <= chain.SOUND.weight for name in extra)
+    _, plain_rows = checks_asked(plain, request_row)
+    replies = 2 * len(request_row["history"]) + len(request_row["completions"])
+    assert rows - plain_rows == len(extra) * replies  # each extra criterion on both history replies and each completion
+    newcomer = {**request_row, "user_id": "new", "history": []}
+    assert checks_asked(with_extra, newcomer)[1] == checks_asked(plain, newcomer)[1]  # nothing to weigh them by
+    assert judge_identity(with_extra.config) != judge_identity(plain.config)
+
+
 def test_the_fit_takes_the_side_the_choices_take_and_keeps_the_prior_where_they_say_nothing():
     import numpy as np
 
@@ -282,6 +325,8 @@ def test_tiny_synthesis_stage_trains_and_its_folder_scores(rows, tmp_path):
     scorer = Scorer({"backend": {"name": "transformers", "options": {"model": str(out)}},
                      "sampling": {"max_new_tokens": 24}})
     assert scorer.criteria_mode == "synthesis" and scorer.config.reward.max_history == 2  # from the manifest
+    # every criterion its checks learnt is checked for users with history (reward.extra_criteria)
+    assert scorer.config.reward.extra_criteria == [criterion_name(key) for key in SynthesisExamples.CRITERIA]
     [result] = scorer.score([{"user_id": "u", "history": [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go."}],
                               "prompt": "How do I boil an egg?", "completions": ["Boil it 9 minutes.", "Eggs."]}])
     assert len(result.rewards) == 2 and all(0.0 <= r <= 1.0 and math.isfinite(r) for r in result.rewards)

@@ -132,6 +132,13 @@ CRITERIA: dict[tuple[str, int], tuple[str, str, str]] = {
     ("caveats", 1): ("Caveats", "says when the advice may not hold", "caveats"),
     ("caveats", -1): ("No caveats", "no warnings or disclaimers", "no caveats"),
 }
+
+
+def criterion_name(key: tuple[str, int]) -> str:
+    """An (attribute, side)'s criterion as a synthesis writes it and a check asks it: "Name: description"."""
+    return f"{CRITERIA[key][0]}: {CRITERIA[key][1]}"
+
+
 _STATED: dict[tuple[str, int], tuple[str, ...]] = {
     ("length", 1): ("I like thorough answers that cover everything.", "Give me the full picture, details included.",
                     "I prefer detailed replies."),

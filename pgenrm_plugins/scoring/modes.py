@@ -134,7 +134,7 @@ class RewardModes:
         # prototype store (`store`), so do other workers and later runs.
         identity = judge_identity(config) if criteria_mode == "synthesis" else ""
         self._syntheses: SynthesisCache[_Synthesis] = SynthesisCache(
-            identity, lambda text: _Synthesis(text, self.format), store, SYNTHESIS_CACHE)
+            identity, lambda text: _Synthesis(text, self.format, config.reward.extra_criteria), store, SYNTHESIS_CACHE)
 
     def run(self, reqs: list[ScoreRequest]) -> list[Tally]:
         tallies = [Tally(per_completion=[[] for _ in r.completions]) for r in reqs]
@@ -394,7 +394,7 @@ class RewardModes:
         fresh: dict[str, Generation] = {}  # written in this call, counted at its first use
         if missing:
             for (key, _), (g,) in zip(missing.items(), self.backend.generate(list(missing.values()))):
-                found[key], fresh[key] = _Synthesis(g.text, self.format), g
+                found[key], fresh[key] = self._syntheses.make(g.text), g
                 self._syntheses.add(key, found[key])
         to_save = {key: found[key] for key in fresh}
         scored = []  # (request index, synthesis)
@@ -412,28 +412,32 @@ class RewardModes:
                 if isinstance(synthesis.parsed, ParseFailure):
                     t.failures[synthesis.parsed.kind] += 1
                     t.criteria_fallbacks += 1
-                else:
-                    t.add_criteria(synthesis.parsed.criteria)
                 if rc.verify and synthesis.weights is None:
-                    to_verify[key] = (synthesis, history)
                     to_save[key] = synthesis
+                    if history:
+                        to_verify[key] = (synthesis, history)
+                    else:  # nothing to check: the written weights, none for the extra criteria
+                        synthesis.weights = verify_criteria(synthesis.criteria, [], self.format.sound_criterion,
+                                                            synthesis.written)
                 scored.append((ri, synthesis))
         # one backend call: the verification checks, then every completion's checks
         verification = [(h.prompt, side, c.name) for syn, history in to_verify.values() for h in history
                         for c in syn.criteria for side in (h.chosen, h.rejected)]
-        asked = [(reqs[ri].prompt, completion, c.name) for ri, syn in scored for completion in reqs[ri].completions
-                 for c in syn.criteria]
+        in_force = [syn.in_force(rc.verify) for _, syn in scored]  # the indices of the criteria asked
+        asked = [(reqs[ri].prompt, completion, syn.criteria[i].name) for (ri, syn), used in zip(scored, in_force)
+                 for completion in reqs[ri].completions for i in used]
         digits = iter(criterion_digits(self.backend, verification + asked, rc.max_chars, rc.criterion_first,
                                        self.format))
         for syn, history in to_verify.values():
             separations = [[(next(digits), next(digits)) for _ in syn.criteria] for _ in history]
-            syn.weights = verify_criteria(syn.criteria, separations, self.format.sound_criterion)
+            syn.weights = verify_criteria(syn.criteria, separations, self.format.sound_criterion, syn.written)
         self._syntheses.save(to_save)
-        for ri, syn in scored:
+        for (ri, syn), used in zip(scored, in_force):
             t = tallies[ri]
-            weights = syn.weights if rc.verify else [c.weight for c in syn.criteria]
+            weights = [syn.weights[i] if rc.verify else syn.criteria[i].weight for i in used]
+            t.criteria = t.criteria or [(syn.criteria[i].name, round(w, 3)) for i, w in zip(used, weights)]
             for ci in range(len(reqs[ri].completions)):
-                value = combine(weights, [next(digits) for _ in syn.criteria])
+                value = combine(weights, [next(digits) for _ in used])
                 if value is None:
                     t.failures["no_digit_probability"] += 1
                 else:
@@ -468,15 +472,30 @@ class RewardModes:
 
 
 class _Synthesis:
-    """A written synthesis read by the chain format, its criteria (the format's `sound_criterion`
-    alone when it cannot be read), and the weights its verification against the history it was
-    written from gave them (None: not verified yet)."""
+    """A written synthesis read by the chain format: its criteria (the format's `sound_criterion`
+    alone when it cannot be read), then each of `extra` it did not write (`reward.extra_criteria`, at
+    Sound's weight until the user's choices weigh it), and the weights its verification against the
+    history it was written from gave them all (None: not verified yet)."""
 
-    def __init__(self, text: str, fmt: ChainFormat):
+    def __init__(self, text: str, fmt: ChainFormat, extra: Sequence[str] = ()):
         self.text = text
         self.parsed = fmt.parse_synthesis(text)
-        self.criteria = (fmt.sound_criterion,) if isinstance(self.parsed, ParseFailure) else self.parsed.criteria
+        written = (fmt.sound_criterion,) if isinstance(self.parsed, ParseFailure) else self.parsed.criteria
+        names = {c.name.casefold() for c in written}
+        self.written = len(written)
+        self.criteria = (*written, *(Criterion(name, fmt.sound_criterion.weight) for name in extra
+                                     if name.casefold() not in names))
         self.weights: list[float] | None = None
+
+    def in_force(self, verified: bool) -> list[int]:
+        """The indices of the criteria a completion is checked on: unverified, the written ones;
+        verified, those that carry weight (one with none cannot move a reward), every one while its
+        weights are computed in the same call."""
+        if not verified:
+            return list(range(self.written))
+        if self.weights is None:
+            return list(range(len(self.criteria)))
+        return [i for i, w in enumerate(self.weights) if w]
 
 
 def criterion_digits(backend: Backend, checks: Sequence[tuple[Any, str, str]], max_chars: int,

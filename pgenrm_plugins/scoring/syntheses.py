@@ -36,14 +36,15 @@ S = TypeVar("S", bound=Synthesized)
 def judge_identity(config) -> str:
     """What makes one scorer's syntheses and verified weights those of another: the backend section,
     the judge folder's adapter bytes (a retrained judge at the same path is another judge), the chain
-    format, how a check is asked and the rule that weighs the criteria."""
+    format, how a check is asked, the rule that weighs the criteria and the criteria added to every
+    synthesis (the cached weights are theirs too)."""
     from pgenrm_plugins.backends.judge_folder import judge_fingerprint
     from pgenrm_plugins.scoring.weighing import RULE
 
     rc = config.reward
     return json.dumps({"backend": config.backend.model_dump(mode="json"), "judge": judge_fingerprint(config.backend),
                        "format": config.chain.format, "check": [rc.max_chars, rc.criterion_first],
-                       "weighing": RULE}, sort_keys=True)
+                       "weighing": RULE, "extra_criteria": rc.extra_criteria}, sort_keys=True)
 
 
 class SynthesisCache(Generic[S]):

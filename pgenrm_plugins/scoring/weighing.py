@@ -41,14 +41,17 @@ def fit_choices(pairs: np.ndarray, prior: np.ndarray | None = None, ridge: float
 
 
 def verify_criteria(criteria: Sequence[Criterion], found: Sequence[Sequence[tuple[float | None, float | None]]],
-                    sound: Criterion = PGENRM.sound_criterion) -> list[float]:
+                    sound: Criterion = PGENRM.sound_criterion, written: int | None = None) -> list[float]:
     """Signed weights: each criterion's written weight times its support in the user's past choices,
     tanh of its fitted weight, in [-1, 1] (`found`: per pair, per criterion, the digits of the chosen
     and the rejected reply). A criterion the user's choices go against counts against a reply that
     meets it; one they never turn on counts for little. `sound` (the format's `sound_criterion`) keeps
-    its weight: it is not a taste, and two sound replies tie on it. No history: the written weights."""
+    its weight: it is not a taste, and two sound replies tie on it. Criteria from index `written` on
+    were not written for this user (`reward.extra_criteria`): only their choices can give them weight.
+    No history: the written weights, and none for the rest."""
+    written = len(criteria) if written is None else written
     if not found:
-        return [c.weight for c in criteria]
+        return [c.weight if i < written else 0.0 for i, c in enumerate(criteria)]
     tastes = [i for i, c in enumerate(criteria) if c.name != sound.name]
     gaps = np.array([[0.0 if pair[i][0] is None or pair[i][1] is None else (pair[i][0] - pair[i][1]) / 8
                       for i in tastes] for pair in found]).reshape(len(found), len(tastes))

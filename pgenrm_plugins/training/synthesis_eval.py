@@ -27,7 +27,7 @@ from typing import Any
 from pgenrm_plugins.chain import synthesis as chain
 from pgenrm_plugins.chain.parser import Criterion, ParseFailure
 from pgenrm_plugins.datasets.bench import load_bench
-from pgenrm_plugins.datasets.synthetic import CRITERIA, load_truth
+from pgenrm_plugins.datasets.synthetic import CRITERIA, criterion_name, load_truth
 from pgenrm_plugins.training.synthesis_stage import StatedTeacher
 
 _SIDES = {name: key for key, (name, _, _) in CRITERIA.items()}  # criterion name -> (attribute, side)
@@ -76,9 +76,9 @@ def evaluate_synthesis(judge: str | Path, data: str | Path, *, max_rows: int | N
                                                   for r, scorer_request in zip(rows, _validated(requests))],
                                  rc.max_chars, rc.criterion_first)
         attrs = {t["key"]: t for t in load_truth(data)["rows"]}
-        asked = [(r.context, reply, f"{name}: {description}", truth_attrs[a] == side)
+        asked = [(r.context, reply, criterion_name((a, side)), truth_attrs[a] == side)
                  for r in rows[:100] for reply, truth_attrs in _replies(r, attrs[row_key(r.model_dump(mode="json"))])
-                 for (a, side), (name, description, _) in CRITERIA.items()]
+                 for a, side in CRITERIA]
         vocabulary_asked, vocabulary_right = _vocabulary(rows, histories, rc.verify_history or view)
         # one call: the test replies' checks are among the vocabulary's, and are asked once
         digits = criterion_digits(scorer.backend, [q[:3] for q in asked] + vocabulary_asked, rc.max_chars,
@@ -136,7 +136,7 @@ def _vocabulary(rows, histories, view: int):
     from pgenrm_plugins.scoring.modes import combine, history_view
     from pgenrm_plugins.scoring.weighing import verify_criteria
 
-    vocabulary = [Criterion(f"{name}: {description}", 10.0) for name, description, _ in CRITERIA.values()]
+    vocabulary = [Criterion(criterion_name(key), 10.0) for key in CRITERIA]
     vocabulary.append(chain.SOUND)
     views = {u: history_view(histories.get(u, []), view, 0, 0) for u in dict.fromkeys(r.user_id for r in rows)}
     asked = [(h.prompt, side, c.name) for history in views.values() for h in history for side in (h.chosen, h.rejected)

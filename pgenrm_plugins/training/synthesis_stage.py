@@ -38,7 +38,7 @@ from pgenrm_plugins.chain import synthesis as chain
 from pgenrm_plugins.chain.parser import Criterion
 from pgenrm_plugins.datasets.answer_bank import BANK
 from pgenrm_plugins.datasets.bench import BenchData
-from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, CRITERIA, row_key, side
+from pgenrm_plugins.datasets.synthetic import ATTRIBUTES, CRITERIA, criterion_name, row_key, side
 from pgenrm_plugins.training.items import HIGH, LOW, degenerate
 from pgenrm_plugins.training.settings import SynthesisSettings
 from pgenrm_plugins.training.stage import Checkpoints, command_text, lora_model
@@ -62,8 +62,7 @@ def teacher_synthesis(weights: dict[str, float], claimed: set[str]) -> str:
         share[0] += 90 - sum(share)
     criteria = []
     for a, w in zip(order, share):
-        name, description, _ = CRITERIA[(a, side(weights[a]))]
-        criteria.append(Criterion(f"{name}: {description}", float(w)))
+        criteria.append(Criterion(criterion_name((a, side(weights[a]))), float(w)))
     words = [CRITERIA[(a, side(weights[a]))][2] for a in order]
     persona = "wants " + (words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]) + "."
     return chain.format_synthesis(persona, [*criteria, chain.SOUND])
@@ -111,9 +110,10 @@ class StatedTeacher:
 class SynthesisExamples:
     """index -> (conversation, target text); a pure function of the index."""
 
+    CRITERIA = [(a, d) for a in ATTRIBUTES for d in (1, -1)]  # what a check example asks, with `Sound`
+
     def __init__(self, teacher: StatedTeacher, settings: SynthesisSettings):
         self.teacher, self.settings = teacher, settings
-        self.criteria = [(a, d) for a in ATTRIBUTES for d in (1, -1)]
 
     def example(self, index: int) -> tuple[list[dict[str, str]], str] | Checks:
         s = self.settings
@@ -139,7 +139,7 @@ class SynthesisExamples:
         broken = rng.random() < self.settings.degenerate_rate
         if broken:
             reply = degenerate(reply, rng) or "."
-        asked = [(f"{CRITERIA[key][0]}: {CRITERIA[key][1]}", attrs[key[0]] == key[1]) for key in self.criteria]
+        asked = [(criterion_name(key), attrs[key[0]] == key[1]) for key in self.CRITERIA]
         asked.append((chain.SOUND.name, True))
         prompt = self._conversation(rng, pair.item.prompt)
         return Checks([chain.criterion_messages(prompt, reply, criterion,
@@ -361,7 +361,10 @@ def train_synthesis(data: str | Path, out: str | Path, settings: SynthesisSettin
                  "check_share": (init_manifest.settings or {}).get("check_share")} if init_manifest else None,
         "scoring": {"reward": {"criteria": "synthesis", "max_history": settings.max_history,
                                "max_chars": settings.max_chars, "history_render": "contrast",
-                               "criterion_first": settings.criterion_first},
+                               "criterion_first": settings.criterion_first,
+                               # the criteria its checks learnt, checked for every user and weighed
+                               # by their choices: a synthesis names at most a few of them
+                               "extra_criteria": [criterion_name(key) for key in SynthesisExamples.CRITERIA]},
                     "sampling": {"chains": 1}},
         "command": command_text(command, "synthesis"),
         "metrics": {

@@ -101,9 +101,10 @@ def main(argv=None):
     checks = judging_checks(Scorer(alone, backend=judge), bench, truth, histories, users, args.seed)
     report = write_report(args, bench, truth, histories, user_prototype, scorer, run, users, checks, started)
     console.print(checks["table"])
-    for user, (written, true) in checks["syntheses"].items():
-        side = Table(f"{user}: the judge's synthesis", "from the user's true weights")
-        side.add_row(written or "(none: this judge writes no synthesis)", true)
+    for user, (written, weighed, true) in checks["syntheses"].items():
+        side = Table(f"{user}: the judge's synthesis", "the criteria that scored, weighed by the user's choices",
+                     "from the user's true weights")
+        side.add_row(written or "(none: this judge writes no synthesis)", weighed, true)
         console.print(side)
     store.close()
     if checks["violations"]:
@@ -315,9 +316,12 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
         request = ScoreRequest(user_id=user, history=history, prompt=topic.question, completions=answers)
         [result] = scorer.score([request])
         results[user] = (result.rewards, [utility(weights, c) for c in combos])
-        # what the judge wrote of the user (a synthesis judge's persona and criteria), beside the
-        # synthesis the teacher writes from the user's true weights
-        syntheses[user] = (result.components.evaluation or "", teacher_synthesis(weights, set(weights)))
+        # what the judge wrote of the user (a synthesis judge's persona and criteria), the criteria
+        # that scored with the weights the user's choices gave them (signed: minus counts against a
+        # reply that meets it), and the synthesis the teacher writes from the user's true weights
+        weighed = "\n".join(f"{w:+6.1f}  {name.split(':')[0]}" for name, w in
+                            sorted(result.components.criteria or [], key=lambda c: -abs(c[1])))
+        syntheses[user] = (result.components.evaluation or "", weighed, teacher_synthesis(weights, set(weights)))
         best = max(range(len(answers)), key=lambda i: results[user][0][i])
         broken = [fn(answers[best]) for fn in DEGENERATE.values()]
         rewards = scorer.score([ScoreRequest(user_id=user, history=history, prompt=topic.question,
@@ -346,12 +350,14 @@ def judging_checks(scorer, bench, truth, histories, users, seed):
         pairs = [(i, j) for i in range(len(answers)) for j in range(i + 1, len(answers))
                  if utilities[i] != utilities[j]]
         agreement[u] = sum((rewards[i] - rewards[j]) * (utilities[i] - utilities[j]) > 0 for i, j in pairs) / len(pairs)
-    md += ["", "What the judge wrote of each user, beside what the teacher writes from the user's true weights:", ""]
+    md += ["", "What the judge wrote of each user, the criteria that scored with the weights the user's own "
+           "choices gave them, and what the teacher writes from the user's true weights:", ""]
     for u in users:
-        written, true = syntheses[u]
-        md += [f"**{u}**", "", "| judge's synthesis | from the truth |", "|---|---|",
+        written, weighed, true = syntheses[u]
+        md += [f"**{u}**", "", "| judge's synthesis | weighed by the user's choices | from the truth |",
+               "|---|---|---|",
                f"| {'<br>'.join(written.splitlines()) or '(none: this judge writes no synthesis)'} "
-               f"| {'<br>'.join(true.splitlines())} |", ""]
+               f"| {'<br>'.join(weighed.splitlines())} | {'<br>'.join(true.splitlines())} |", ""]
     md += ["", "Pairs of answers ordered as the user's truth orders them: "
            + ", ".join(f"{u} {agreement[u]:.0%}" for u in users) + " (50% = chance).", "",
            "Degenerate copies of the answer the judge ranked first, against it "
