@@ -214,6 +214,13 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def config_dict(source: str | os.PathLike | dict | PGenRMConfig | None = None) -> dict[str, Any]:
+    """`load_config(source)` as a dict of what it sets, for a scorer built from it elsewhere (a Ray
+    replica, a benchmark's setup): a judge's manifest fills in only the keys a config leaves unset
+    (backends/judge_folder.py), and a full dump would set them all."""
+    return load_config(source).model_dump(mode="json", exclude_unset=True)
+
+
 def load_config(source: str | os.PathLike | dict | PGenRMConfig | None = None) -> PGenRMConfig:
     """A config from a file path, a dict, or nothing (then `$PGENRM_CONFIG`, else the defaults)."""
     if isinstance(source, PGenRMConfig):

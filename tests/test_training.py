@@ -140,6 +140,23 @@ def test_a_served_export_keeps_its_scoring_block(tmp_path):
         assert ("reward", "max_chars") not in judge_settings(config) and resolve_criteria(config) == shipped.criteria
 
 
+def test_a_config_handed_on_as_a_dict_is_still_read_the_judges_way():
+    """A Ray replica or a benchmark's setup builds its scorer from a dict of the config: only what
+    the config set travels, so the judge's manifest still fills the rest (a full dump set every key,
+    and replicas read the shipped judge without its manifest's settings)."""
+    from pgenrm_plugins.backends.judge_folder import JudgeManifest, shipped_judge, with_judge_defaults
+    from pgenrm_plugins.config import config_dict, load_config
+
+    shipped = JudgeManifest.model_validate_json((shipped_judge() / "pgenrm_judge.json").read_text())
+    handed = config_dict({"sampling": {"chains": 2}, "reward": {"max_chars": 300}})
+    assert handed == {"sampling": {"chains": 2}, "reward": {"max_chars": 300}}
+    read = with_judge_defaults(load_config(handed))
+    recorded = shipped.scoring.reward
+    assert (read.sampling.chains, read.reward.max_chars) == (2, 300)  # what the config sets wins
+    assert (read.reward.max_history, read.reward.verify_history, read.reward.extra_criteria) == \
+        (recorded["max_history"], recorded["verify_history"], recorded["extra_criteria"])
+
+
 def test_a_merged_judge_is_told_apart_by_what_it_was_merged_from(tmp_path):
     """Caches key results by `judge_fingerprint`: two exported folders must not share one."""
     from pgenrm_plugins.backends.judge_folder import JudgeManifest, judge_fingerprint, shipped_judge, write_manifest

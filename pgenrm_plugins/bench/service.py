@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pgenrm_plugins.bench.speed import grpo_batch
-from pgenrm_plugins.config import load_config
+from pgenrm_plugins.config import config_dict
 from pgenrm_plugins.testing.serve import metric
 
 
@@ -128,8 +128,8 @@ def run_service_bench(config_path, prompts: int, completions: int, clients: int,
     from pgenrm_plugins.scoring import Scorer
     from pgenrm_plugins.server.app import ServerSettings, create_app
 
-    cfg = load_config(str(config_path) if config_path else None).model_dump()
-    cfg["sampling"].update(chains=chains, max_new_tokens=max_new_tokens)
+    cfg = config_dict(str(config_path) if config_path else None)
+    cfg.setdefault("sampling", {}).update(chains=chains, max_new_tokens=max_new_tokens)
     bodies = openrlhf_samples(prompts, completions)
     with console.status("loading the judge..."):
         scorer = Scorer(cfg)

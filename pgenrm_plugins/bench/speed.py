@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pgenrm_plugins.config import load_config
+from pgenrm_plugins.config import config_dict
 from pgenrm_plugins.types import ScoreRequest
 
 # (prompt, a brief answer, a detailed answer)
@@ -124,15 +124,15 @@ def run_speed(config_path, prompts: int, completions: int, chains: int, max_new_
     from pgenrm_plugins.scoring import Scorer
 
     setups = setups or SETUPS
-    base = load_config(str(config_path) if config_path else None).model_dump()
-    base["sampling"].update(chains=chains, max_new_tokens=max_new_tokens)
+    base = config_dict(str(config_path) if config_path else None)
+    base.setdefault("sampling", {}).update(chains=chains, max_new_tokens=max_new_tokens)
     batch = grpo_batch(prompts, completions)
     n_rewards = prompts * completions
     backend = None
     rows = {}
     for name, sections in setups.items():
-        cfg = {key: {**value, **sections.get(key, {})} if isinstance(value, dict) else value
-               for key, value in base.items()}
+        cfg = {key: {**base.get(key, {}), **sections[key]} if isinstance(sections.get(key), dict)
+               else sections.get(key, base.get(key)) for key in {*base, *sections}}
         if backend is None:
             backend = _CountingBackend(Scorer(cfg).backend)  # one judge for every setup, counted
         scorer = Scorer(cfg, backend=backend)

@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pgenrm_plugins.bench.speed import grpo_batch
-from pgenrm_plugins.config import load_config
+from pgenrm_plugins.config import config_dict
 from pgenrm_plugins.testing.serve import free_port, metric, pgenrm_serve
 
 FIELDS = ("user_id", "history", "persona")
@@ -146,10 +146,10 @@ def _get(queue, procs, timeout_s: float = 1800):
 def run_workers_bench(config_path, prompts: int, completions: int, workers: int, chains: int,
                       max_new_tokens: int, max_wait_ms: float, seed: int, output: Path | None,
                       console: Console) -> dict:
-    cfg = load_config(str(config_path) if config_path else None).model_dump(mode="json")
+    cfg = config_dict(str(config_path) if config_path else None)
     if not config_path:  # generated criteria: a group has a persona-and-criteria chain to share
-        cfg["reward"]["criteria"] = "generated"
-    cfg["sampling"].update(chains=chains, max_new_tokens=max_new_tokens)
+        cfg.setdefault("reward", {})["criteria"] = "generated"
+    cfg.setdefault("sampling", {}).update(chains=chains, max_new_tokens=max_new_tokens)
     cfg.pop("scorer", None)
     chunks = verl_chunks(prompts, completions, workers, seed)
     spread = sum(len({s["group"] for s in c}) for c in chunks) / prompts

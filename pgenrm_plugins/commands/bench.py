@@ -82,10 +82,10 @@ def bench_prototypes(
     same users, each placed among the store's members. Step 1 writes each neighbour's synthesis once;
     later steps reuse them."""
     from pgenrm_plugins.bench.speed import run_prototype_cost
-    from pgenrm_plugins.config import ConfigError, load_config
+    from pgenrm_plugins.config import ConfigError, config_dict
 
     try:
-        cfg = load_config(str(config) if config else None).model_dump(mode="json", exclude_unset=True)
+        cfg = config_dict(str(config) if config else None)
         run_prototype_cost(cfg, store, top_k, prompts, completions, steps, output, console=wide_console(120),
                            keep_cache=keep_cache)
     except (ConfigError, FileNotFoundError) as exc:

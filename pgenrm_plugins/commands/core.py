@@ -20,10 +20,10 @@ from pgenrm_plugins.hookspecs import hookimpl
 def with_store(config: Optional[Path], store: str) -> dict:
     """The config (a file, or the default) as a dict, with prototype scaling on from `store`."""
     from pgenrm_plugins.bench.accuracy.settings import AccuracyError, store_config
-    from pgenrm_plugins.config import ConfigError, load_config
+    from pgenrm_plugins.config import ConfigError, config_dict
 
     try:
-        cfg = load_config(str(config) if config else None).model_dump(mode="json", exclude_unset=True)
+        cfg = config_dict(str(config) if config else None)
         section = store_config(store)
     except (ConfigError, AccuracyError) as exc:
         fail(str(exc))

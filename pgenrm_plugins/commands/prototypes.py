@@ -318,13 +318,14 @@ def warm(
     judge or another history view is another cache entry. Run it again after a rebuild or an
     interruption: members already cached are read, not written again.
     """
+    from pgenrm_plugins.config import config_dict
     from pgenrm_plugins.prototypes.base import StoreError
     from pgenrm_plugins.scoring import Scorer
     from pgenrm_plugins.types import ScoreRequest
 
     cfg = _load(config)
     section = store_choice(store, cfg)
-    settings = cfg.model_dump(mode="json", exclude_unset=True)
+    settings = config_dict(cfg)
     # c_neighbours 0: each member scores as itself only, which writes the entry its neighbours will read
     settings.update(store=section.model_dump(mode="json"),
                     prototypes={**settings.get("prototypes", {}), "enabled": True, "c_neighbours": 0.0})

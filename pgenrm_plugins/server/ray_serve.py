@@ -28,7 +28,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from pgenrm_plugins.config import PGenRMConfig, load_config
+from pgenrm_plugins.config import PGenRMConfig, config_dict
 from pgenrm_plugins.server.app import API_KEY_ENV, ServerSettings
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def build_app(config: str | os.PathLike | dict | PGenRMConfig | None = None,
     `max_ongoing_requests` is how many requests Ray hands one replica at once; Ray's default (5)
     would starve the batcher, so it defaults to 4 x `max_batch_requests`.
     """
-    cfg = load_config(str(config) if isinstance(config, os.PathLike) else config).model_dump(mode="json")
+    cfg = config_dict(str(config) if isinstance(config, os.PathLike) else config)
     s = settings if isinstance(settings, ServerSettings) else ServerSettings.model_validate(settings or {})
     if s.api_key is None and os.environ.get(API_KEY_ENV):
         s = s.model_copy(update={"api_key": os.environ[API_KEY_ENV]})

@@ -79,6 +79,7 @@ def main(argv=None):
     started = time.perf_counter()
 
     from pgenrm_plugins.backends.transformers_backend import TransformersBackend
+    from pgenrm_plugins.config import config_dict
     from pgenrm_plugins.scoring import Scorer
 
     console.rule("[bold]1/4 synthetic users")
@@ -93,9 +94,9 @@ def main(argv=None):
     console.rule("[bold]4/4 report")
     # The judging checks read the judge alone (the user's own history, one reading): what is checked
     # is whether it tells answers apart, and it keeps the demo's time down.
-    alone = config.model_dump(mode="json")
+    alone = config_dict(config)  # what the config sets: the judge's manifest fills in the rest
     alone.update(prototypes={"enabled": False}, store=None)
-    alone["sampling"]["chains"] = 1
+    alone.setdefault("sampling", {})["chains"] = 1
     histories = bench.histories()
     users = pick_demo_users(truth, histories)
     checks = judging_checks(Scorer(alone, backend=judge), bench, truth, histories, users, args.seed)
