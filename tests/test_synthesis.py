@@ -29,6 +29,16 @@ def rows(tmp_path_factory):
     return path
 
 
+def counting_checks(judge, call):
+    """What `call()` returns, and how many check rows it asked the judge for."""
+    asked, real = [], judge.next_token_probs
+    judge.next_token_probs = lambda rows, candidates: asked.append(len(rows)) or real(rows, candidates)
+    try:
+        return call(), sum(asked)
+    finally:
+        del judge.next_token_probs
+
+
 def test_parser_reads_criteria_and_refuses_a_synthesis_without_any():
     text = ("Persona: wants short answers.\nCriteria:\n- Brief: a short answer (60)\n- Brief: a short answer (10)\n"
             "some chatter\n- Example: includes a concrete example (30)\n- Sound: a complete answer (0)")
@@ -181,12 +191,7 @@ def test_extra_criteria_are_checked_for_users_with_history_and_weighed_by_their_
                       backend=judge)
 
     def checks_asked(s, r):
-        asked, real = [], judge.next_token_probs
-        judge.next_token_probs = lambda rows, candidates: asked.append(len(rows)) or real(rows, candidates)
-        try:
-            return s.score_one(r), sum(asked)
-        finally:
-            del judge.next_token_probs
+        return counting_checks(judge, lambda: s.score_one(r))
 
     with_extra, plain = scorer(extra), scorer([])
     result, rows = checks_asked(with_extra, request_row)
@@ -248,13 +253,8 @@ def test_verify_history_checks_more_pairs_than_the_synthesis_read(judge, request
                        "reward": {"criteria": "synthesis", "max_chars": 300, "max_history": 1,
                                   "verify_history": verify_history}}, backend=judge)
 
-    def checks_asked(s, r):  # the result, and how many check rows the judge was asked
-        asked, real = [], judge.next_token_probs
-        judge.next_token_probs = lambda rows, candidates: asked.append(len(rows)) or real(rows, candidates)
-        try:
-            return s.score_one(r), sum(asked)
-        finally:
-            del judge.next_token_probs
+    def checks_asked(s, r):
+        return counting_checks(judge, lambda: s.score_one(r))
 
     edited = {**row, "history": [{**older, "chosen": "Green tea."}, *request_row["history"]]}
     per_criterion = []
@@ -286,13 +286,8 @@ def test_workers_on_one_store_share_syntheses_and_their_verified_weights(judge, 
                            "reward": {"criteria": "synthesis", "max_chars": max_chars}}, backend=judge)
         return RewardModes(settings.config, judge, settings.criteria_mode, settings.format, store=store)
 
-    def run(modes):  # the tally, and how many check rows the judge was asked
-        asked, real = [], judge.next_token_probs
-        judge.next_token_probs = lambda rows, candidates: asked.append(len(rows)) or real(rows, candidates)
-        try:
-            return modes.run(requests)[0], sum(asked)
-        finally:
-            del judge.next_token_probs
+    def run(modes):
+        return counting_checks(judge, lambda: modes.run(requests)[0])
 
     requests, path = [ScoreRequest.model_validate(request_row)], tmp_path / "shared.sqlite"
     with SQLiteStore(path=str(path)) as store:

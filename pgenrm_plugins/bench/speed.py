@@ -131,8 +131,7 @@ def run_speed(config_path, prompts: int, completions: int, chains: int, max_new_
     backend = None
     rows = {}
     for name, sections in setups.items():
-        cfg = {key: {**base.get(key, {}), **sections[key]} if isinstance(sections.get(key), dict)
-               else sections.get(key, base.get(key)) for key in {*base, *sections}}
+        cfg = {**base, **{key: {**base.get(key, {}), **section} for key, section in sections.items()}}
         if backend is None:
             backend = _CountingBackend(Scorer(cfg).backend)  # one judge for every setup, counted
         scorer = Scorer(cfg, backend=backend)
