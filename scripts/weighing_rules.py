@@ -10,6 +10,9 @@ rule, on the test pairs `pgenrm bench accuracy` judges:
     fit            `fit_choices`: a Bradley-Terry fit of the choices, ridge-regularised (the rule now)
     fit + pro-8    the fit pulled toward the fits of the 8 users under whose fits the user's own
                    choices are likeliest (`attr-user+pro-8` in `bench accuracy`: what prototypes add)
+    fit + stated   the fit pulled toward what the user stated (`pgenrm data synth`'s users file: the
+                   sides of some of their strong preferences), +-1 each: a perfect reader of the
+                   persona that `bench accuracy --settings ind-1:persona` shows the judge
 
 A tie counts half here (a judge's non-integer digits break it by chance; `bench accuracy`'s
 reference rows count it wrong, and show how many there were).
@@ -48,12 +51,18 @@ def main() -> None:
     rows = bench.split("test")[:args.max_test_rows]
     users = {r.user_id for r in rows} | set(pairs)
     zeros = np.zeros(len(names))
+
+    def stated(user: dict) -> np.ndarray:
+        return np.array([np.sign(user["weights"][a]) if a in user["stated"] else 0.0 for a in names])
+
     fits = {u: fit_choices(np.array(pairs[u])) if pairs[u] else zeros for u in users}
     rules = {
         "true weights": {u: np.array([truth["users"][u]["weights"][a] for a in names]) for u in users},
         "mean gap": {u: np.mean(pairs[u], axis=0) if pairs[u] else zeros for u in users},
         "fit": fits,
         "fit + pro-8": {**fits, **_with_neighbours({u: fits[u] for u in pairs}, dict(pairs), 8)},
+        "fit + stated": {u: fit_choices(np.array(pairs[u]).reshape(-1, len(names)), prior=stated(truth["users"][u]))
+                         for u in users},
     }
     print(f"{len(rows)} test pairs of {args.data}; a tie counts half")
     print(f"{'user weights from':<16}" + "".join(f"{g:>14}" for g in ("all", "warm", "cold_start", "no_history")))

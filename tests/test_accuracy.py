@@ -150,9 +150,35 @@ def test_settings_are_parsed_or_refused():
     s = parse_setting("ind-4+pro-8:pairwise")
     assert (s.history, s.chains, s.top_k, s.mode, s.reader) == ("user", 4, 8, "pairwise", None)
     assert parse_setting("global-history:parse").reader == "parse"
-    for bad in ("ind-0", "ind-four", "ind-2:fast", "no-history+pro-2"):
+    assert parse_setting("ind-1+pro-4:persona").persona and not parse_setting("ind-1").persona
+    for bad in ("ind-0", "ind-four", "ind-2:fast", "no-history+pro-2", "no-history:persona"):
         with pytest.raises(AccuracyError):
             parse_setting(bad)
+
+
+def test_persona_settings_show_the_judge_each_users_stated_preferences(rows, judge, tmp_path):
+    """`:persona` hands the judge what a user stated (the users file next to the rows), as a request
+    carrying a persona does; without it the same judge never sees it."""
+    from pgenrm_plugins.datasets.bench import load_bench
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.seen = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def generate(self, requests):
+            self.seen += [json.dumps(r.messages) for r in requests]
+            return self.inner.generate(requests)
+
+    stated = load_bench(rows).personas()
+    assert stated, "the fixture's users file states something"
+    for setting, shown in (("ind-1", False), ("ind-1:persona", True)):
+        recording = Recording(judge)
+        run_accuracy(rows, tmp_path / setting, config=TINY, settings=[setting], backend=recording)
+        for text in stated.values():
+            assert any(json.dumps(text)[1:-1] in messages for messages in recording.seen) == shown
 
 
 def test_prototype_settings_need_a_store(rows, tmp_path):
@@ -167,12 +193,15 @@ def test_prototype_settings_score_with_neighbours(rows, judge, first_run, tmp_pa
     from prototype_helpers import load_embedder
 
     from pgenrm_plugins.config import StoreConfig
+    from pgenrm_plugins.datasets.bench import load_bench
     from pgenrm_plugins.prototypes.builder import build_prototypes
 
     report_dir, report, _ = first_run
     store_path = tmp_path / "protos.sqlite"
     store = StoreConfig(name="sqlite", options={"path": str(store_path)}).build("store")
     build_prototypes(rows, store, load_embedder(), k=1, skip_judge=True)
+    stated = load_bench(rows).personas()
+    assert stated and all(store.get_user(u).persona == text for u, text in stated.items())  # lent with the member
     store.close()
     out = run_accuracy(rows, tmp_path / "rep", config=TINY, store=str(store_path), settings=["ind-1", "ind-1+pro-2"],
                        cache_path=report_dir / "judge-cache.sqlite", backend=judge)

@@ -156,7 +156,9 @@ def bench_accuracy(
     store: Optional[str] = typer.Option(None, help="Prototype store for the ind-N+pro-K settings: a SQLite file, "
                                                    "or a YAML file with a store section."),
     settings: Optional[list[str]] = typer.Option(None, help="Comma-separated settings: no-history, global-history, "
-                                                            "ind-N, ind-N+pro-K, each optionally :MODE or :READER. "
+                                                            "ind-N, ind-N+pro-K, each optionally :MODE, :READER "
+                                                            "or :persona (the judge also reads the user's stated "
+                                                            "preferences: a users file's or the rows' persona fields). "
                                                             "Default: no-history,global-history,ind-1,ind-2,ind-4,"
                                                             "ind-8 (+ ind-2+pro-2,ind-2+pro-4 with --store)."),
     truth: Optional[Path] = typer.Option(None, help="Latent truth of synthetic data; default: DATA's NAME.truth.json "

@@ -194,6 +194,7 @@ def build_prototypes(
         if console is not None:
             console.print(f"[yellow]skipped[/yellow] {rows_path}: {error}", highlight=False)
     histories = data.histories("train")
+    personas = data.personas()  # stated preferences: stored with the member, read when it lends its synthesis
     without = [u for u in data.users() if u not in histories]
     if not histories:
         raise ValueError(f"{rows_path}: no user has train rows, so there is nothing to build prototypes from "
@@ -221,12 +222,13 @@ def build_prototypes(
         with phase("users", label, len(histories), completed=len(staged)) as advance:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
-                pairs = [(histories[u], None) for u in batch]
+                pairs = [(histories[u], personas.get(u)) for u in batch]
                 vectors, syntheses = embed_users(embedder, source, pairs, source_settings, backend=backend)
                 unparsed += sum(1 for syn in syntheses if syn is not None and not syn.parsed)
                 store.stage_users(build_id, [
-                    UserRecord(user_id=u, history=histories[u], synthesis=s.text if s else None, embedding=v)
-                    for u, v, s in zip(batch, vectors, syntheses)
+                    UserRecord(user_id=u, history=histories[u], persona=p, synthesis=s.text if s else None,
+                               embedding=v)
+                    for u, (_, p), v, s in zip(batch, pairs, vectors, syntheses)
                 ])
                 advance(len(batch))
                 if on_batch_staged is not None:

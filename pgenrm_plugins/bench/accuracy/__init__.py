@@ -19,7 +19,9 @@ Settings (`--settings`, comma separated), in the paper's terms:
     global-history    every user gets the same history: pairs pooled across users (one global preference)
     ind-N             the user's own history, N sampled chains (ind-1 = history only)
     ind-N+pro-K       and prototype-level scaling with the top-K neighbours (needs --store)
-A suffix picks the mode or reader for one setting: `ind-4:parse`, `ind-1:pairwise`.
+A suffix picks the mode or reader for one setting: `ind-4:parse`, `ind-1:pairwise`; `:persona`
+shows the judge each user's stated preferences too, where the data has them (a users file next to
+the rows, or the rows' persona fields), as a request that carries a persona does: `ind-1:persona`.
 
 With the synthetic users' truth file next to the data, reference predictors that read the latent
 attributes instead of the text are reported too: `oracle` (each user's true weights: the ceiling,

@@ -66,18 +66,16 @@ def global_history(data: BenchData, size: int, seed: int = 0) -> list[HistoryIte
     return out
 
 
-def _requests(setting: Setting, row: BenchRow, history: list[HistoryItem], mode: str) -> list[ScoreRequest]:
+def _requests(setting: Setting, row: BenchRow, history: list[HistoryItem], mode: str,
+              persona: str | None = None) -> list[ScoreRequest]:
     """Two requests per row: chosen shown first, then second."""
     # A non-personalized judgement must not depend on who asks: no user id (it seeds the chains).
     user_id = row.user_id if setting.history == "user" else None
     out = []
     for first, second in ((row.chosen.content, row.rejected.content), (row.rejected.content, row.chosen.content)):
-        if mode == "pairwise":
-            out.append(ScoreRequest(user_id=user_id, history=history, prompt=list(row.context),
-                                    completions=[first], reference=second))
-        else:
-            out.append(ScoreRequest(user_id=user_id, history=history, prompt=list(row.context),
-                                    completions=[first, second]))
+        shown = ({"completions": [first], "reference": second} if mode == "pairwise"
+                 else {"completions": [first, second]})
+        out.append(ScoreRequest(user_id=user_id, history=history, persona=persona, prompt=list(row.context), **shown))
     return out
 
 
@@ -114,6 +112,7 @@ class _Run:
     test_rows: list[tuple[int, BenchRow]]
     truth: dict | None
     histories: dict[str, list[HistoryItem]]
+    personas: dict[str, str]  # user_id -> stated preferences, shown by `:persona` settings
     shared_history: list[HistoryItem]
     warm_users: set[str]
     base: Any  # the loaded config, judge defaults applied
@@ -203,7 +202,7 @@ def _chunk_requests(run: _Run, setting: Setting, chunk, mode: str) -> list[Score
     for _, row in chunk:
         history = {"none": [], "global": run.shared_history,
                    "user": run.histories.get(row.user_id, [])}[setting.history]
-        reqs += _requests(setting, row, history, mode)
+        reqs += _requests(setting, row, history, mode, run.personas.get(row.user_id) if setting.persona else None)
     return reqs
 
 
@@ -420,8 +419,8 @@ def run_accuracy(
     )
     histories = data.histories("train")
     warm = {u for u, g in data.groups().items() if g == "warm"}
-    run = _Run(data, test_rows, truth, histories, global_history(data, base.reward.max_history, seed), warm,
-               base, store_section, cache, batch_rows, seed, progress_log)
+    run = _Run(data, test_rows, truth, histories, data.personas(), global_history(data, base.reward.max_history, seed),
+               warm, base, store_section, cache, batch_rows, seed, progress_log)
     results: dict[str, Any] = {}
     all_records: dict[str, list[dict]] = {}
     try:

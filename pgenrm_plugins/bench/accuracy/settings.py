@@ -1,6 +1,6 @@
 """The benchmark's settings grammar and store option: `Setting` (what the judge sees in one column
 of the grid), `parse_setting(s)` for `--settings` (no-history, global-history, ind-N, ind-N+pro-K,
-each optionally `:MODE` / `:READER`), the default grids, and `store_config` for `--store`.
+each optionally `:MODE` / `:READER` / `:persona`), the default grids, and `store_config` for `--store`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,16 @@ class Setting:
     top_k: int = 0  # prototype neighbours; 0 = no prototype scaling
     mode: str | None = None  # None = the config's
     reader: str | None = None
+    persona: bool = False  # the judge also reads each user's stated preferences, where the data has them
 
     def describe(self) -> str:
         what = {"none": "no history", "global": "one global history", "user": "the user's history"}[self.history]
         text = f"{what}, {self.chains} chain{'s' if self.chains > 1 else ''}"
         if self.top_k:
             text += f", + top-{self.top_k} prototype neighbours"
-        if self.history == "user" and self.chains == 1 and not self.top_k:
+        if self.persona:
+            text += ", + the user's stated preferences"
+        if self.history == "user" and self.chains == 1 and not self.top_k and not self.persona:
             text = "history only: " + text
         return text
 
@@ -44,21 +47,26 @@ _SETTING = re.compile(r"^(?:(?P<none>no-history)|(?P<global>global-history)|ind-
 
 
 def parse_setting(spec: str) -> Setting:
-    """'no-history', 'global-history', 'ind-4', 'ind-4+pro-8', each optionally ':MODE' / ':READER'."""
+    """'no-history', 'global-history', 'ind-4', 'ind-4+pro-8', each optionally ':MODE' / ':READER' /
+    ':persona' (the user's stated preferences shown too: a users file's, or the rows' persona fields)."""
     spec = spec.strip()
     m = _SETTING.match(spec)
     if not m:
         raise AccuracyError(f"setting {spec!r}: expected no-history, global-history, ind-N or ind-N+pro-K, "
-                            f"optionally followed by :MODE ({', '.join(MODES)}) or :READER ({', '.join(READERS)})")
+                            f"optionally followed by :MODE ({', '.join(MODES)}), :READER ({', '.join(READERS)}) "
+                            "or :persona")
     mode = reader = None
+    persona = False
     for opt in filter(None, m["opts"].split(":")):
         if opt in MODES:
             mode = opt
         elif opt in READERS:
             reader = opt
+        elif opt == "persona":
+            persona = True
         else:
             raise AccuracyError(f"setting {spec!r}: unknown option {opt!r}; "
-                                f"modes: {', '.join(MODES)}; readers: {', '.join(READERS)}")
+                                f"modes: {', '.join(MODES)}; readers: {', '.join(READERS)}; or persona")
     if m["none"]:
         history, chains, k = "none", 1, 0
     elif m["global"]:
@@ -69,7 +77,10 @@ def parse_setting(spec: str) -> Setting:
             raise AccuracyError(f"setting {spec!r}: N must be between 1 and 64")
         if m["k"] is not None and not 1 <= k <= 64:
             raise AccuracyError(f"setting {spec!r}: K must be between 1 and 64")
-    return Setting(spec, history, chains, k, mode, reader)
+    if persona and history != "user":
+        raise AccuracyError(f"setting {spec!r}: :persona shows a user's own stated preferences, so it goes with "
+                            "ind-N or ind-N+pro-K")
+    return Setting(spec, history, chains, k, mode, reader, persona)
 
 
 def parse_settings(specs: Iterable[str]) -> list[Setting]:
