@@ -26,6 +26,7 @@ USERS=${USERS:-2000}
 RENDERINGS=${RENDERINGS:-default,plain,lively}  # train rows' renderings; `alt` is kept for measuring
 SOUND_SHARE=${SOUND_SHARE:-0.2}   # stage 2: share of checks that ask Sound alone of short, off-topic, broken replies
 MULTI_TURN=${MULTI_TURN:-0.25}    # stage 2: share of checks with an earlier exchange before the question
+PERSONA_RATE=${PERSONA_RATE:-0.3}  # stage 2: share of syntheses whose view shows the user's stated persona
 VIEW=(--max-history 3 --max-chars 600)  # the shipped judge's view (the paper's best: 3 pairs)
 ROWS=${ROWS:-60}             # held-out test pairs each judge is measured on
 PY=${PY:-python3}
@@ -83,7 +84,7 @@ for variant in $VARIANTS; do
         init=(--init "$WORK/checks-$variant")
     fi
     train "judge-$variant" train.jsonl "${order[@]}" "${init[@]}" "${VIEW[@]}" --sound-share "$SOUND_SHARE" \
-        --multi-turn-rate "$MULTI_TURN"
+        --multi-turn-rate "$MULTI_TURN" --persona-rate "$PERSONA_RATE"
     ship "judge-$variant" "synthesis-$variant"
     evaluate "judge-$variant" heldout.jsonl "$variant"
     evaluate "judge-$variant" alt.jsonl "$variant-alt"
