@@ -37,6 +37,25 @@ def request_row():
     }
 
 
+class Recording:
+    """The real judge, recording every conversation it is asked."""
+
+    def __init__(self, backend):
+        self.backend, self.name, self.stats = backend, backend.name, backend.stats
+        self.generated, self.asked = [], []
+
+    def generate(self, requests):
+        self.generated += [r.messages for r in requests]
+        return self.backend.generate(requests)
+
+    def next_token_probs(self, conversations, candidates):
+        self.asked += list(conversations)
+        return self.backend.next_token_probs(conversations, candidates)
+
+    def close(self):
+        pass
+
+
 def make_config(**sections):
     """FAST merged with the given sections, e.g. make_config(reward={"mode": "pointwise"})."""
     cfg = {k: dict(v) for k, v in FAST.items()}

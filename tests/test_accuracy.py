@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import make_config
+from conftest import Recording, make_config
 from typer.testing import CliRunner
 
 from pgenrm_plugins.backends.base import GenerationRequest
@@ -161,23 +161,13 @@ def test_persona_settings_show_the_judge_each_users_stated_preferences(rows, jud
     carrying a persona does."""
     from pgenrm_plugins.datasets.bench import load_bench
 
-    class Recording:
-        def __init__(self, inner):
-            self.inner, self.seen = inner, []
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def generate(self, requests):
-            self.seen += [json.dumps(r.messages) for r in requests]
-            return self.inner.generate(requests)
-
     stated = load_bench(rows).personas()
     assert stated, "the fixture's users file states something"
     recording = Recording(judge)
     run_accuracy(rows, tmp_path, config=TINY, settings=["ind-1:persona"], backend=recording)
+    seen = [json.dumps(messages) for messages in recording.generated]
     for text in stated.values():
-        assert any(json.dumps(text)[1:-1] in messages for messages in recording.seen)
+        assert any(json.dumps(text)[1:-1] in messages for messages in seen)
 
 
 def test_prototype_settings_need_a_store(rows, tmp_path):

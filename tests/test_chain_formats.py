@@ -9,7 +9,7 @@ import json
 import math
 
 import pytest
-from conftest import make_config
+from conftest import Recording, make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llama_server import llama_server  # noqa: F401  (module fixture: a real llama.cpp server)
@@ -331,25 +331,6 @@ def marked_format():
     yield fmt, read
     pm.unregister(name="marked-format")
     assert "marked" not in plugins.registry("chain_format")
-
-
-class Recording:
-    """The real judge, recording every conversation it is asked."""
-
-    def __init__(self, backend):
-        self.backend, self.name, self.stats = backend, backend.name, backend.stats
-        self.generated, self.asked = [], []
-
-    def generate(self, requests):
-        self.generated += [r.messages for r in requests]
-        return self.backend.generate(requests)
-
-    def next_token_probs(self, conversations, candidates):
-        self.asked += list(conversations)
-        return self.backend.next_token_probs(conversations, candidates)
-
-    def close(self):
-        pass
 
 
 def _first_turn(conversation):

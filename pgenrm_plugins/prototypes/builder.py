@@ -226,9 +226,9 @@ def build_prototypes(
                 vectors, syntheses = embed_users(embedder, source, pairs, source_settings, backend=backend)
                 unparsed += sum(1 for syn in syntheses if syn is not None and not syn.parsed)
                 store.stage_users(build_id, [
-                    UserRecord(user_id=u, history=histories[u], persona=p, synthesis=s.text if s else None,
-                               embedding=v)
-                    for u, (_, p), v, s in zip(batch, pairs, vectors, syntheses)
+                    UserRecord(user_id=u, history=histories[u], persona=personas.get(u),
+                               synthesis=s.text if s else None, embedding=v)
+                    for u, v, s in zip(batch, vectors, syntheses)
                 ])
                 advance(len(batch))
                 if on_batch_staged is not None:
